@@ -1,0 +1,180 @@
+"""``generate`` and ``chat``: run a model with its steering pack."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from finesteer_edge.errors import FinesteerError
+from finesteer_edge.model_info import read_model_info
+from finesteer_edge.resolve import default_pack_for, resolve_model, resolve_pack
+from finesteer_edge.result import GenerationResult
+
+MODEL_ARG = typer.Argument(None, help="GGUF path or known model name (default: smollm2-135m-instruct).")
+PACK_OPT = typer.Option(
+    None, "--pack", "-p", help="Pack directory or bundled pack name (default: the model's bundled pack)."
+)
+NO_PACK_OPT = typer.Option(False, "--no-pack", help="Plain llama.cpp generation, no steering.")
+MODE_OPT = typer.Option(None, "--mode", help="exact (re-prefill steered turns) or fast; default: the pack's.")
+THREADS_OPT = typer.Option(None, "--threads", "-t", help="llama.cpp threads (default: all usable cores).")
+CTX_OPT = typer.Option(4096, "--n-ctx", help="Context size in tokens.")
+STRENGTH_OPT = typer.Option(1.0, "--strength", help="Multiply the pack's steering vector.")
+ALLOW_OPT = typer.Option(
+    False, "--allow-unsteered",
+    help="If the pack cannot be applied, continue WITHOUT steering (loud). Default: stop with an error.",
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate_cmd)
+    app.command("chat")(chat_cmd)
+
+
+def open_llm(model: str | None, pack: str | None, no_pack: bool, *, mode: str | None, threads: int | None,
+             n_ctx: int, strength: float, allow_unsteered: bool, quiet: bool = False):  # type: ignore[no-untyped-def]
+    from finesteer_edge.steered import SteeredLlama
+
+    if pack and no_pack:
+        raise typer.BadParameter("--pack and --no-pack exclude each other")
+    if mode is not None and mode not in ("exact", "fast"):
+        raise typer.BadParameter(f"--mode must be exact or fast, not {mode!r}")
+    model_path = resolve_model(model)
+    pack_path: Path | None = None
+    if pack:
+        pack_path = resolve_pack(pack)
+    elif not no_pack:
+        pack_path = default_pack_for(read_model_info(model_path))
+        if pack_path is None and not quiet:
+            print(f"note: no bundled pack for {model_path.name}; generating unsteered (--pack to steer)",
+                  file=sys.stderr)
+    return SteeredLlama(model_path, pack_path, mode=mode, n_threads=threads, n_ctx=n_ctx, strength=strength,
+                        allow_unsteered=allow_unsteered), model_path, pack_path
+
+
+def generate_cmd(
+    model: str = MODEL_ARG,
+    prompt: str = typer.Option(..., "--prompt", help="The user message."),
+    pack: str = PACK_OPT,
+    no_pack: bool = NO_PACK_OPT,
+    mode: str = MODE_OPT,
+    max_tokens: int = typer.Option(256, "--max-tokens", "-n", min=0, help="Generate at most this many tokens."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
+    seed: int = typer.Option(None, "--seed", help="Sampling seed (temperature > 0)."),
+    stop: list[str] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
+    system: str = typer.Option(None, "--system", help="A system message before the prompt."),
+    threads: int = THREADS_OPT,
+    n_ctx: int = CTX_OPT,
+    strength: float = STRENGTH_OPT,
+    allow_unsteered: bool = ALLOW_OPT,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the result."),
+) -> None:
+    """Answer one prompt; the gate decides whether this turn is steered."""
+    llm, model_path, pack_path = open_llm(model, pack, no_pack, mode=mode, threads=threads, n_ctx=n_ctx,
+                                          strength=strength, allow_unsteered=allow_unsteered, quiet=as_json)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    kwargs = dict(max_tokens=max_tokens, temperature=temperature, seed=seed, stop=stop or ())
+    if as_json:
+        result = llm.generate(messages, **kwargs)
+    else:
+        result = None
+        for item in llm.chat(messages, stream=True, **kwargs):  # type: ignore[union-attr]
+            if isinstance(item, GenerationResult):
+                result = item
+            else:
+                sys.stdout.write(item)
+                sys.stdout.flush()
+        sys.stdout.write("\n")
+    assert result is not None
+    if as_json:
+        d = result.to_dict()
+        d.update(model=str(model_path), pack=str(pack_path) if llm.pack else None,
+                 threads=llm.n_threads, unsteered_reason=llm.unsteered_reason)
+        typer.echo(json.dumps(d))
+    llm.close()
+
+
+def _explain_line(turn: int, r: GenerationResult) -> str:
+    if r.gate_score is None:
+        return f"turn {turn}: no pack (unsteered)"
+    weights = ", ".join(f"{w:.2f}" for w in (r.expert_weights or []))
+    verdict = "STEERED" if r.steered else "not steered"
+    return (f"turn {turn}: {verdict}  gate score {r.gate_score:.4f} vs threshold {r.threshold:.4f}  "
+            f"mode {r.mode}  experts [{weights}]  {r.tokens} tokens in {r.seconds:.2f}s")
+
+
+def chat_cmd(
+    model: str = MODEL_ARG,
+    pack: str = PACK_OPT,
+    no_pack: bool = NO_PACK_OPT,
+    mode: str = MODE_OPT,
+    explain: bool = typer.Option(False, "--explain", help="After every turn, show the gate decision."),
+    system: str = typer.Option(None, "--system", help="System message for the conversation."),
+    max_tokens: int = typer.Option(512, "--max-tokens", "-n", min=1),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0),
+    seed: int = typer.Option(None, "--seed"),
+    threads: int = THREADS_OPT,
+    n_ctx: int = CTX_OPT,
+    strength: float = STRENGTH_OPT,
+    allow_unsteered: bool = ALLOW_OPT,
+) -> None:
+    """Interactive chat. Commands: /reset (new conversation), /explain (gate decisions so far), /quit."""
+    llm, model_path, pack_path = open_llm(model, pack, no_pack, mode=mode, threads=threads, n_ctx=n_ctx,
+                                          strength=strength, allow_unsteered=allow_unsteered)
+    interactive = sys.stdin.isatty()
+    base = [{"role": "system", "content": system}] if system else []
+    messages = list(base)
+    history: list[GenerationResult] = []
+    pack_note = f"pack {pack_path.name}" if llm.pack and pack_path else "no pack"
+    print(f"finesteer-edge chat: {model_path.name}, {pack_note}, mode {llm.mode}. "
+          "/reset, /explain, /quit", file=sys.stderr)
+    while True:
+        try:
+            line = input("you> " if interactive else "")
+        except EOFError:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/quit", "/exit"):
+            break
+        if text == "/reset":
+            llm.reset()
+            messages = list(base)
+            history.clear()
+            print("(conversation reset)", file=sys.stderr)
+            continue
+        if text == "/explain":
+            if not history:
+                print("(no turns yet)")
+            for i, r in enumerate(history, 1):
+                print(_explain_line(i, r))
+            continue
+        if text.startswith("/"):
+            print(f"unknown command {text}; commands: /reset, /explain, /quit", file=sys.stderr)
+            continue
+        messages.append({"role": "user", "content": line})
+        sys.stdout.write("assistant> " if interactive else "")
+        result = None
+        try:
+            for item in llm.chat(messages, stream=True, max_tokens=max_tokens,  # type: ignore[union-attr]
+                                 temperature=temperature, seed=seed):
+                if isinstance(item, GenerationResult):
+                    result = item
+                else:
+                    sys.stdout.write(item)
+                    sys.stdout.flush()
+        except FinesteerError as exc:
+            messages.pop()
+            print(f"\nerror: {exc}", file=sys.stderr)
+            continue
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        assert result is not None
+        messages.append({"role": "assistant", "content": result.text})
+        history.append(result)
+        if explain:
+            print(_explain_line(len(history), result))
+    llm.close()

@@ -1,0 +1,344 @@
+"""One llama.cpp model and context, driven through the low-level API.
+
+We do not use ``llama_cpp.Llama``: it ignores ``cb_eval`` and silently reuses cached prompt prefixes
+across control-vector changes, which would mix steered and unsteered KV entries. This class keeps
+the token list that is in the KV cache, so callers decide exactly what is re-used and what is
+re-computed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+from ..errors import ContextOverflowError, ModelFileError
+from ..model_info import ModelInfo, read_model_info
+from . import bindings
+from .taps import LAYER_INP_ARCHITECTURES, CbEvalTap, HiddenTap, LayerInpTap
+
+GGML_TYPE_F32 = 0
+
+
+def default_threads() -> int:
+    """Physical-ish core count: ggml gains nothing from SMT siblings on these small models."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ContextSettings:
+    n_ctx: int = 4096
+    """Clamped to the model's training context."""
+    n_batch: int = 512
+    n_threads: int | None = None
+    """None: all cores this process may use."""
+    strict: bool = False
+    """Flash attention off and an F32 KV cache: bit-stable numerics for exactness tests (slower)."""
+    tap_method: str = "auto"
+    """How hidden states are read: ``auto``, ``layer_inp`` or ``cb_eval`` (see taps.py)."""
+
+
+class LlamaSession:
+    """Model + context + batch. Not thread-safe: SteeredLlama serialises access."""
+
+    def __init__(self, model_path: str | Path, settings: ContextSettings | None = None,
+                 tap_layers: tuple[int, ...] = ()) -> None:
+        self.settings = settings = settings or ContextSettings()
+        self.info: ModelInfo = read_model_info(model_path)
+        bindings.backend_init()
+        self._model = None
+        self._ctx = None
+        self._batch = None
+        self.tap: HiddenTap | None = None
+
+        mparams = llama_cpp.llama_model_default_params()
+        model = llama_cpp.llama_model_load_from_file(str(self.info.path).encode(), mparams)
+        if not model:
+            raise ModelFileError(f"llama.cpp could not load {self.info.path} (unsupported or corrupt GGUF)")
+        self._model = model
+        self._vocab = llama_cpp.llama_model_get_vocab(model)
+        self.n_embd = int(llama_cpp.llama_model_n_embd(model))
+        self.n_layer = int(llama_cpp.llama_model_n_layer(model))
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+        n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(model))
+        self.n_ctx = min(settings.n_ctx, n_ctx_train) if n_ctx_train > 0 else settings.n_ctx
+        self.n_batch = min(settings.n_batch, self.n_ctx)
+        self.n_threads = settings.n_threads or default_threads()
+
+        cb_tap = None
+        method = settings.tap_method
+        if tap_layers:
+            if method == "auto":
+                usable = self.info.fingerprint.architecture in LAYER_INP_ARCHITECTURES
+                method = "layer_inp" if usable and bindings.layer_inp_api() is not None else "cb_eval"
+            if method == "cb_eval":
+                cb_tap = CbEvalTap(tap_layers, self.n_embd)
+            elif method != "layer_inp":
+                raise ValueError(f"unknown tap method {method!r}")
+
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = self.n_ctx
+        cparams.n_batch = self.n_batch
+        cparams.n_ubatch = self.n_batch
+        cparams.n_seq_max = 1
+        cparams.n_threads = self.n_threads
+        cparams.n_threads_batch = self.n_threads
+        cparams.no_perf = True
+        if settings.strict:
+            cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            cparams.type_k = GGML_TYPE_F32
+            cparams.type_v = GGML_TYPE_F32
+        if cb_tap is not None:
+            cparams.cb_eval = cb_tap.callback
+            cparams.cb_eval_user_data = None
+        ctx = llama_cpp.llama_init_from_model(model, cparams)
+        if not ctx:
+            self.close()
+            raise ModelFileError(f"llama.cpp could not create a context for {self.info.path} (n_ctx={self.n_ctx})")
+        self._ctx = ctx
+        self._mem = llama_cpp.llama_get_memory(ctx)
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        if tap_layers:
+            self.tap = cb_tap if cb_tap is not None else LayerInpTap(ctx, tap_layers, self.n_embd)
+        self.tokens: list[int] = []
+        """Tokens whose keys/values are in the KV cache, in order."""
+        self._cvec_name, self._cvec_fn = bindings.cvec_setter()
+        self._control_key: bytes | None = None
+        self._logits_ready = False
+
+    # ----------------------------------------------------------------- vocabulary
+    @property
+    def bos(self) -> int:
+        return int(llama_cpp.llama_vocab_bos(self._vocab))
+
+    @property
+    def eos(self) -> int:
+        return int(llama_cpp.llama_vocab_eos(self._vocab))
+
+    @property
+    def add_bos(self) -> bool:
+        return bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        raw = text.encode("utf-8")
+        n_max = len(raw) + 8
+        buf = (llama_cpp.llama_token * n_max)()
+        n = llama_cpp.llama_tokenize(self._vocab, raw, len(raw), buf, n_max, add_special, parse_special)
+        if n < 0:
+            n_max = -n
+            buf = (llama_cpp.llama_token * n_max)()
+            n = llama_cpp.llama_tokenize(self._vocab, raw, len(raw), buf, n_max, add_special, parse_special)
+        if n < 0:  # pragma: no cover - llama.cpp contract
+            raise RuntimeError("tokenization failed")
+        return list(buf[:n])
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        """Bytes of one token (may be part of a UTF-8 character)."""
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
+        return buf.raw[:n]
+
+    def token_text(self, token: int) -> str:
+        return self.piece(token, special=True).decode("utf-8", errors="replace")
+
+    # ----------------------------------------------------------------- KV cache
+    @property
+    def n_past(self) -> int:
+        return len(self.tokens)
+
+    def reset(self) -> None:
+        llama_cpp.llama_memory_clear(self._mem, True)
+        self.tokens = []
+        self._logits_ready = False
+
+    def truncate(self, n: int) -> None:
+        """Drop KV entries from position ``n`` on."""
+        if n >= len(self.tokens):
+            return
+        if n <= 0:
+            self.reset()
+            return
+        ok = llama_cpp.llama_memory_seq_rm(self._mem, 0, n, -1)
+        if not ok:  # pragma: no cover - partial removal unsupported (recurrent models)
+            self.reset()
+            return
+        del self.tokens[n:]
+        self._logits_ready = False
+
+    def check_fits(self, n_new: int, *, reserve: int = 1) -> None:
+        """Raise if ``n_new`` more tokens (plus ``reserve`` for generation) overflow the context."""
+        need = self.n_past + n_new + reserve
+        if need > self.n_ctx:
+            raise ContextOverflowError(
+                f"prompt needs {self.n_past + n_new} tokens (+{reserve} to generate) but the context holds "
+                f"{self.n_ctx}; shorten it or raise n_ctx"
+            )
+
+    def decode(self, tokens: list[int], *, capture: bool = False) -> None:
+        """Append ``tokens`` to the KV cache; logits of the last one become available.
+
+        With ``capture``, the attached tap records the last token's hidden states.
+        """
+        if not tokens:
+            raise ValueError("decode needs at least one token")
+        self.check_fits(len(tokens), reserve=0)
+        tap = self.tap if capture else None
+        if capture and tap is None:
+            raise RuntimeError("this session has no hidden-state tap")
+        if tap is not None:
+            tap.start()
+        batch = self._batch
+        try:
+            for start in range(0, len(tokens), self.n_batch):
+                chunk = tokens[start : start + self.n_batch]
+                last_chunk = start + self.n_batch >= len(tokens)
+                batch.n_tokens = len(chunk)
+                pos0 = self.n_past
+                for i, tok in enumerate(chunk):
+                    batch.token[i] = tok
+                    batch.pos[i] = pos0 + i
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = 0
+                    batch.logits[i] = last_chunk and i == len(chunk) - 1
+                rc = llama_cpp.llama_decode(self._ctx, batch)
+                if rc != 0:
+                    self._logits_ready = False
+                    raise RuntimeError(f"llama_decode failed with code {rc}")
+                self.tokens.extend(chunk)
+                if tap is not None:
+                    tap.after_decode(len(chunk))
+        finally:
+            if tap is not None:
+                tap.stop()
+        self._logits_ready = True
+
+    def logits(self) -> np.ndarray:
+        """Logits (n_vocab,) after the last decode, copied."""
+        if not self._logits_ready:
+            raise RuntimeError("no logits: decode something first")
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+
+    def hidden(self, layer: int) -> np.ndarray:
+        if self.tap is None:
+            raise RuntimeError("this session has no hidden-state tap")
+        return self.tap.last(layer)
+
+    # ----------------------------------------------------------------- control vectors
+    @property
+    def cvec_api(self) -> str:
+        return self._cvec_name
+
+    @property
+    def control_active(self) -> bool:
+        return self._control_key is not None
+
+    def set_control(self, rows: np.ndarray, il_start: int, il_end: int) -> None:
+        """Apply a control vector. ``rows`` is the full (n_layer - 1, n_embd) buffer, row 0 = layer 1.
+
+        Always the full buffer: llama.cpp keeps rows a short buffer does not overwrite. An unchanged
+        vector is not re-applied (each change costs a scheduler re-reserve).
+        """
+        buf = np.ascontiguousarray(rows, dtype=np.float32)
+        if buf.shape != (self.n_layer - 1, self.n_embd):
+            raise ValueError(f"control buffer must be {(self.n_layer - 1, self.n_embd)}, got {buf.shape}")
+        if not 1 <= il_start <= il_end <= self.n_layer - 1:
+            raise ValueError(f"bad control layer range {il_start}..{il_end}")
+        key = np.int32(il_start).tobytes() + np.int32(il_end).tobytes() + buf.tobytes()
+        if key == self._control_key:
+            return
+        rc = self._cvec_fn(
+            self._ctx, buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), buf.size, self.n_embd, il_start, il_end
+        )
+        if rc != 0:
+            self._control_key = None
+            raise RuntimeError(f"{self._cvec_name} rejected the control vector (code {rc})")
+        self._control_key = key
+        self._logits_ready = False
+
+    def clear_control(self) -> None:
+        if self._control_key is None:
+            return
+        rc = self._cvec_fn(self._ctx, None, 0, self.n_embd, -1, -1)
+        if rc != 0:  # pragma: no cover - clearing cannot fail in llama.cpp
+            raise RuntimeError(f"{self._cvec_name} could not clear the control vector")
+        self._control_key = None
+
+    def control_buffer(self, vectors: dict[int, np.ndarray]) -> tuple[np.ndarray, int, int]:
+        """Full cvec buffer with ``vectors[layer]`` in place, and the layer range to enable."""
+        buf = np.zeros((self.n_layer - 1, self.n_embd), dtype=np.float32)
+        for layer, v in vectors.items():
+            buf[layer - 1] += v
+        layers = sorted(vectors)
+        return buf, layers[0], layers[-1]
+
+    # ----------------------------------------------------------------- sampling
+    def sampler(self, *, temperature: float = 0.0, top_k: int = 40, top_p: float = 0.95,
+                min_p: float = 0.05, seed: int | None = None) -> Sampler:
+        return Sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
+
+    def sample(self, sampler: Sampler) -> int:
+        return int(llama_cpp.llama_sampler_sample(sampler.chain, self._ctx, -1))
+
+    # ----------------------------------------------------------------- lifetime
+    def close(self) -> None:
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx is not None:
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+        if self._model is not None:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown may have torn down llama_cpp
+            self.close()
+
+
+class Sampler:
+    """A llama.cpp sampler chain: greedy at temperature 0, else top-k/top-p/min-p/temperature/seeded dist."""
+
+    def __init__(self, *, temperature: float, top_k: int, top_p: float, min_p: float, seed: int | None) -> None:
+        if temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        self.seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        if temperature == 0:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+        else:
+            if top_k > 0:
+                llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(top_k))
+            if 0 < top_p < 1:
+                llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(top_p, 1))
+            if min_p > 0:
+                llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_min_p(min_p, 1))
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(temperature))
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(self.seed))
+        self.chain = chain
+
+    def close(self) -> None:
+        if self.chain is not None:
+            llama_cpp.llama_sampler_free(self.chain)
+            self.chain = None
+
+    def __enter__(self) -> Sampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,132 @@
+"""Read the residual stream of the last prompt token at chosen layers while llama.cpp prefills.
+
+Two mechanisms, chosen per context (DESIGN.md section 4):
+
+``layer_inp`` (preferred): llama.cpp's experimental ``llama_set_embeddings_layer_inp`` copies the input
+of block N+1, which is exactly ``l_out-N``, into the output buffer on every decode. It is enabled once
+when the context is made, so it costs no scheduler re-reserve per turn and no per-node Python call;
+the copy of a few KB per decode is the whole price. Only architectures whose graph builder records
+layer inputs support it (enabling it on others aborts inside llama.cpp), hence the allow-list.
+
+``cb_eval`` (fallback): a Python graph-evaluation callback that grabs ``l_out-N``. It works on every
+architecture but costs ~2-4 us per graph node on every decode, so decode slows by a few percent.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Protocol
+
+import llama_cpp
+import numpy as np
+
+from . import bindings
+
+# Architectures whose graph builder in the pinned llama.cpp fills ``t_layer_inp[il]`` for every layer.
+LAYER_INP_ARCHITECTURES = frozenset({"llama", "qwen3", "qwen3moe"})
+
+
+class HiddenTap(Protocol):
+    method: str
+    layers: tuple[int, ...]
+
+    def start(self) -> None:
+        """A prefill begins: forget earlier captures."""
+
+    def after_decode(self, n_tokens: int) -> None:
+        """One ``llama_decode`` of ``n_tokens`` finished."""
+
+    def stop(self) -> None:
+        """The prefill is over (also after an error)."""
+
+    def last(self, layer: int) -> np.ndarray:
+        """Hidden state (n_embd,) of the last token of the last decode, at ``layer``."""
+
+
+class LayerInpTap:
+    method = "layer_inp"
+
+    def __init__(self, ctx: llama_cpp.llama_context_p, layers: tuple[int, ...], n_embd: int) -> None:
+        api = bindings.layer_inp_api()
+        if api is None:
+            raise RuntimeError("llama_set_embeddings_layer_inp is not exported by this llama.cpp")
+        self._api = api
+        self._ctx = ctx
+        self.layers = layers
+        self._n_embd = n_embd
+        self._captured: dict[int, np.ndarray] = {}
+        for layer in layers:
+            api.set(ctx, layer + 1, True)  # layer_inp[N+1] == l_out-N
+
+    def start(self) -> None:
+        self._captured.clear()
+
+    def after_decode(self, n_tokens: int) -> None:
+        for layer in self.layers:
+            ptr = self._api.get(self._ctx, layer + 1)
+            if not ptr:
+                raise RuntimeError(f"llama.cpp returned no layer input for layer {layer}")
+            row = np.ctypeslib.as_array(ptr, shape=(n_tokens * self._n_embd,))[-self._n_embd :]
+            self._captured[layer] = row.copy()
+
+    def stop(self) -> None:
+        pass
+
+    def last(self, layer: int) -> np.ndarray:
+        return self._captured[layer]
+
+
+class CbEvalTap:
+    """Grabs ``l_out-N`` through ``cb_eval``. Build it before the context; pass ``.callback`` in."""
+
+    method = "cb_eval"
+
+    def __init__(self, layers: tuple[int, ...], n_embd: int) -> None:
+        api = bindings.ggml_api()
+        if api is None:
+            raise RuntimeError("ggml tensor accessors not found next to llama_cpp")
+        self._api = api
+        self.layers = layers
+        self._n_embd = n_embd
+        self._want = {f"l_out-{n}".encode(): n for n in layers}
+        self._captured: dict[int, np.ndarray] = {}
+        self._row = np.zeros(n_embd, dtype=np.float32)
+        self.capturing = False
+        self.error: str | None = None
+        # Keep the CFUNCTYPE object alive for the context's whole life.
+        self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_node)
+
+    def _on_node(self, tensor: int, ask: bool, user_data: int) -> bool:
+        if not self.capturing:
+            return not ask  # ask: "no, not this node"; data call: "continue"
+        name = self._api.get_name(tensor)
+        layer = self._want.get(name)
+        if ask:
+            return layer is not None
+        if layer is None:
+            return True
+        nrows = self._api.nrows(tensor)
+        nbytes = self._api.nbytes(tensor)
+        if self._api.get_type(tensor) != 0 or nrows <= 0 or nbytes != nrows * self._n_embd * 4:
+            self.error = f"unexpected l_out-{layer} tensor (type/shape)"
+            return True
+        self._api.tensor_get(
+            tensor, self._row.ctypes.data_as(ctypes.c_void_p), (nrows - 1) * self._n_embd * 4, self._n_embd * 4
+        )
+        self._captured[layer] = self._row.copy()  # last ubatch wins: it holds the last token
+        return True
+
+    def start(self) -> None:
+        self._captured.clear()
+        self.error = None
+        self.capturing = True
+
+    def stop(self) -> None:
+        self.capturing = False
+
+    def after_decode(self, n_tokens: int) -> None:
+        if self.error:
+            raise RuntimeError(self.error)
+
+    def last(self, layer: int) -> np.ndarray:
+        return self._captured[layer]

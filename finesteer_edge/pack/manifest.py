@@ -1,0 +1,177 @@
+"""``manifest.json`` of a steering pack: schema, strict parsing, and serialisation.
+
+Parsing is strict on purpose (types, ranges, known file names) because a pack is a shared file:
+anything unexpected is a :class:`PackFormatError` naming the field, not a KeyError three calls later.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import PackFormatError
+from ..model_info import Fingerprint
+
+FORMAT_NAME = "finesteer-edge-pack"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+HEAD = "head.onnx"
+CONTROL = "control.gguf"
+PACK_FILES = (HEAD, CONTROL)
+MAX_MANIFEST_BYTES = 4 << 20
+
+METHODS = ("finesteer", "static")
+GATE_KINDS = ("scs", "scs_logistic", "logistic", "always")
+VECTOR_SOURCES = ("head", "control")
+MODES = ("exact", "fast")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    method: str
+    """``finesteer`` (SCS gate + MoSE head) or ``static`` (one fixed vector, optionally gated)."""
+    model: Fingerprint
+    model_name: str
+    gate_layer: int
+    steer_layer: int
+    alpha: float
+    tau: float
+    """Steer iff gate_score >= tau."""
+    gate_kind: str
+    n_experts: int
+    basis_rank: int
+    vector_source: str
+    """``head``: the head's query-specific vector at ``steer_layer``; ``control``: control.gguf's rows."""
+    mode: str
+    files: dict[str, FileEntry]
+    description: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        d: dict[str, Any] = {
+            "format": FORMAT_NAME,
+            "format_version": self.format_version,
+            "name": self.name,
+            "description": self.description,
+            "method": self.method,
+            "model": {**self.model.to_dict(), "name": self.model_name},
+            "layers": {"gate": self.gate_layer, "steer": self.steer_layer},
+            "alpha": self.alpha,
+            "tau": self.tau,
+            "gate": {"kind": self.gate_kind},
+            "experts": self.n_experts,
+            "basis_rank": self.basis_rank,
+            "vector_source": self.vector_source,
+            "mode": self.mode,
+            "files": {k: {"sha256": v.sha256, "bytes": v.bytes} for k, v in sorted(self.files.items())},
+            "provenance": self.provenance,
+        }
+        return json.dumps(d, indent=2, sort_keys=False, allow_nan=False) + "\n"
+
+
+def _get(d: Any, key: str, kind: type | tuple[type, ...], where: str = "") -> Any:
+    if not isinstance(d, dict) or key not in d:
+        raise PackFormatError(f"manifest: missing field {where}{key!r}")
+    v = d[key]
+    # bool is an int subclass: never accept it where a number is meant.
+    if isinstance(v, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise PackFormatError(f"manifest: field {where}{key!r} has the wrong type")
+    if not isinstance(v, kind):
+        raise PackFormatError(f"manifest: field {where}{key!r} has the wrong type")
+    return v
+
+
+def _finite(v: Any, name: str) -> float:
+    f = float(v)
+    if not math.isfinite(f):
+        raise PackFormatError(f"manifest: {name} must be finite")
+    return f
+
+
+def _choice(v: str, allowed: tuple[str, ...], name: str) -> str:
+    if v not in allowed:
+        raise PackFormatError(f"manifest: {name} {v!r} is not one of {', '.join(allowed)}")
+    return v
+
+
+def parse_manifest(raw: bytes) -> Manifest:
+    try:
+        d = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise PackFormatError(f"manifest.json is not valid JSON: {exc}") from exc
+    if not isinstance(d, dict):
+        raise PackFormatError("manifest.json must hold a JSON object")
+    if d.get("format") != FORMAT_NAME:
+        raise PackFormatError(f"manifest.json is not a {FORMAT_NAME} manifest")
+    version = _get(d, "format_version", int)
+    if version != FORMAT_VERSION:
+        raise PackFormatError(f"pack format version {version} is not supported (this runtime reads {FORMAT_VERSION})")
+    model = _get(d, "model", dict)
+    try:
+        fp = Fingerprint(
+            architecture=_get(model, "architecture", str, "model."),
+            n_layer=_get(model, "n_layer", int, "model."),
+            n_embd=_get(model, "n_embd", int, "model."),
+            n_vocab=_get(model, "n_vocab", int, "model."),
+            tokenizer_sha256=_get(model, "tokenizer_sha256", str, "model."),
+        )
+    except PackFormatError:
+        raise
+    if not (1 <= fp.n_layer <= 4096 and 1 <= fp.n_embd <= 65536 and fp.n_vocab >= 1):
+        raise PackFormatError("manifest: model dimensions out of range")
+    layers = _get(d, "layers", dict)
+    gate_layer = _get(layers, "gate", int, "layers.")
+    steer_layer = _get(layers, "steer", int, "layers.")
+    files_raw = _get(d, "files", dict)
+    files: dict[str, FileEntry] = {}
+    for name in PACK_FILES:
+        entry = _get(files_raw, name, dict, "files.")
+        sha = _get(entry, "sha256", str, f"files.{name}.")
+        size = _get(entry, "bytes", int, f"files.{name}.")
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha) or size < 0:
+            raise PackFormatError(f"manifest: bad checksum entry for {name}")
+        files[name] = FileEntry(sha, size)
+    extra = set(files_raw) - set(PACK_FILES)
+    if extra:
+        raise PackFormatError(f"manifest lists unknown files: {', '.join(sorted(map(str, extra)))}")
+    gate = _get(d, "gate", dict)
+    n_experts = _get(d, "experts", int)
+    basis_rank = _get(d, "basis_rank", int)
+    if not (1 <= n_experts <= 4096 and 0 <= basis_rank <= 4096):
+        raise PackFormatError("manifest: experts/basis_rank out of range")
+    provenance = d.get("provenance", {})
+    if not isinstance(provenance, dict):
+        raise PackFormatError("manifest: provenance must be an object")
+    name = d.get("name", "")
+    description = d.get("description", "")
+    if not isinstance(name, str) or not isinstance(description, str):
+        raise PackFormatError("manifest: name and description must be strings")
+    return Manifest(
+        name=name,
+        description=description,
+        method=_choice(_get(d, "method", str), METHODS, "method"),
+        model=fp,
+        model_name=str(model.get("name", "")),
+        gate_layer=gate_layer,
+        steer_layer=steer_layer,
+        alpha=_finite(_get(d, "alpha", (int, float)), "alpha"),
+        tau=_finite(_get(d, "tau", (int, float)), "tau"),
+        gate_kind=_choice(_get(gate, "kind", str, "gate."), GATE_KINDS, "gate.kind"),
+        n_experts=n_experts,
+        basis_rank=basis_rank,
+        vector_source=_choice(_get(d, "vector_source", str), VECTOR_SOURCES, "vector_source"),
+        mode=_choice(_get(d, "mode", str), MODES, "mode"),
+        files=files,
+        provenance=provenance,
+        format_version=version,
+    )

@@ -1,0 +1,116 @@
+"""The CLI as users run it: real subprocesses, one-line errors with exit code 2, JSON output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from finesteer_edge.testing.packs import make_random_pack
+
+from .conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def pack(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_random_pack(tiny_model, tmp_path_factory.mktemp("p") / "pack", tau=-1.0, vector_norm=60.0)
+
+
+def assert_one_line_error(proc, pattern: str) -> None:  # type: ignore[no-untyped-def]
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert pattern in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_generate_json(tiny_model: Path, pack: Path) -> None:
+    proc = run_cli("generate", str(tiny_model), "--pack", str(pack), "--prompt", "hello", "-n", "6", "--json",
+                   "--threads", "2", "--n-ctx", "512")
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    for key in ("text", "steered", "gate_score", "expert_weights", "mode", "tokens", "seconds"):
+        assert key in d
+    assert d["steered"] is True and d["mode"] == "exact" and d["tokens"] == 6 and len(d["expert_weights"]) == 4
+
+
+def test_generate_streams_text_and_no_pack(tiny_model: Path, pack: Path) -> None:
+    a = run_cli("generate", str(tiny_model), "--no-pack", "--prompt", "hello", "-n", "6", "--threads", "2")
+    b = run_cli("generate", str(tiny_model), "--no-pack", "--prompt", "hello", "-n", "6", "--json", "--threads", "2")
+    assert a.returncode == 0 and a.stdout.rstrip("\n") == json.loads(b.stdout)["text"]
+    c = run_cli("generate", str(tiny_model), "--pack", str(pack), "--no-pack", "--prompt", "x")
+    assert c.returncode == 2
+
+
+def test_chat_session(tiny_model: Path, pack: Path) -> None:
+    proc = run_cli("chat", str(tiny_model), "--pack", str(pack), "--explain", "-n", "4", "--threads", "2",
+                   input="hello\n/explain\n/bogus\n/reset\nagain\n/quit\nnever read\n")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.count("turn 1: STEERED") == 3  # --explain after turn 1, /explain, and after turn 1 again post-reset
+    assert "threshold -1.0000" in out and "experts [" in out
+    assert "unknown command /bogus" in proc.stderr and "conversation reset" in proc.stderr
+
+
+def test_inspect_and_verify(tiny_model: Path, pack: Path) -> None:
+    ins = run_cli("inspect", str(pack), "--json")
+    d = json.loads(ins.stdout)
+    assert (d["gate_layer"], d["steer_layer"], d["experts"], d["model"]["n_embd"]) == (1, 2, 4, 256)
+    ver = run_cli("verify", str(pack), "--model", str(tiny_model), "--json")
+    assert ver.returncode == 0, ver.stderr
+    assert json.loads(ver.stdout)["selftest"]["tap_method"] == "layer_inp"
+
+
+def test_bad_inputs_are_one_line_errors(tiny_model: Path, tiny_model_other: Path, pack: Path, tmp_path: Path) -> None:
+    assert_one_line_error(run_cli("generate", str(tmp_path / "missing.gguf"), "--prompt", "x"), "model file not found")
+    notgguf = tmp_path / "fake.gguf"
+    notgguf.write_text("hello")
+    assert_one_line_error(run_cli("generate", str(notgguf), "--prompt", "x"), "not a GGUF")
+    assert_one_line_error(run_cli("generate", str(tiny_model_other), "--pack", str(pack), "--prompt", "x"),
+                          "n_embd 256 != 128")
+    assert_one_line_error(run_cli("verify", str(pack), "--model", str(tiny_model_other)), "does not fit")
+    assert_one_line_error(run_cli("generate", str(tiny_model), "--pack", str(tmp_path / "nopack"), "--prompt", "x"),
+                          "pack not found")
+    long_prompt = "word " * 400
+    assert_one_line_error(run_cli("generate", str(tiny_model), "--no-pack", "--n-ctx", "64", "--prompt", long_prompt),
+                          "context holds 64")
+
+
+def test_checksum_and_layer_errors(tiny_model: Path, tmp_path: Path) -> None:
+    p = make_random_pack(tiny_model, tmp_path / "bad")
+    data = bytearray((p / "control.gguf").read_bytes())
+    data[-4] ^= 0x55
+    (p / "control.gguf").write_bytes(bytes(data))
+    assert_one_line_error(run_cli("inspect", str(p)), "sha256 of control.gguf")
+    q = make_random_pack(tiny_model, tmp_path / "layer")
+    m = json.loads((q / "manifest.json").read_text())
+    m["layers"]["steer"] = 0
+    (q / "manifest.json").write_text(json.dumps(m))
+    assert_one_line_error(run_cli("generate", str(tiny_model), "--pack", str(q), "--prompt", "x"), "layer 0")
+    m["layers"]["steer"] = 9
+    (q / "manifest.json").write_text(json.dumps(m))
+    assert_one_line_error(run_cli("verify", str(q), "--model", str(tiny_model)), "out of range")
+
+
+def test_allow_unsteered_is_loud(tiny_model: Path, tmp_path: Path) -> None:
+    p = make_random_pack(tiny_model, tmp_path / "bad")
+    (p / "head.onnx").write_bytes(b"garbage")
+    refused = run_cli("generate", str(tiny_model), "--pack", str(p), "--prompt", "x", "-n", "2")
+    assert_one_line_error(refused, "head.onnx")
+    allowed = run_cli("generate", str(tiny_model), "--pack", str(p), "--prompt", "x", "-n", "2",
+                      "--allow-unsteered", "--json")
+    assert allowed.returncode == 0
+    assert "STEERING DISABLED" in allowed.stderr
+    d = json.loads(allowed.stdout)
+    assert d["steered"] is False and d["unsteered_reason"]
+
+
+def test_console_script_is_installed() -> None:
+    import shutil
+    import subprocess
+
+    exe = shutil.which("finesteer-edge")
+    assert exe, "the finesteer-edge console script is not on PATH"
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "generate" in out.stdout and "verify" in out.stdout

@@ -1,0 +1,120 @@
+"""The llama.cpp layer on a real (tiny) GGUF: taps, control vectors, layer numbering vs HF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from finesteer_edge.errors import ContextOverflowError
+from finesteer_edge.llama.session import ContextSettings, LlamaSession
+
+PROMPT = "<|im_start|>user\nHello there, the world<|im_end|>\n<|im_start|>assistant\n"
+
+
+def session(model: Path, taps: tuple[int, ...] = (0, 1, 2), **kw: object) -> LlamaSession:
+    return LlamaSession(model, ContextSettings(n_ctx=256, n_threads=2, strict=True, **kw), tap_layers=taps)  # type: ignore[arg-type]
+
+
+def test_special_tokens_are_parsed(tiny_model: Path) -> None:
+    s = session(tiny_model, ())
+    toks = s.tokenize(PROMPT)
+    assert toks[0] == 1 and 2 in toks  # <|im_start|> and <|im_end|> are single control tokens
+    assert s.tokenize("<|im_start|>", parse_special=False) != [1]
+
+
+@pytest.mark.parametrize("layer", [1, 2])
+def test_control_vector_adds_exactly_v_to_l_out(tiny_model: Path, layer: int) -> None:
+    s = session(tiny_model)
+    toks = s.tokenize(PROMPT)
+    s.decode(toks, capture=True)
+    base = {n: s.hidden(n).copy() for n in (0, 1, 2)}
+    base_logits = s.logits()
+    v = np.random.default_rng(layer).standard_normal(s.n_embd).astype(np.float32) * 3
+    s.set_control(*s.control_buffer({layer: v}))
+    s.reset()
+    s.decode(toks, capture=True)
+    np.testing.assert_allclose(s.hidden(layer) - base[layer], v, atol=1e-5)
+    for n in range(layer):  # layers below the vector are untouched, bit for bit
+        np.testing.assert_array_equal(s.hidden(n), base[n])
+    assert np.abs(s.logits() - base_logits).max() > 1e-3
+    s.clear_control()
+    s.reset()
+    s.decode(toks, capture=True)
+    np.testing.assert_array_equal(s.logits(), base_logits)
+
+
+def test_short_control_buffer_is_refused(tiny_model: Path) -> None:
+    s = session(tiny_model, ())
+    with pytest.raises(ValueError, match="control buffer"):
+        s.set_control(np.zeros((1, s.n_embd), np.float32), 1, 1)
+
+
+def test_cb_eval_tap_equals_layer_inp_tap(tiny_model: Path) -> None:
+    a = session(tiny_model, tap_method="layer_inp")
+    b = session(tiny_model, tap_method="cb_eval")
+    assert (a.tap.method, b.tap.method) == ("layer_inp", "cb_eval")  # type: ignore[union-attr]
+    toks = a.tokenize(PROMPT * 3)
+    for s in (a, b):
+        s.decode(toks, capture=True)
+    for n in (0, 1, 2):
+        np.testing.assert_array_equal(a.hidden(n), b.hidden(n))
+    np.testing.assert_array_equal(a.logits(), b.logits())
+
+
+def test_long_prompt_in_several_batches_taps_the_last_token(tiny_model: Path) -> None:
+    whole = LlamaSession(tiny_model, ContextSettings(n_ctx=512, n_batch=512, n_threads=2, strict=True), (1,))
+    chunked = LlamaSession(tiny_model, ContextSettings(n_ctx=512, n_batch=16, n_threads=2, strict=True), (1,))
+    toks = whole.tokenize(PROMPT * 4)
+    assert len(toks) > 32
+    whole.decode(toks, capture=True)
+    chunked.decode(toks, capture=True)
+    np.testing.assert_allclose(whole.hidden(1), chunked.hidden(1), rtol=1e-4, atol=1e-4)
+
+
+def test_decode_past_context_raises(tiny_model: Path) -> None:
+    s = LlamaSession(tiny_model, ContextSettings(n_ctx=32, n_threads=2))
+    with pytest.raises(ContextOverflowError):
+        s.decode(s.tokenize(PROMPT * 4))
+
+
+@pytest.mark.slow
+def test_layer_convention_matches_hf_transformers(tiny_model: Path) -> None:
+    """tap N == HF hidden_states[N+1]; control vector at N == forward hook adding v to layers[N]."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(tiny_model.parent), gguf_file=tiny_model.name, dtype=torch.float32
+    ).eval()
+    s = session(tiny_model)
+    toks = s.tokenize(PROMPT)
+    s.decode(toks, capture=True)
+    with torch.no_grad():
+        ref = model(torch.tensor([toks]), output_hidden_states=True)
+    for n in (0, 1, 2):
+        hf = ref.hidden_states[n + 1][0, -1].numpy()
+        assert np.abs(s.hidden(n) - hf).max() <= 1e-5 * np.abs(hf).max()
+    n = 2
+    v = np.random.default_rng(0).standard_normal(s.n_embd).astype(np.float32) * 5
+    s.set_control(*s.control_buffer({n: v}))
+    s.reset()
+    s.decode(toks)
+
+    def add_v(module, inputs, output):  # type: ignore[no-untyped-def]
+        if isinstance(output, tuple):
+            return (output[0] + torch.from_numpy(v),) + tuple(output[1:])
+        return output + torch.from_numpy(v)
+
+    hook = model.model.layers[n].register_forward_hook(add_v)
+    with torch.no_grad():
+        steered = model(torch.tensor([toks])).logits[0, -1].numpy()
+    hook.remove()
+    ours = s.logits()
+    assert np.abs(steered - ref.logits[0, -1].numpy()).max() > 1.0  # the vector matters
+    assert np.abs(ours - steered).max() <= 1e-5 * np.abs(steered).max()
+    # and the same vector one layer off does not match: the test can fail
+    s.set_control(*s.control_buffer({n - 1: v}))
+    s.reset()
+    s.decode(toks)
+    assert np.abs(s.logits() - steered).max() > 1e-2
