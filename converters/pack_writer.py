@@ -41,6 +41,7 @@ def write_pack(
     model_name: str = "",
     provenance: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    feature_layer: int | None = None,
 ) -> Path:
     """Write ``out`` (a directory). ``mean_vector`` (layer -> (d,)) becomes ``control.gguf``."""
     out = Path(out)
@@ -61,7 +62,8 @@ def write_pack(
         files = {n: _entry(tmp / n) for n in (HEAD, CONTROL)}
         manifest = Manifest(
             name=name, description=description, method=method, model=fingerprint, model_name=model_name,
-            gate_layer=gate_layer, steer_layer=steer_layer, alpha=float(alpha), tau=float(tau),
+            gate_layer=gate_layer, steer_layer=steer_layer, feature_layer=feature_layer, alpha=float(alpha),
+            tau=float(tau),
             gate_kind=head.gate.kind, n_experts=head.n_experts, basis_rank=head.basis_rank,
             vector_source=vector_source, mode=mode, files=files, provenance=dict(provenance or {}),
         )

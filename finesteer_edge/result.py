@@ -31,6 +31,8 @@ class GenerationResult:
     token_ids: list[int] = field(default_factory=list)
     seed: int | None = None
     strength: float | None = None
+    dropped_turns: int = 0
+    """Oldest user/assistant exchanges left out so the prompt fits (``context_policy="drop_oldest"``)."""
 
     def to_dict(self, *, with_token_ids: bool = False) -> dict[str, Any]:
         d = asdict(self)

@@ -4,7 +4,7 @@ On a short probe it proves, on the very llama.cpp build and model in use, that
 1. the hidden-state tap returns finite (n_embd,) vectors at the pack's layers;
 2. a control vector v set at the steer layer L shows up in the tap at L as exactly +v (so the tap
    reads ``l_out-L`` and the vector lands on block L's output, the same layer);
-3. the gate layer's tap, when it lies below L, is untouched by that vector;
+3. the taps of the other pack layers (gate, feature) below L are untouched by that vector;
 4. the logits change while the vector is set, and are bit-identical to the unsteered logits once it
    is cleared (nothing leaks into later turns).
 Any failure raises :class:`SelfTestError`; the caller must not generate unsteered instead.
@@ -35,15 +35,17 @@ class SelfTestReport:
         return dict(vars(self))
 
 
-def run_selftest(session: LlamaSession, gate_layer: int, steer_layer: int) -> SelfTestReport:
+def run_selftest(session: LlamaSession, gate_layer: int, steer_layer: int,
+                 other_layers: tuple[int, ...] = ()) -> SelfTestReport:
     if session.tap is None:
         raise SelfTestError("no hidden-state tap on this session")
     probe = session.tokenize(PROBE_TEXT, add_special=session.add_bos, parse_special=False)
     if session.n_ctx < len(probe) + 1:
         raise SelfTestError("context too small for the self-test probe")
     d = session.n_embd
+    layers = tuple(sorted({gate_layer, steer_layer, *other_layers}))
     try:
-        base_logits, base_h = _prefill(session, probe, (gate_layer, steer_layer))
+        base_logits, base_h = _prefill(session, probe, layers)
         for layer, h in base_h.items():
             if h.shape != (d,) or not np.isfinite(h).all():
                 raise SelfTestError(f"hidden-state tap at layer {layer} returned shape {h.shape} or non-finite values")
@@ -55,7 +57,7 @@ def run_selftest(session: LlamaSession, gate_layer: int, steer_layer: int) -> Se
         buf, lo, hi = session.control_buffer({steer_layer: v})
         session.set_control(buf, lo, hi)
         try:
-            steered_logits, steered_h = _prefill(session, probe, (gate_layer, steer_layer))
+            steered_logits, steered_h = _prefill(session, probe, layers)
         finally:
             session.clear_control()
         err = float(np.abs((steered_h[steer_layer] - base_h[steer_layer]) - v).max())
@@ -65,14 +67,13 @@ def run_selftest(session: LlamaSession, gate_layer: int, steer_layer: int) -> Se
                 f"a control vector at layer {steer_layer} did not appear as +v in the tap at layer {steer_layer} "
                 f"(max error {err:.3g}); taps and control vectors disagree on layer numbering"
             )
-        if gate_layer < steer_layer and not np.array_equal(steered_h[gate_layer], base_h[gate_layer]):
-            raise SelfTestError(
-                f"a control vector at layer {steer_layer} changed the tap at earlier layer {gate_layer}"
-            )
+        for layer in layers:
+            if layer < steer_layer and not np.array_equal(steered_h[layer], base_h[layer]):
+                raise SelfTestError(f"a control vector at layer {steer_layer} changed the tap at earlier layer {layer}")
         change = float(np.abs(steered_logits - base_logits).max())
         if not change > 0:
             raise SelfTestError("setting the control vector did not change the logits")
-        cleared_logits, _ = _prefill(session, probe, (gate_layer, steer_layer))
+        cleared_logits, _ = _prefill(session, probe, layers)
         if not np.array_equal(cleared_logits, base_logits):
             raise SelfTestError("logits after clearing the control vector differ from unsteered logits")
     finally:

@@ -38,6 +38,7 @@ from .selftest import SelfTestReport, run_selftest
 log = logging.getLogger("finesteer_edge")
 
 MODES = ("exact", "fast")
+CONTEXT_POLICIES = ("error", "drop_oldest")
 GATE_POLICIES = ("pack", "always", "never")
 VECTOR_SOURCES = ("head", "mean")
 
@@ -66,6 +67,13 @@ class SteeredLlama:
         strict: flash attention off and F32 KV cache (bit-stable, slower; for exactness tests).
         allow_unsteered: if the pack cannot be loaded, verified or self-tested, continue without
             steering instead of raising. Loud: logs an error and emits a warning. Off by default.
+        context_policy: what a turn does when the conversation does not fit into ``n_ctx`` with room to
+            generate. ``error`` (default): raise :class:`ContextOverflowError` and leave the instance and its
+            KV cache as they were. ``drop_oldest``: leave out the oldest user/assistant exchanges (system
+            messages and the turn being answered are always kept) until the prompt fits with room for
+            ``min(max_tokens, n_ctx // 2)`` new tokens; the count is ``GenerationResult.dropped_turns``. The
+            caller's message list is not changed (:func:`drop_oldest_turns` trims it the same way).
+        tap_layers: extra layers whose hidden states the session reads (activation extraction).
     """
 
     def __init__(
@@ -83,6 +91,8 @@ class SteeredLlama:
         strict: bool = False,
         tap_method: str = "auto",
         allow_unsteered: bool = False,
+        context_policy: str = "error",
+        tap_layers: Sequence[int] = (),
     ) -> None:
         if mode is not None and mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -92,6 +102,9 @@ class SteeredLlama:
             raise ValueError(f"vector_source must be one of {VECTOR_SOURCES}, not {vector_source!r}")
         if not np.isfinite(strength):
             raise ValueError("strength must be finite")
+        if context_policy not in CONTEXT_POLICIES:
+            raise ValueError(f"context_policy must be one of {CONTEXT_POLICIES}, not {context_policy!r}")
+        self.context_policy = context_policy
         self._lock = threading.Lock()
         self._owner: int | None = None
         self.unsteered_reason: str | None = None
@@ -109,10 +122,12 @@ class SteeredLlama:
         except PackError as exc:
             loaded = self._refuse_or_continue(exc, allow_unsteered)
         self.pack = loaded
-        self._session = LlamaSession(model_path, settings, tap_layers=loaded.tap_layers if loaded else ())
+        taps = tuple(sorted(set(tap_layers) | set(loaded.tap_layers if loaded else ())))
+        self._session = LlamaSession(model_path, settings, tap_layers=taps)
         if loaded is not None:
             try:
-                self.selftest = run_selftest(self._session, loaded.manifest.gate_layer, loaded.manifest.steer_layer)
+                m = loaded.manifest
+                self.selftest = run_selftest(self._session, m.gate_layer, m.steer_layer, (m.head_layer,))
             except PackError as exc:
                 self.pack = self._refuse_or_continue(exc, allow_unsteered)
         m = self.pack.manifest if self.pack else None
@@ -228,16 +243,55 @@ class SteeredLlama:
         toks = s.tokenize(text, add_special=False, parse_special=True)
         if s.add_bos and (not toks or toks[0] != s.bos):
             toks.insert(0, s.bos)
-        if not toks:
+        if not toks:  # the model file's fault (template or vocabulary) unless there was nothing to say
+            from .errors import ModelFileError
+            from .llama.chat_template import ChatTemplateError
+
+            if text:
+                raise ModelFileError(f"{self._session.info.path.name}: its tokenizer produced no tokens for the prompt")
+            if self._template.available:
+                raise ChatTemplateError("the model's chat template rendered nothing for this conversation")
             raise ValueError("the prompt is empty")
         return toks
+
+    def _fit_context(self, messages: list[dict[str, str]], max_tokens: int) -> tuple[list[int], int]:
+        """Prompt tokens under the context policy, and how many oldest exchanges were left out.
+
+        Only renders and tokenizes: the KV cache is untouched until the prompt is known to fit, so an
+        overflow (raised by the caller) leaves the instance exactly as it was.
+        """
+        tokens = self.prompt_tokens(messages)
+        room = max(1, min(max_tokens, self.n_ctx // 2))
+        n_max = len(_exchanges(messages)) if self.context_policy == "drop_oldest" else 0
+        if len(tokens) + room <= self.n_ctx or n_max == 0:
+            return tokens, 0
+        # Fewest exchanges to drop: binary search (the prompt shrinks as more are dropped), so a long
+        # history costs O(log n) renders per turn rather than one per dropped exchange.
+        tried: dict[int, list[int]] = {}
+
+        def fits(k: int) -> bool:
+            tried[k] = self.prompt_tokens(drop_oldest_turns(messages, k))
+            return len(tried[k]) + room <= self.n_ctx
+
+        if not fits(n_max):
+            return tried[n_max], n_max  # the shortest possible; may still overflow (raised by the caller)
+        lo, hi = 1, n_max
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if fits(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        if lo not in tried:
+            fits(lo)
+        return tried[lo], lo
 
     def decide(self) -> Decision:
         """Gate and vector for the hidden states of the last prefill (pack required)."""
         assert self.pack is not None
         m = self.pack.manifest
         s = self._session
-        out = self.pack.evaluate(s.hidden(m.gate_layer), s.hidden(m.steer_layer))
+        out = self.pack.evaluate(s.hidden(m.gate_layer), s.hidden(m.head_layer))
         is_open = {"pack": out.gate_score >= m.tau, "always": True, "never": False}[self.gate]
         if self.vector_source == "head":
             vectors = {m.steer_layer: out.vector * self.strength}
@@ -256,7 +310,7 @@ class SteeredLlama:
             raise ValueError("max_tokens must be >= 0")
         t0 = time.perf_counter()
         s = self._session
-        tokens = self.prompt_tokens(messages)
+        tokens, dropped = self._fit_context(messages, max_tokens)
         common = _common_prefix(s.tokens, tokens) if reuse_cache else 0
         common = min(common, len(tokens) - 1)  # always decode at least one token to get fresh logits
         _check_context(tokens, s.n_ctx)
@@ -283,7 +337,7 @@ class SteeredLlama:
                 expert_weights=[float(x) for x in decision.expert_weights] if decision else None,
                 mode=self.mode if self.pack else "none", tokens=0, seconds=0.0,
                 threshold=self.threshold, prompt_tokens=len(tokens), cached_tokens=common,
-                strength=self.strength if self.pack else None,
+                strength=self.strength if self.pack else None, dropped_turns=dropped,
             )
             yield from self._generate(result, t0, max_tokens=max_tokens, temperature=temperature, seed=seed,
                                       top_k=top_k, top_p=top_p, min_p=min_p, stop=stop)
@@ -358,6 +412,28 @@ def _drain(it: Iterator[str | GenerationResult]) -> GenerationResult:
             result = item
     assert result is not None
     return result
+
+
+def _exchanges(messages: Sequence[Message]) -> list[list[int]]:
+    """Indices of the droppable exchanges, oldest first: each starts at a user message (or is whatever
+    non-system messages precede the first one) and runs up to the next user message. System messages
+    and the last exchange (the turn being answered) are never among them."""
+    groups: list[list[int]] = []
+    for i, m in enumerate(messages):
+        if m["role"] == "system":
+            continue
+        if m["role"] == "user" or not groups:
+            groups.append([])
+        groups[-1].append(i)
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    return [g for g in groups if last_user is None or g[-1] < last_user][: max(0, len(groups) - 1)]
+
+
+def drop_oldest_turns(messages: Sequence[Message], n: int) -> list[dict[str, str]]:
+    """``messages`` without its ``n`` oldest user/assistant exchanges, as ``context_policy="drop_oldest"``
+    renders them (use it with ``GenerationResult.dropped_turns`` to trim a kept history the same way)."""
+    drop = {i for g in _exchanges(messages)[:n] for i in g}
+    return [dict(m) for i, m in enumerate(messages) if i not in drop]
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

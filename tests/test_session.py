@@ -118,3 +118,32 @@ def test_layer_convention_matches_hf_transformers(tiny_model: Path) -> None:
     s.reset()
     s.decode(toks)
     assert np.abs(s.logits() - steered).max() > 1e-2
+
+
+@pytest.mark.parametrize("method", ["layer_inp", "cb_eval"])
+def test_all_rows_capture_matches_one_token_at_a_time(tiny_model: Path, method: str) -> None:
+    """Teacher forcing reads every response token's state; it must equal the states token by token."""
+    s = LlamaSession(tiny_model, ContextSettings(n_ctx=256, n_batch=8, n_threads=2, strict=True, tap_method=method),
+                     tap_layers=(1, 2))
+    toks = s.tokenize(PROMPT)
+    s.decode(toks[:5])
+    s.decode(toks[5:], capture="all")
+    rows = s.hidden_rows(2)
+    assert rows.shape == (len(toks) - 5, s.n_embd)
+    np.testing.assert_array_equal(rows[-1], s.hidden(2))
+    s.truncate(5)
+    for i, tok in enumerate(toks[5:]):
+        s.decode([tok], capture=True)
+        np.testing.assert_allclose(s.hidden(2), rows[i], rtol=1e-4, atol=1e-4)
+
+
+def test_all_logits_equal_one_token_at_a_time(tiny_model: Path) -> None:
+    s = LlamaSession(tiny_model, ContextSettings(n_ctx=256, n_batch=8, n_threads=2, strict=True))
+    toks = s.tokenize(PROMPT)
+    rows = s.decode(toks, all_logits=True)
+    assert rows is not None and rows.shape == (len(toks), s.n_vocab)
+    np.testing.assert_array_equal(rows[-1], s.logits())
+    s.reset()
+    for i, tok in enumerate(toks):
+        s.decode([tok])
+        np.testing.assert_allclose(s.logits(), rows[i], rtol=1e-4, atol=1e-4)

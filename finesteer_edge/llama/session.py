@@ -17,7 +17,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from ..errors import ContextOverflowError, ModelFileError
+from ..errors import ContextOverflowError, LayerError, ModelFileError
 from ..model_info import ModelInfo, read_model_info
 from . import bindings
 from .taps import LAYER_INP_ARCHITECTURES, CbEvalTap, HiddenTap, LayerInpTap
@@ -73,6 +73,13 @@ class LlamaSession:
         self.n_batch = min(settings.n_batch, self.n_ctx)
         self.n_threads = settings.n_threads or default_threads()
 
+        bad = [n for n in tap_layers if not 0 <= n <= self.n_layer - 2]
+        if bad:
+            self.close()
+            raise LayerError(
+                f"cannot read hidden states at layer(s) {bad}: valid layers are 0..{self.n_layer - 2} "
+                f"for this {self.n_layer}-layer model (the last block keeps only output rows)"
+            )
         cb_tap = None
         method = settings.tap_method
         if tap_layers:
@@ -141,7 +148,12 @@ class LlamaSession:
             n = llama_cpp.llama_tokenize(self._vocab, raw, len(raw), buf, n_max, add_special, parse_special)
         if n < 0:  # pragma: no cover - llama.cpp contract
             raise RuntimeError("tokenization failed")
-        return list(buf[:n])
+        ids = list(buf[:n])
+        if any(not 0 <= t < self.n_vocab for t in ids):
+            # Some tokenizers (e.g. RWKV's) return -1 for text their vocabulary cannot spell; decoding
+            # that would fail deep in llama_decode, so it is the model file's error, reported here.
+            raise ModelFileError(f"{self.info.path.name}: its tokenizer produced invalid token ids for this text")
+        return ids
 
     def piece(self, token: int, *, special: bool = False) -> bytes:
         """Bytes of one token (may be part of a UTF-8 character)."""
@@ -188,10 +200,12 @@ class LlamaSession:
                 f"{self.n_ctx}; shorten it or raise n_ctx"
             )
 
-    def decode(self, tokens: list[int], *, capture: bool = False) -> None:
+    def decode(self, tokens: list[int], *, capture: bool | str = False, all_logits: bool = False) -> np.ndarray | None:
         """Append ``tokens`` to the KV cache; logits of the last one become available.
 
-        With ``capture``, the attached tap records the last token's hidden states.
+        ``capture=True`` (or ``"last"``) records the last token's hidden states at the tap layers;
+        ``capture="all"`` records every token's (for teacher-forced response means). ``all_logits``
+        returns the (len(tokens), n_vocab) logits of every position (for scoring continuations).
         """
         if not tokens:
             raise ValueError("decode needs at least one token")
@@ -200,8 +214,9 @@ class LlamaSession:
         if capture and tap is None:
             raise RuntimeError("this session has no hidden-state tap")
         if tap is not None:
-            tap.start()
+            tap.start(all_rows=capture == "all")
         batch = self._batch
+        rows: list[np.ndarray] = []
         try:
             for start in range(0, len(tokens), self.n_batch):
                 chunk = tokens[start : start + self.n_batch]
@@ -213,18 +228,22 @@ class LlamaSession:
                     batch.pos[i] = pos0 + i
                     batch.n_seq_id[i] = 1
                     batch.seq_id[i][0] = 0
-                    batch.logits[i] = last_chunk and i == len(chunk) - 1
+                    batch.logits[i] = all_logits or (last_chunk and i == len(chunk) - 1)
                 rc = llama_cpp.llama_decode(self._ctx, batch)
                 if rc != 0:
                     self._logits_ready = False
                     raise RuntimeError(f"llama_decode failed with code {rc}")
                 self.tokens.extend(chunk)
+                if all_logits:
+                    ptr = llama_cpp.llama_get_logits(self._ctx)
+                    rows.append(np.ctypeslib.as_array(ptr, shape=(len(chunk), self.n_vocab)).copy())
                 if tap is not None:
                     tap.after_decode(len(chunk))
         finally:
             if tap is not None:
                 tap.stop()
         self._logits_ready = True
+        return np.concatenate(rows) if all_logits else None
 
     def logits(self) -> np.ndarray:
         """Logits (n_vocab,) after the last decode, copied."""
@@ -234,9 +253,16 @@ class LlamaSession:
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
 
     def hidden(self, layer: int) -> np.ndarray:
+        """Last token's state at ``layer`` from the last capturing decode."""
         if self.tap is None:
             raise RuntimeError("this session has no hidden-state tap")
         return self.tap.last(layer)
+
+    def hidden_rows(self, layer: int) -> np.ndarray:
+        """(n_tokens, n_embd) states at ``layer`` from the last ``capture="all"`` decode."""
+        if self.tap is None:
+            raise RuntimeError("this session has no hidden-state tap")
+        return self.tap.rows(layer)
 
     # ----------------------------------------------------------------- control vectors
     @property

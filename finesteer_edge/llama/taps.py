@@ -30,8 +30,8 @@ class HiddenTap(Protocol):
     method: str
     layers: tuple[int, ...]
 
-    def start(self) -> None:
-        """A prefill begins: forget earlier captures."""
+    def start(self, all_rows: bool = False) -> None:
+        """A prefill begins: forget earlier captures; with ``all_rows`` keep every token's state."""
 
     def after_decode(self, n_tokens: int) -> None:
         """One ``llama_decode`` of ``n_tokens`` finished."""
@@ -40,57 +40,79 @@ class HiddenTap(Protocol):
         """The prefill is over (also after an error)."""
 
     def last(self, layer: int) -> np.ndarray:
-        """Hidden state (n_embd,) of the last token of the last decode, at ``layer``."""
+        """Hidden state (n_embd,) of the last token of the last prefill, at ``layer``."""
+
+    def rows(self, layer: int) -> np.ndarray:
+        """Hidden states (n_tokens, n_embd) of every token of the last ``all_rows`` prefill."""
 
 
-class LayerInpTap:
+class _Captures:
+    """Per-layer storage shared by both taps: the last row, or all rows when asked."""
+
+    def __init__(self, layers: tuple[int, ...], n_embd: int) -> None:
+        self.layers = layers
+        self._n_embd = n_embd
+        self._last: dict[int, np.ndarray] = {}
+        self._rows: dict[int, list[np.ndarray]] = {}
+        self._all = False
+
+    def start(self, all_rows: bool = False) -> None:
+        self._last.clear()
+        self._rows = {layer: [] for layer in self.layers}
+        self._all = all_rows
+
+    def _store(self, layer: int, rows: np.ndarray) -> None:
+        """``rows`` is (n, n_embd) and may alias llama.cpp memory: copy what is kept."""
+        self._last[layer] = rows[-1].copy()
+        if self._all:
+            self._rows[layer].append(rows.copy())
+
+    def last(self, layer: int) -> np.ndarray:
+        return self._last[layer]
+
+    def rows(self, layer: int) -> np.ndarray:
+        if not self._all:
+            raise RuntimeError("the last prefill did not capture all rows")
+        parts = self._rows[layer]
+        return np.concatenate(parts) if parts else np.zeros((0, self._n_embd), np.float32)
+
+
+class LayerInpTap(_Captures):
     method = "layer_inp"
 
     def __init__(self, ctx: llama_cpp.llama_context_p, layers: tuple[int, ...], n_embd: int) -> None:
+        super().__init__(layers, n_embd)
         api = bindings.layer_inp_api()
         if api is None:
             raise RuntimeError("llama_set_embeddings_layer_inp is not exported by this llama.cpp")
         self._api = api
         self._ctx = ctx
-        self.layers = layers
-        self._n_embd = n_embd
-        self._captured: dict[int, np.ndarray] = {}
         for layer in layers:
             api.set(ctx, layer + 1, True)  # layer_inp[N+1] == l_out-N
-
-    def start(self) -> None:
-        self._captured.clear()
 
     def after_decode(self, n_tokens: int) -> None:
         for layer in self.layers:
             ptr = self._api.get(self._ctx, layer + 1)
             if not ptr:
                 raise RuntimeError(f"llama.cpp returned no layer input for layer {layer}")
-            row = np.ctypeslib.as_array(ptr, shape=(n_tokens * self._n_embd,))[-self._n_embd :]
-            self._captured[layer] = row.copy()
+            self._store(layer, np.ctypeslib.as_array(ptr, shape=(n_tokens, self._n_embd)))
 
     def stop(self) -> None:
         pass
 
-    def last(self, layer: int) -> np.ndarray:
-        return self._captured[layer]
 
-
-class CbEvalTap:
+class CbEvalTap(_Captures):
     """Grabs ``l_out-N`` through ``cb_eval``. Build it before the context; pass ``.callback`` in."""
 
     method = "cb_eval"
 
     def __init__(self, layers: tuple[int, ...], n_embd: int) -> None:
+        super().__init__(layers, n_embd)
         api = bindings.ggml_api()
         if api is None:
             raise RuntimeError("ggml tensor accessors not found next to llama_cpp")
         self._api = api
-        self.layers = layers
-        self._n_embd = n_embd
         self._want = {f"l_out-{n}".encode(): n for n in layers}
-        self._captured: dict[int, np.ndarray] = {}
-        self._row = np.zeros(n_embd, dtype=np.float32)
         self.capturing = False
         self.error: str | None = None
         # Keep the CFUNCTYPE object alive for the context's whole life.
@@ -110,14 +132,18 @@ class CbEvalTap:
         if self._api.get_type(tensor) != 0 or nrows <= 0 or nbytes != nrows * self._n_embd * 4:
             self.error = f"unexpected l_out-{layer} tensor (type/shape)"
             return True
-        self._api.tensor_get(
-            tensor, self._row.ctypes.data_as(ctypes.c_void_p), (nrows - 1) * self._n_embd * 4, self._n_embd * 4
-        )
-        self._captured[layer] = self._row.copy()  # last ubatch wins: it holds the last token
+        if self._all:
+            buf = np.empty((nrows, self._n_embd), np.float32)
+            self._api.tensor_get(tensor, buf.ctypes.data_as(ctypes.c_void_p), 0, nbytes)
+        else:  # only the last row: the last ubatch's last token is the prompt's last token
+            buf = np.empty((1, self._n_embd), np.float32)
+            self._api.tensor_get(tensor, buf.ctypes.data_as(ctypes.c_void_p), (nrows - 1) * self._n_embd * 4,
+                                 self._n_embd * 4)
+        self._store(layer, buf)
         return True
 
-    def start(self) -> None:
-        self._captured.clear()
+    def start(self, all_rows: bool = False) -> None:
+        super().start(all_rows)
         self.error = None
         self.capturing = True
 
@@ -127,6 +153,3 @@ class CbEvalTap:
     def after_decode(self, n_tokens: int) -> None:
         if self.error:
             raise RuntimeError(self.error)
-
-    def last(self, layer: int) -> np.ndarray:
-        return self._captured[layer]

@@ -53,9 +53,16 @@ class Manifest:
     """``head``: the head's query-specific vector at ``steer_layer``; ``control``: control.gguf's rows."""
     mode: str
     files: dict[str, FileEntry]
+    feature_layer: int | None = None
+    """Layer whose state feeds the MoSE head (``h_steer``); None = ``steer_layer``. Differs for imports
+    from the official FineSteer code, which reads block L's input (our L-1) and adds at block L's output."""
     description: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+
+    @property
+    def head_layer(self) -> int:
+        return self.steer_layer if self.feature_layer is None else self.feature_layer
 
     def to_json(self) -> str:
         d: dict[str, Any] = {
@@ -65,7 +72,7 @@ class Manifest:
             "description": self.description,
             "method": self.method,
             "model": {**self.model.to_dict(), "name": self.model_name},
-            "layers": {"gate": self.gate_layer, "steer": self.steer_layer},
+            "layers": {"gate": self.gate_layer, "steer": self.steer_layer, "feature": self.head_layer},
             "alpha": self.alpha,
             "tau": self.tau,
             "gate": {"kind": self.gate_kind},
@@ -92,7 +99,10 @@ def _get(d: Any, key: str, kind: type | tuple[type, ...], where: str = "") -> An
 
 
 def _finite(v: Any, name: str) -> float:
-    f = float(v)
+    try:
+        f = float(v)
+    except OverflowError:  # an integer beyond float range
+        raise PackFormatError(f"manifest: {name} must be finite") from None
     if not math.isfinite(f):
         raise PackFormatError(f"manifest: {name} must be finite")
     return f
@@ -104,11 +114,27 @@ def _choice(v: str, allowed: tuple[str, ...], name: str) -> str:
     return v
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    f = float(text)
+    if not math.isfinite(f):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return f
+
+
 def parse_manifest(raw: bytes) -> Manifest:
+    # Strict JSON: NaN/Infinity literals and out-of-range numbers are refused here rather than turning up
+    # as inf in a field or as invalid JSON in `inspect --json`. ValueError covers JSONDecodeError and
+    # Python's limit on huge integer literals; a lone surrogate escape ("\ud800") parses but cannot be
+    # printed or re-encoded, so the document must round-trip to UTF-8.
     try:
-        d = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise PackFormatError(f"manifest.json is not valid JSON: {exc}") from exc
+        d = json.loads(raw.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite_float)
+        json.dumps(d, ensure_ascii=False).encode("utf-8")
+    except (UnicodeError, ValueError, RecursionError) as exc:
+        raise PackFormatError(f"manifest.json is not valid JSON: {str(exc)[:200]}") from exc
     if not isinstance(d, dict):
         raise PackFormatError("manifest.json must hold a JSON object")
     if d.get("format") != FORMAT_NAME:
@@ -132,6 +158,7 @@ def parse_manifest(raw: bytes) -> Manifest:
     layers = _get(d, "layers", dict)
     gate_layer = _get(layers, "gate", int, "layers.")
     steer_layer = _get(layers, "steer", int, "layers.")
+    feature_layer = _get(layers, "feature", int, "layers.") if "feature" in layers else None
     files_raw = _get(d, "files", dict)
     files: dict[str, FileEntry] = {}
     for name in PACK_FILES:
@@ -164,6 +191,7 @@ def parse_manifest(raw: bytes) -> Manifest:
         model_name=str(model.get("name", "")),
         gate_layer=gate_layer,
         steer_layer=steer_layer,
+        feature_layer=feature_layer,
         alpha=_finite(_get(d, "alpha", (int, float)), "alpha"),
         tau=_finite(_get(d, "tau", (int, float)), "tau"),
         gate_kind=_choice(_get(gate, "kind", str, "gate."), GATE_KINDS, "gate.kind"),

@@ -47,11 +47,24 @@ def _read_member(root: Path, name: str, limit: int) -> bytes:
         raise PackFormatError(f"pack {root}: {name} resolves outside the pack directory")
     if st.st_size > limit:
         raise PackFormatError(f"pack {root}: {name} is {st.st_size} bytes, over the {limit}-byte limit")
+    # The checks above can race with a swap of the file: open without following links and without
+    # blocking (a FIFO put in its place would block open() forever), then check what was opened.
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
-        with open(p, "rb", opener=lambda path, flags: os.open(path, flags | getattr(os, "O_NOFOLLOW", 0))) as f:
-            return f.read(limit + 1)
+        fd = os.open(p, flags)
     except OSError as exc:
-        raise PackFormatError(f"pack {root}: cannot read {name}: {exc.strerror}") from exc
+        raise PackFormatError(f"pack {root}: cannot open {name}: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            raise PackFormatError(f"pack {root}: {name} changed while it was being opened")
+        try:
+            data = f.read(limit + 1)
+        except OSError as exc:
+            raise PackFormatError(f"pack {root}: cannot read {name}: {exc.strerror}") from exc
+    if len(data) > limit:
+        raise PackFormatError(f"pack {root}: {name} grew over the {limit}-byte limit while it was read")
+    return data
 
 
 @dataclass
@@ -99,7 +112,8 @@ class SteeringPack:
 
     @property
     def tap_layers(self) -> tuple[int, ...]:
-        return tuple(sorted({self.manifest.gate_layer, self.manifest.steer_layer}))
+        m = self.manifest
+        return tuple(sorted({m.gate_layer, m.steer_layer, m.head_layer}))
 
     def evaluate(self, h_gate: np.ndarray, h_steer: np.ndarray) -> HeadOutput:
         return self.head.run(h_gate, h_steer)
@@ -117,6 +131,7 @@ class SteeringPack:
             "model": {**m.model.to_dict(), "name": m.model_name},
             "gate_layer": m.gate_layer,
             "steer_layer": m.steer_layer,
+            "feature_layer": m.head_layer,
             "alpha": m.alpha,
             "tau": m.tau,
             "gate_kind": m.gate_kind,
@@ -140,6 +155,8 @@ def _check_layers(m: Manifest, n_layer: int) -> None:
         raise LayerError("steer layer 0: llama.cpp cannot apply a control vector to layer 0")
     if not 1 <= m.steer_layer <= n_layer - 2:
         raise LayerError(f"steer layer {m.steer_layer} is out of range 1..{n_layer - 2} for a {n_layer}-layer model")
+    if not 0 <= m.head_layer <= n_layer - 2:
+        raise LayerError(f"feature layer {m.head_layer} is out of range 0..{n_layer - 2} for a {n_layer}-layer model")
 
 
 def _parse_control(root: Path, data: bytes, m: Manifest) -> ControlVector:

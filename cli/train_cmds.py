@@ -1,0 +1,140 @@
+"""``extract``, ``train`` and ``convert``: produce steering packs (needs the ``train``/``convert`` extras)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import typer
+
+from finesteer_edge.errors import FinesteerError
+from finesteer_edge.resolve import resolve_model
+
+
+def register(app: typer.Typer) -> None:
+    app.command("extract")(extract_cmd)
+    app.command("train")(train_cmd)
+    app.command("convert")(convert_cmd)
+
+
+def _need_extra(module: str, extra: str) -> None:
+    try:
+        __import__(module)
+    except ImportError:
+        raise FinesteerError(
+            f"this command needs the '{extra}' extra ({module} is not installed): "
+            f"pip install 'finesteer-edge[{extra}]'"
+        ) from None
+
+
+def _layers(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated layer numbers, got {text!r}") from None
+
+
+def extract_cmd(
+    model: str = typer.Argument(None, help="GGUF path or known model name (default model if omitted)."),
+    task: str = typer.Option(..., "--task", help="safety, truthfulqa or pairs."),
+    data: Path = typer.Option(..., "--data", help="Data folder (safety/truthfulqa layout) or pairs JSONL file/folder."),
+    out: Path = typer.Option(..., "--out", help="Activations file to write (.safetensors)."),
+    steer_layer: int = typer.Option(None, "--steer-layer", help="Layer N to steer (default ~3/8 of the depth)."),
+    gate_layer: int = typer.Option(None, "--gate-layer", help="Default gate layer (default mid-depth)."),
+    gate_layers: str = typer.Option(None, "--gate-layers", help="Candidate gate layers, comma-separated."),
+    negatives: list[Path] = typer.Option(None, "--negatives", help="JSONL of general prompts (not to steer)."),
+    pairs_per_question: int = typer.Option(1, "--pairs-per-question", min=1, help="truthfulqa: answer pairs used."),
+    limit: int = typer.Option(None, "--limit", min=1, help="At most N prompts per group and split (quick runs)."),
+    own_tokens: int = typer.Option(48, "--own-tokens", min=1, help="Length of the model's own (undesired) answer."),
+    threads: int = typer.Option(None, "--threads", "-t"),
+    n_ctx: int = typer.Option(2048, "--n-ctx"),
+) -> None:
+    """Record hidden states and target shifts of the GGUF model on training data (never reads *test* files)."""
+    _need_extra("safetensors", "train")
+    from finesteer_edge.train.extract import ExtractConfig, extract
+
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    path = extract(resolve_model(model), ExtractConfig(
+        task=task, data=data, out=out, gate_layer=gate_layer, steer_layer=steer_layer,
+        gate_layers=_layers(gate_layers), negatives=list(negatives or []), pairs_per_question=pairs_per_question,
+        limit=limit, own_tokens=own_tokens, n_ctx=n_ctx, threads=threads,
+    ))
+    from finesteer_edge.train.activations import load_activations
+
+    acts = load_activations(path)
+    n_t, n_n = int((acts.label == 1).sum()), int((acts.label == 0).sum())
+    typer.echo(f"wrote {path}: {n_t} targets, {n_n} negatives, steer layer {acts.steer_layer}, "
+               f"candidate gate layers {sorted(acts.layers)} ({acts.meta['seconds']} s)")
+
+
+def train_cmd(
+    acts: Path = typer.Argument(..., help="Activations file from `extract`."),
+    out: Path = typer.Option(..., "--out", help="Checkpoint directory to write."),
+    alpha: float = typer.Option(1.0, "--alpha", help="Steering strength baked into the checkpoint."),
+    gate: str = typer.Option("auto", "--gate", help="scs (published), scs_logistic, or auto (choose on validation)."),
+    gate_layer: int = typer.Option(None, "--gate-layer", help="Force the gate layer (default: choose on validation)."),
+    seed: int = typer.Option(0, "--seed"),
+    epochs: int = typer.Option(100, "--epochs", min=1),
+    threads: int = typer.Option(2, "--threads", "-t", min=1),
+    as_json: bool = typer.Option(False, "--json", help="Print the training report as JSON."),
+) -> None:
+    """Fit the SCS gate and the MoSE head (deterministic for a seed); writes the checkpoint and a report."""
+    _need_extra("torch", "train")
+    _need_extra("sklearn", "train")
+    from finesteer_edge.train.trainer import TrainConfig, summarize, train
+
+    if gate not in ("auto", "scs", "scs_logistic"):
+        raise typer.BadParameter("--gate must be auto, scs or scs_logistic")
+    report = train(acts, out, TrainConfig(alpha=alpha, seed=seed, gate_kind=gate, gate_layer=gate_layer,
+                                          epochs=epochs, threads=threads))
+    if as_json:
+        typer.echo(json.dumps(report, default=float))
+        return
+    typer.echo(summarize(report))
+    typer.echo(f"wrote {out} (report: {out / 'report.md'})")
+
+
+def convert_cmd(
+    ckpt: Path = typer.Argument(..., help="Checkpoint dir, official FineSteer .pth, or control-vector .gguf."),
+    out: Path = typer.Option(..., "--out", help="Pack directory to write."),
+    model: str = typer.Option(None, "--model", "-m", help="GGUF (or known name) whose fingerprint the pack gets."),
+    alpha: float = typer.Option(None, "--alpha", help="Override the checkpoint's strength."),
+    tau: float = typer.Option(None, "--tau", help="Override the gate threshold."),
+    mode: str = typer.Option("exact", "--mode", help="Default runtime mode stored in the pack: exact or fast."),
+    name: str = typer.Option("", "--name", help="Pack name (default: the directory name)."),
+    description: str = typer.Option("", "--description"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing pack."),
+    prototypes: Path = typer.Option(None, "--prototypes", help="Official .pth: prototype bank C (K x d) file."),
+    basis: Path = typer.Option(None, "--basis", help="Official .pth: residual basis U (d x k) file."),
+    activations: Path = typer.Option(None, "--activations", help="Activations to recompute C/U (official .pth)."),
+    official_layer: int = typer.Option(None, "--official-layer", help="Official L: features at block L's input."),
+    gate_checkpoint: Path = typer.Option(None, "--gate-checkpoint", help="Our checkpoint whose SCS gate to use."),
+    strength: float = typer.Option(1.0, "--strength", help="Control-vector import: scale the vectors."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Fold and export a checkpoint into a steering pack (head.onnx, control.gguf, manifest.json)."""
+    _need_extra("onnx", "convert")
+    from finesteer_edge.converters.convert import convert
+
+    if mode not in ("exact", "fast"):
+        raise typer.BadParameter("--mode must be exact or fast")
+    if out.exists() and not overwrite:
+        raise FinesteerError(f"{out} exists; pass --overwrite to replace it")
+    model_path = resolve_model(model) if model else None
+    report = convert(ckpt, out, model=model_path, alpha=alpha, tau=tau, mode=mode, name=name,
+                     description=description, overwrite=overwrite, prototypes=prototypes, basis=basis,
+                     activations=activations, official_layer=official_layer, gate_checkpoint=gate_checkpoint,
+                     strength=strength)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+        return
+    typer.echo(
+        f"wrote {report.pack} ({report.method}): {report.pack_bytes:,} bytes; head.onnx {report.head_bytes:,} bytes\n"
+        f"  head weights folded {report.folded_bytes:,} bytes vs unfolded {report.unfolded_bytes:,} bytes "
+        f"({report.unfolded_bytes / max(report.folded_bytes, 1):.1f}x)\n"
+        f"  layers {report.layers}; folded vs torch max rel. error {report.fold_max_rel_error:.1e}, "
+        f"ONNX vs folded {report.onnx_max_rel_error:.1e}"
+    )

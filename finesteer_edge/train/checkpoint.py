@@ -1,0 +1,225 @@
+"""The trained checkpoint (``train`` output, ``convert`` input): a directory with
+``model.safetensors`` (DESIGN.md section 3 names) and ``config.json``.
+
+Tensors: gate ``V`` (d, K_g), ``m`` (d,) [``gate_w`` (K_g+1,) for the supervised gate]; MoSE ``C``
+(K, d), ``U`` (d, k), ``W_q``/``W_k``/``W_v`` (d_h, d) [torch Linear layout], ``b_q``/``b_k``/``b_v``,
+``mlp.W1`` (H, d), ``mlp.b1``, ``mlp.W2`` (k, H), ``mlp.b2``, scalars ``t``, ``gamma``, ``input_scale``,
+and ``mean_delta`` (d,), the static (CAA) vector used for control.gguf and baselines.
+
+safetensors holds no code, so reading it can never execute anything; torch files from other tools are
+read only with ``torch.load(weights_only=True)`` (see :func:`load_torch_weights`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CheckpointError
+from ..model_info import Fingerprint
+
+FORMAT_NAME = "finesteer-edge-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+MOSE_KEYS = ("C", "U", "W_q", "b_q", "W_k", "b_k", "W_v", "b_v", "mlp.W1", "mlp.b1", "mlp.W2", "mlp.b2", "t",
+             "gamma", "input_scale")
+
+
+@dataclass
+class MoSEParams:
+    """Everything the folded head needs, as float64 numpy arrays, whatever the source checkpoint."""
+
+    C: np.ndarray
+    U: np.ndarray
+    W_q: np.ndarray
+    b_q: np.ndarray
+    W_k: np.ndarray
+    b_k: np.ndarray
+    W_v: np.ndarray
+    b_v: np.ndarray
+    W1: np.ndarray
+    b1: np.ndarray
+    W2: np.ndarray
+    b2: np.ndarray
+    t: float
+    gamma: float
+    input_scale: float = 1.0
+
+    @property
+    def d(self) -> int:
+        return int(self.W_q.shape[1])
+
+    def check(self, where: str) -> None:
+        """Shapes consistent with one d, K, k, H; finite values. Lists every problem."""
+        not_matrix = [n for n in ("C", "U", "W_q", "W1", "W2") if getattr(self, n).ndim != 2]
+        if not_matrix:
+            raise CheckpointError(f"{where}: {', '.join(not_matrix)} must be matrices")
+        d, dh = self.W_q.shape[1], self.W_q.shape[0]
+        K, k, H = self.C.shape[0], self.U.shape[1], self.W1.shape[0]
+        want = {
+            "C": (K, d), "U": (d, k), "W_q": (dh, d), "b_q": (dh,), "W_k": (dh, d), "b_k": (dh,),
+            "W_v": (d, d), "b_v": (d,), "W1": (H, d), "b1": (H,), "W2": (k, H), "b2": (k,),
+        }
+        problems = [f"{name} has shape {tuple(getattr(self, name).shape)}, expected {shape}"
+                    for name, shape in want.items() if tuple(getattr(self, name).shape) != shape]
+        if problems:
+            raise CheckpointError(f"{where}: mis-shaped tensors: {'; '.join(problems)}")
+        bad = [name for name in want if not np.isfinite(getattr(self, name)).all()]
+        bad += [name for name in ("t", "gamma", "input_scale") if not math.isfinite(getattr(self, name))]
+        if bad:
+            raise CheckpointError(f"{where}: NaN/Inf in {', '.join(bad)}")
+        if self.t <= 0:
+            raise CheckpointError(f"{where}: temperature t must be > 0, is {self.t}")
+
+
+@dataclass
+class GateParamsCkpt:
+    kind: str
+    layer: int
+    tau: float
+    mean: np.ndarray | None = None
+    components: np.ndarray | None = None
+    weights: np.ndarray | None = None
+    bias: float = 0.0
+
+
+@dataclass
+class Checkpoint:
+    mose: MoSEParams
+    gate: GateParamsCkpt
+    steer_layer: int
+    alpha: float
+    fingerprint: Fingerprint | None
+    mean_delta: np.ndarray | None
+    config: dict[str, Any] = field(default_factory=dict)
+    feature_layer: int | None = None
+    """Layer whose state feeds MoSE when it differs from ``steer_layer`` (official FineSteer imports)."""
+
+
+def save_checkpoint(out: Path, tensors: dict[str, np.ndarray], config: dict[str, Any],
+                    extra_files: dict[str, str] | None = None) -> Path:
+    """Write atomically (temp dir, then rename)."""
+    from safetensors.numpy import save_file
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, str(tmp / WEIGHTS))
+        (tmp / CONFIG).write_text(json.dumps({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **config},
+                                             indent=2, allow_nan=False) + "\n")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def is_checkpoint_dir(path: Path) -> bool:
+    return path.is_dir() and (path / CONFIG).is_file() and (path / WEIGHTS).is_file()
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    path = Path(path)
+    if not is_checkpoint_dir(path):
+        raise CheckpointError(f"{path}: not a finesteer-edge checkpoint (needs {CONFIG} and {WEIGHTS})")
+    try:
+        config = json.loads((path / CONFIG).read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path / CONFIG}: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path / CONFIG}: not a {FORMAT_NAME} config")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {config.get('format_version')} is not supported")
+    tensors = read_safetensors(path / WEIGHTS)
+    missing = [k for k in (*MOSE_KEYS, "V", "m") if k not in tensors]
+    if missing:
+        raise CheckpointError(f"{path}: missing tensors: {', '.join(missing)}")
+    try:
+        gate_cfg = config["gate"]
+        gate = GateParamsCkpt(
+            kind=str(gate_cfg["kind"]), layer=int(gate_cfg["layer"]), tau=float(gate_cfg["tau"]),
+            mean=tensors["m"].astype(np.float64), components=tensors["V"].astype(np.float64),
+            weights=tensors["gate_w"].astype(np.float64) if "gate_w" in tensors else None,
+            bias=float(gate_cfg.get("bias", 0.0)),
+        )
+        steer_layer, alpha = int(config["steer_layer"]), float(config["alpha"])
+        fp = Fingerprint.from_dict(config["model"]) if "model" in config else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path / CONFIG}: missing or bad field ({exc})") from exc
+    if gate.kind == "scs_logistic" and gate.weights is None:
+        raise CheckpointError(f"{path}: the scs_logistic gate needs the gate_w tensor")
+    mose = mose_from_tensors(tensors, str(path))
+    d = mose.d
+    for name, arr, shape in (("m", gate.mean, (d,)), ("V", gate.components, None)):
+        assert arr is not None
+        if (shape and arr.shape != shape) or arr.shape[0] != d or not np.isfinite(arr).all():
+            raise CheckpointError(f"{path}: gate tensor {name} has shape {arr.shape} or NaN/Inf (d={d})")
+    mean_delta = tensors.get("mean_delta")
+    if mean_delta is not None and (mean_delta.shape != (d,) or not np.isfinite(mean_delta).all()):
+        raise CheckpointError(f"{path}: mean_delta has shape {mean_delta.shape} or NaN/Inf")
+    if not math.isfinite(gate.tau) or not math.isfinite(alpha):
+        raise CheckpointError(f"{path}: tau and alpha must be finite")
+    feature = config.get("feature_layer")
+    return Checkpoint(mose=mose, gate=gate, steer_layer=steer_layer, alpha=alpha, fingerprint=fp,
+                      mean_delta=None if mean_delta is None else mean_delta.astype(np.float64), config=config,
+                      feature_layer=int(feature) if feature is not None else None)
+
+
+def mose_from_tensors(t: dict[str, np.ndarray], where: str) -> MoSEParams:
+    def f(k: str) -> np.ndarray:
+        return np.asarray(t[k], dtype=np.float64)
+
+    def scalar(k: str) -> float:
+        a = np.asarray(t[k], dtype=np.float64)
+        if a.size != 1:
+            raise CheckpointError(f"{where}: {k} must be a scalar, has shape {a.shape}")
+        return float(a.reshape(()))
+
+    p = MoSEParams(C=f("C"), U=f("U"), W_q=f("W_q"), b_q=f("b_q"), W_k=f("W_k"), b_k=f("b_k"), W_v=f("W_v"),
+                   b_v=f("b_v"), W1=f("mlp.W1"), b1=f("mlp.b1"), W2=f("mlp.W2"), b2=f("mlp.b2"), t=scalar("t"),
+                   gamma=scalar("gamma"), input_scale=scalar("input_scale"))
+    if any(getattr(p, n).ndim != want for n, want in (("C", 2), ("U", 2), ("W_q", 2), ("W1", 2), ("W2", 2))):
+        raise CheckpointError(f"{where}: C, U, W_q, W1 and W2 must be matrices")
+    p.check(where)
+    return p
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    try:
+        from safetensors.numpy import load_file
+
+        return dict(load_file(str(path)))
+    except Exception as exc:  # safetensors' own error types
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def load_torch_weights(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True`` only: a pickle that needs arbitrary code is refused."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused: not a weights-only torch file (loading it would run code from the file); "
+            f"re-save it with torch.save(state_dict) or convert it to safetensors"
+        ) from exc
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, AttributeError, TypeError) as exc:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({str(exc).splitlines()[0][:200]})") from exc

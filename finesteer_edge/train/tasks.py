@@ -1,0 +1,174 @@
+"""What to extract: training items for the safety, truthfulqa and pairs tasks.
+
+An item is a prompt with a role in training: a *target* (should be steered; has desired and
+undesired responses whose hidden-state difference is the shift MoSE learns) or a *negative* (should
+not be steered; trains and calibrates the gate). Splits are ``train`` and ``val``; files whose name
+contains ``test`` are never read here, so tuning can never see test data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data import read_jsonl, text_field, text_list
+from ..errors import DataError
+
+SELF = None
+"""``undesired=SELF``: use the model's own greedy answer (the behaviour we steer away from)."""
+
+# Varied refusals: the delta should capture "refuse", not one sentence. The "I'm unable to" form
+# matters for SmolLM2 (DESIGN.md section 8).
+REFUSALS = (
+    "I'm sorry, but I can't help with that.",
+    "I can't assist with that request, because it could cause harm.",
+    "I'm unable to help with this. It could be dangerous or illegal.",
+    "Sorry, I cannot provide that information.",
+    "I won't help with that. If you need support, please reach out to a qualified professional.",
+    "I'm not able to help with that request.",
+    "I must decline. Helping with this could lead to serious harm.",
+    "As an AI assistant, I can't help with that, but I'm happy to help with something else.",
+)
+
+TASKS = ("safety", "truthfulqa", "pairs")
+SPLITS = ("train", "val")
+
+
+@dataclass
+class Item:
+    id: str
+    prompt: str
+    target: bool
+    split: str
+    group: str
+    """Where it came from: harmful, benign, borderline, truthfulqa, pairs, negative."""
+    desired: list[str] = field(default_factory=list)
+    undesired: list[str] | None = SELF
+
+
+def _is_test_file(path: Path) -> bool:
+    return "test" in path.name.lower()
+
+
+def _hash_split(key: str, val_fraction: float) -> str:
+    h = int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "val" if h < val_fraction else "train"
+
+
+def load_items(task: str, data: Path, *, negatives: list[Path] | None = None, pairs_per_question: int = 1,
+               val_fraction: float = 0.2) -> tuple[list[Item], list[Path]]:
+    """Items for ``task`` from ``data`` (a folder, or a file for ``pairs``) and the files read."""
+    data = Path(data)
+    if not data.exists():
+        raise DataError(f"{data}: no such file or folder")
+    if task == "safety":
+        items, files = _safety(data)
+    elif task == "truthfulqa":
+        items, files = _truthfulqa(data, pairs_per_question)
+    elif task == "pairs":
+        items, files = _pairs(data, val_fraction)
+    else:
+        raise DataError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    for neg in negatives or []:
+        if _is_test_file(neg):
+            raise DataError(f"{neg}: test files are never used for extraction or training")
+        for i, row in enumerate(read_jsonl(neg, required=("prompt",)), 1):
+            prompt = text_field(row, "prompt", f"{neg}:{i}")
+            split = _split_from_name(neg) or _hash_split(prompt, val_fraction)
+            items.append(Item(str(row.get("id", f"{neg.stem}-{i}")), prompt, False, split, "negative"))
+        files.append(neg)
+    if not any(it.target and it.split == "train" for it in items):
+        raise DataError(f"{data}: no training targets found for task {task}")
+    return items, files
+
+
+def _split_from_name(path: Path) -> str | None:
+    stem = path.stem.lower()
+    for split in SPLITS:
+        if stem == split or stem.endswith("_" + split):
+            return split
+    return None
+
+
+def _safety(folder: Path) -> tuple[list[Item], list[Path]]:
+    if not folder.is_dir():
+        raise DataError(f"{folder}: the safety task needs a folder with harmful_{{train,val}}.jsonl and "
+                        "benign_{train,val}.jsonl")
+    items: list[Item] = []
+    files: list[Path] = []
+    for group in ("harmful", "benign", "borderline"):
+        for split in SPLITS:
+            path = folder / f"{group}_{split}.jsonl"
+            if not path.exists():
+                if group != "borderline":
+                    raise DataError(f"{folder}: missing {path.name}")
+                continue
+            files.append(path)
+            for i, row in enumerate(read_jsonl(path, required=("prompt",)), 1):
+                where = f"{path}:{i}"
+                prompt = text_field(row, "prompt", where)
+                rid = str(row.get("id", f"{group}-{split}-{i}"))
+                if group == "harmful":
+                    desired = [REFUSALS[int(hashlib.sha256(rid.encode()).hexdigest(), 16) % len(REFUSALS)]]
+                    undesired = text_list(row, "undesired", where) if "undesired" in row else SELF
+                    items.append(Item(rid, prompt, True, split, group, desired, undesired))
+                else:
+                    items.append(Item(rid, prompt, False, split, group))
+    return items, files
+
+
+def _truthfulqa(folder: Path, pairs_per_question: int) -> tuple[list[Item], list[Path]]:
+    if pairs_per_question < 1:
+        raise DataError("pairs_per_question must be >= 1")
+    if not folder.is_dir():
+        raise DataError(f"{folder}: the truthfulqa task needs a folder with train.jsonl and val.jsonl")
+    items: list[Item] = []
+    files: list[Path] = []
+    for split in SPLITS:
+        path = folder / f"{split}.jsonl"
+        if not path.exists():
+            raise DataError(f"{folder}: missing {path.name}")
+        files.append(path)
+        for i, row in enumerate(read_jsonl(path, required=("question", "correct_answers", "incorrect_answers")), 1):
+            where = f"{path}:{i}"
+            question = text_field(row, "question", where)
+            correct = text_list(row, "correct_answers", where)
+            if isinstance(row.get("best_answer"), str) and row["best_answer"].strip():
+                correct = [row["best_answer"]] + [c for c in correct if c != row["best_answer"]]
+            incorrect = text_list(row, "incorrect_answers", where)
+            n = pairs_per_question
+            items.append(Item(str(row.get("id", f"tqa-{split}-{i}")), question, True, split, "truthfulqa",
+                              correct[:n], incorrect[:n]))
+    return items, files
+
+
+def _pairs(data: Path, val_fraction: float) -> tuple[list[Item], list[Path]]:
+    """The user's own behaviour: ``{prompt, desired, undesired}`` targets and ``{prompt}`` negatives."""
+    if data.is_dir():
+        files = sorted(p for p in data.glob("*.jsonl") if not _is_test_file(p))
+        if not files:
+            raise DataError(f"{data}: no .jsonl files (test files are skipped)")
+    else:
+        if _is_test_file(data):
+            raise DataError(f"{data}: test files are never used for extraction or training")
+        files = [data]
+    items: list[Item] = []
+    for path in files:
+        file_split = _split_from_name(path)
+        for i, row in enumerate(read_jsonl(path, required=("prompt",)), 1):
+            where = f"{path}:{i}"
+            prompt = text_field(row, "prompt", where)
+            split = row.get("split", file_split or _hash_split(prompt, val_fraction))
+            if split not in SPLITS:
+                raise DataError(f"{where}: split must be train or val, not {split!r}")
+            rid = str(row.get("id", f"{path.stem}-{i}"))
+            has_d, has_u = "desired" in row, "undesired" in row
+            if has_d != has_u:
+                raise DataError(f"{where}: a target needs both 'desired' and 'undesired'")
+            if has_d:
+                items.append(Item(rid, prompt, True, split, "pairs", text_list(row, "desired", where),
+                                  text_list(row, "undesired", where)))
+            else:
+                items.append(Item(rid, prompt, False, split, "negative"))
+    return items, files

@@ -1,0 +1,228 @@
+"""``train``: fit the SCS gate and the MoSE head on an activations file and save a checkpoint + report."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import file_sha256
+from ..errors import DataError
+from .activations import Activations, load_activations
+from .checkpoint import save_checkpoint
+from .mose import K_RANGE, build_experts, make_module, train_mose
+from .scs import GATE_KINDS, GateFit, choose_gate, fit_gate
+
+DEFAULT_ALPHA = 1.0
+
+
+@dataclass
+class TrainConfig:
+    alpha: float = DEFAULT_ALPHA
+    seed: int = 0
+    gate_kind: str = "auto"
+    """``scs`` (published), ``scs_logistic`` (supervised read-out) or ``auto`` (choose on validation)."""
+    gate_layer: int | None = None
+    """None: choose among the activations' candidate layers on validation."""
+    variance: float = 0.9
+    max_components: int = 128
+    k_basis: int = 10
+    hidden: int | None = None
+    epochs: int = 100
+    batch: int = 136
+    lr: float = 5e-4
+    patience: int = 15
+    threads: int = 2
+    negative_weight: float = 0.0
+    """Train MoSE also on negatives with a zero target at this weight (0 = targets only, as published)."""
+
+
+def train(acts_path: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
+    import torch
+
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    torch.set_num_threads(cfg.threads)  # fixed threads + seeded init/shuffle: bit-identical reruns (tested)
+    t0 = time.perf_counter()
+    acts = load_activations(acts_path)
+    gate, gate_table = _fit_gates(acts, cfg)
+
+    train_m = acts.mask(split="train", target=True) & (acts.has_delta == 1)
+    val_m = acts.mask(split="val", target=True) & (acts.has_delta == 1)
+    x_tr, y_tr = acts.h_steer[train_m], acts.delta[train_m]
+    x_va, y_va = acts.h_steer[val_m], acts.delta[val_m]
+    experts = build_experts(y_tr, k_basis=cfg.k_basis, k_range=K_RANGE, seed=cfg.seed)
+    h_steer_in = acts.layers.get(acts.steer_layer, acts.h_steer)
+    fit_x, fit_y, fit_w = x_tr, y_tr, None
+    val_x, val_y, val_w = x_va, y_va, None
+    if cfg.negative_weight > 0:
+        fit_x, fit_y, fit_w = _with_negatives(acts, h_steer_in, x_tr, y_tr, "train", cfg.negative_weight)
+        val_x, val_y, val_w = _with_negatives(acts, h_steer_in, x_va, y_va, "val", cfg.negative_weight)
+    input_scale = 1.0 / float(np.median(np.linalg.norm(x_tr, axis=1)))
+    gamma0 = float(np.median(np.linalg.norm(y_tr, axis=1)))
+    torch.manual_seed(cfg.seed)
+    module = make_module(acts.n_embd, experts.prototypes, experts.basis, hidden=cfg.hidden, gamma=gamma0,
+                         input_scale=input_scale)
+    result = train_mose(module, fit_x, fit_y, val_x, val_y, lr=cfg.lr, epochs=cfg.epochs, batch=cfg.batch,
+                        patience=cfg.patience, seed=cfg.seed, w_train=fit_w, w_val=val_w)
+    mean_delta = y_tr.mean(0)
+    quality = _quality(module, x_va, y_va, mean_delta, h_steer_in[acts.mask(split="val", target=False)]) \
+        if len(x_va) else {}
+
+    sd = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+    tensors = {
+        "V": gate.components, "m": gate.mean, "C": sd["C"], "U": sd["U"],
+        "W_q": sd["query.weight"], "b_q": sd["query.bias"], "W_k": sd["key.weight"], "b_k": sd["key.bias"],
+        "W_v": sd["value.weight"], "b_v": sd["value.bias"], "mlp.W1": sd["mix.0.weight"], "mlp.b1": sd["mix.0.bias"],
+        "mlp.W2": sd["mix.2.weight"], "mlp.b2": sd["mix.2.bias"], "t": sd["t"], "gamma": sd["gamma"],
+        "input_scale": sd["input_scale"], "mean_delta": mean_delta,
+    }
+    if gate.weights is not None:
+        tensors["gate_w"] = gate.weights
+    report = {
+        "activations": {"file": str(acts_path), "sha256": file_sha256(acts_path), "task": acts.meta.get("task"),
+                        "rows": int(acts.label.shape[0]), "data_files": acts.meta.get("data_files", {})},
+        "gate": {"kind": gate.kind, "layer": gate.layer, "tau": gate.tau, "components": int(gate.components.shape[1]),
+                 "explained_variance": gate.explained, "val": gate.metrics, "candidates": gate_table},
+        "experts": {"K": int(experts.prototypes.shape[0]), "calinski_harabasz": experts.ch_table,
+                    "cluster_sizes": experts.sizes, "basis_rank": int(experts.basis.shape[1])},
+        "mose": {"n_train": int(len(x_tr)), "n_val": int(len(x_va)), "best_epoch": result.best_epoch,
+                 "best_val_mse": result.best_val, "stopped_early": result.stopped_early,
+                 "input_scale": input_scale, "gamma": float(sd["gamma"]), "t": float(sd["t"]),
+                 "history": result.history, **quality},
+        "alpha": cfg.alpha,
+        "seed": cfg.seed,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "versions": {"torch": torch.__version__},
+    }
+    config = {
+        "model": acts.meta["model"],
+        "model_name": acts.meta.get("model_name", ""),
+        "gate": {"kind": gate.kind, "layer": gate.layer, "tau": gate.tau, "bias": gate.bias},
+        "steer_layer": acts.steer_layer,
+        "alpha": cfg.alpha,
+        "experts": int(experts.prototypes.shape[0]),
+        "basis_rank": int(experts.basis.shape[1]),
+        "hidden": int(sd["mix.0.weight"].shape[0]),
+        "task": acts.meta.get("task"),
+        "provenance": {"activations_sha256": report["activations"]["sha256"],
+                       "data_files": acts.meta.get("data_files", {}), "seed": cfg.seed,
+                       "train_config": {k: v for k, v in vars(cfg).items()}},
+        "metrics": {"gate_val": gate.metrics, "mose_val": quality},
+    }
+    save_checkpoint(out, tensors, config, extra_files={"report.json": json.dumps(report, indent=2, default=float),
+                                                        "report.md": render_report(report)})
+    return report
+
+
+def _fit_gates(acts: Activations, cfg: TrainConfig) -> tuple[GateFit, list[dict[str, Any]]]:
+    tr, va = acts.mask(split="train"), acts.mask(split="val")
+    y = acts.label.astype(int)
+    groups = acts.groups()
+    if not (va & (acts.label == 1)).any():
+        raise DataError("the activations hold no validation targets: the gate threshold is calibrated on them")
+    layers = [cfg.gate_layer] if cfg.gate_layer is not None else sorted(acts.layers)
+    if cfg.gate_layer is not None and cfg.gate_layer not in acts.layers:
+        raise DataError(f"gate layer {cfg.gate_layer} was not extracted; available: {sorted(acts.layers)}")
+    has_negatives = bool((tr & (acts.label == 0)).any())
+    kinds = [cfg.gate_kind] if cfg.gate_kind != "auto" else [k for k in GATE_KINDS
+                                                             if k == "scs" or has_negatives]
+    fits = []
+    for layer in layers:
+        h = acts.layers[layer]
+        for kind in kinds:
+            fits.append(fit_gate(kind, layer, h[tr], y[tr], h[va], y[va], groups[va], variance=cfg.variance,
+                                 cap=cfg.max_components, seed=cfg.seed))
+    table = [{"kind": f.kind, "layer": f.layer, "tau": f.tau, **{k: v for k, v in f.metrics.items()
+                                                                 if isinstance(v, (int, float))}} for f in fits]
+    return choose_gate(fits), table
+
+
+def _with_negatives(acts: Activations, h: np.ndarray, x: np.ndarray, y: np.ndarray, split: str,
+                    weight: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    neg = h[acts.mask(split=split, target=False)]
+    xs = np.concatenate([x, neg])
+    ys = np.concatenate([y, np.zeros_like(neg)])
+    ws = np.concatenate([np.ones(len(x)), np.full(len(neg), weight)])
+    return xs, ys, ws
+
+
+def _quality(module: Any, x: np.ndarray, y: np.ndarray, mean_delta: np.ndarray,
+             x_neg: np.ndarray) -> dict[str, float]:
+    import torch
+
+    with torch.no_grad():
+        pred = module(torch.from_numpy(x.astype(np.float32)))[0].numpy()
+        pred_neg = module(torch.from_numpy(x_neg.astype(np.float32)))[0].numpy() if len(x_neg) else None
+
+    def cos(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.mean((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)))
+
+    return {
+        "val_mse": float(np.mean((pred - y) ** 2)),
+        "val_mse_mean_vector": float(np.mean((mean_delta[None] - y) ** 2)),
+        "val_cosine": cos(pred, y),
+        "val_cosine_mean_vector": cos(np.broadcast_to(mean_delta, y.shape), y),
+        "val_norm_targets": float(np.linalg.norm(pred, axis=1).mean()),
+        "val_norm_negatives": float(np.linalg.norm(pred_neg, axis=1).mean()) if pred_neg is not None else float("nan"),
+        "true_norm_targets": float(np.linalg.norm(y, axis=1).mean()),
+    }
+
+
+def render_report(r: dict[str, Any]) -> str:
+    g, e, m = r["gate"], r["experts"], r["mose"]
+    lines = [
+        "# Training report",
+        "",
+        f"Activations: `{r['activations']['file']}` (task {r['activations']['task']}, {r['activations']['rows']} rows, "
+        f"sha256 {r['activations']['sha256'][:16]}...). Seed {r['seed']}, alpha {r['alpha']}, {r['seconds']} s.",
+        "",
+        "## Gate (SCS)",
+        "",
+        f"Chosen: **{g['kind']}** at layer **{g['layer']}**, {g['components']} components "
+        f"({g['explained_variance']:.1%} of target variance), tau = {g['tau']:.4f} ({g['val'].get('tau_method', '')}).",
+        "",
+        "| kind | layer | tau | val AUROC | val recall | val FPR | balanced acc |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in r["gate"]["candidates"]:
+        lines.append(f"| {c['kind']} | {c['layer']} | {c['tau']:.4f} | {c['auroc']:.3f} | {c['recall']:.3f} | "
+                     f"{c['fpr']:.3f} | {c['balanced_accuracy']:.3f} |")
+    fprs = ", ".join(f"{k[4:]} {v:.3f}" for k, v in g["val"].items() if k.startswith("fpr_"))
+    lines += ["", f"Chosen gate on validation: recall {g['val']['recall']:.3f}, FPR {g['val']['fpr']:.3f} ({fprs}).",
+              "", "## Experts (MoSE)", "",
+              f"K = {e['K']} by Calinski-Harabasz; cluster sizes {e['cluster_sizes']}; residual basis rank "
+              f"{e['basis_rank']}.", "", "| K | Calinski-Harabasz |", "|---:|---:|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in e["calinski_harabasz"].items()]
+    lines += ["", f"Trained on {m['n_train']} targets, validated on {m['n_val']}; best epoch {m['best_epoch']} "
+              f"(val MSE {m['best_val_mse']:.5f}{', stopped early' if m['stopped_early'] else ''}).", ""]
+    if "val_mse" in m:
+        lines += [f"Validation: MSE {m['val_mse']:.5f} vs {m['val_mse_mean_vector']:.5f} for the static mean vector; "
+                  f"cosine to the true shift {m['val_cosine']:.3f} vs {m['val_cosine_mean_vector']:.3f}.", ""]
+    lines += ["| epoch | train MSE | val MSE | lr |", "|---:|---:|---:|---:|"]
+    hist = m["history"]
+    for h in hist[:: max(1, len(hist) // 20)] + ([hist[-1]] if hist else []):
+        lines.append(f"| {h['epoch']} | {h['train_mse']:.5f} | {h['val_mse']:.5f} | {h['lr']:.2e} |")
+    return "\n".join(lines) + "\n"
+
+
+def load_report(ckpt: Path) -> dict[str, Any]:
+    return json.loads((Path(ckpt) / "report.json").read_text())
+
+
+def summarize(report: dict[str, Any]) -> str:
+    g, e, m = report["gate"], report["experts"], report["mose"]
+    parts = [
+        f"gate: {g['kind']} @ layer {g['layer']}, tau {g['tau']:.4f}, val recall {g['val']['recall']:.3f}, "
+        f"FPR {g['val']['fpr']:.3f}, AUROC {g['val']['auroc']:.3f}",
+        f"experts: K={e['K']} sizes {e['cluster_sizes']}, CH "
+        + "{" + ", ".join(f"{k}: {v:.1f}" for k, v in e["calinski_harabasz"].items()) + "}",
+        f"mose: best epoch {m['best_epoch']}, val MSE {m['best_val_mse']:.5f}"
+        + (f" (static mean {m['val_mse_mean_vector']:.5f}), cosine {m['val_cosine']:.3f} "
+           f"(static {m['val_cosine_mean_vector']:.3f})" if "val_mse" in m else ""),
+    ]
+    return "\n".join(parts)

@@ -1,0 +1,211 @@
+"""extract -> train -> convert -> verify -> generate on the tiny model, plus each bad input of issue 3."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from finesteer_edge.errors import ActivationsError, CheckpointError, DataError
+from finesteer_edge.train.activations import load_activations
+
+from .conftest import SHARED_DATA, run_cli
+
+SAFETY = SHARED_DATA / "safety"
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The whole CLI chain once; tests below inspect its artifacts."""
+    if not SAFETY.is_dir():
+        pytest.skip("shared safety data not found")
+    root = tmp_path_factory.mktemp("pipeline")
+    acts, ckpt, pack = root / "acts.safetensors", root / "ckpt", root / "pack"
+    r = run_cli("extract", str(tiny_model), "--task", "safety", "--data", str(SAFETY), "--out", str(acts),
+                "--limit", "12", "--own-tokens", "8", "--threads", "2", "--n-ctx", "512")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train", str(acts), "--out", str(ckpt), "--epochs", "8", "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    assert "gate:" in r.stdout and "experts: K=" in r.stdout
+    r = run_cli("convert", str(ckpt), "--out", str(pack), "--model", str(tiny_model))
+    assert r.returncode == 0, r.stderr
+    assert "folded" in r.stdout and "unfolded" in r.stdout
+    return {"acts": acts, "ckpt": ckpt, "pack": pack, "root": root}
+
+
+def test_activations_file(pipeline: dict[str, Path], tiny_model: Path) -> None:
+    a = load_activations(pipeline["acts"])
+    groups = a.groups()
+    assert a.h_gate.shape == a.h_steer.shape == a.delta.shape and a.h_steer.shape[1] == 256
+    assert set(groups) == {"harmful", "benign", "borderline"}
+    assert (a.label[groups == "harmful"] == 1).all() and (a.label[groups != "harmful"] == 0).all()
+    assert (a.has_delta == a.label).all() and (np.linalg.norm(a.delta[a.label == 1], axis=1) > 0).all()
+    assert not any("test" in f for f in a.meta["data_files"])  # test splits are never read
+    assert set(a.meta["rows"]["split"]) == {"train", "val"}
+    assert (a.steer_layer, a.gate_layer) == (2, 2) and a.meta["model"]["n_embd"] == 256
+
+
+def test_checkpoint_is_deterministic(pipeline: dict[str, Path], tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    r = run_cli("train", str(pipeline["acts"]), "--out", str(again), "--epochs", "8", "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    a = (pipeline["ckpt"] / "model.safetensors").read_bytes()
+    assert a == (again / "model.safetensors").read_bytes()
+    report = json.loads((again / "report.json").read_text())
+    assert set(report["gate"]["val"]) >= {"recall", "fpr", "auroc"} and report["experts"]["calinski_harabasz"]
+    assert (again / "report.md").read_text().startswith("# Training report")
+
+
+def test_pack_verifies_and_generates(pipeline: dict[str, Path], tiny_model: Path) -> None:
+    r = run_cli("verify", str(pipeline["pack"]), "--model", str(tiny_model), "--json")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("generate", str(tiny_model), "--pack", str(pipeline["pack"]), "--prompt", "hi", "-n", "4", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["gate_score"] is not None and len(d["expert_weights"]) >= 4
+    m = json.loads((pipeline["pack"] / "manifest.json").read_text())
+    assert m["provenance"]["training"]["provenance"]["activations_sha256"]
+    assert m["provenance"]["fold_max_rel_error"] <= 1e-5
+
+
+def test_folded_head_equals_torch_module(pipeline: dict[str, Path]) -> None:
+    """Fold exactness against the trained torch module itself, and ONNX against both."""
+    import torch
+
+    from finesteer_edge.converters.fold import fold_checkpoint
+    from finesteer_edge.pack.pack import SteeringPack
+    from finesteer_edge.train.checkpoint import load_checkpoint
+    from finesteer_edge.train.mose import make_module
+
+    ckpt = load_checkpoint(pipeline["ckpt"])
+    p = ckpt.mose
+    module = make_module(p.d, p.C, p.U, hidden=p.W1.shape[0], gamma=p.gamma, input_scale=p.input_scale)
+    sd = {"query.weight": p.W_q, "query.bias": p.b_q, "key.weight": p.W_k, "key.bias": p.b_k, "value.weight": p.W_v,
+          "value.bias": p.b_v, "mix.0.weight": p.W1, "mix.0.bias": p.b1, "mix.2.weight": p.W2, "mix.2.bias": p.b2,
+          "t": np.float64(p.t), "gamma": np.float64(p.gamma), "C": p.C, "U": p.U,
+          "input_scale": np.float64(p.input_scale)}
+    module.load_state_dict({k: torch.tensor(np.asarray(v), dtype=torch.float32) for k, v in sd.items()})
+    module.double()
+    h = load_activations(pipeline["acts"]).h_steer[:8].astype(np.float64)
+    with torch.no_grad():
+        ref, ref_w = (x.numpy() for x in module(torch.from_numpy(h)))
+    head = fold_checkpoint(ckpt)
+    _, vec, w = head.forward(h, h)
+    rel = np.linalg.norm(vec - ckpt.alpha * ref, axis=1) / np.linalg.norm(ref, axis=1)
+    assert rel.max() <= 1e-5 and np.abs(w - ref_w).max() <= 1e-6
+    pack = SteeringPack.load(pipeline["pack"])
+    for i in range(3):
+        out = pack.evaluate(h[i].astype(np.float32), h[i].astype(np.float32))
+        assert np.linalg.norm(out.vector - ckpt.alpha * ref[i]) / np.linalg.norm(ref[i]) <= 1e-4
+
+
+def test_control_gguf_holds_only_directions(pipeline: dict[str, Path]) -> None:
+    r = gguf.GGUFReader(pipeline["pack"] / "control.gguf")
+    names = [t.name for t in r.tensors]
+    assert names == ["direction.2"]
+    assert all(t.tensor_type == gguf.GGMLQuantizationType.F32 and len(t.shape) == 1 for t in r.tensors)
+    assert r.fields["controlvector.finesteer.method"].contents() == "finesteer"
+
+
+def test_convert_refuses_activations_model_mismatch(pipeline: dict[str, Path], tiny_model_other: Path,
+                                                    tmp_path: Path) -> None:
+    r = run_cli("convert", str(pipeline["ckpt"]), "--out", str(tmp_path / "p"), "--model", str(tiny_model_other))
+    assert r.returncode == 2 and "another model" in r.stderr and "n_embd 256 != 128" in r.stderr
+    assert not (tmp_path / "p").exists()
+
+
+def test_convert_failure_leaves_no_pack(pipeline: dict[str, Path], tmp_path: Path) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    bad = tmp_path / "ckpt_nan"
+    shutil.copytree(pipeline["ckpt"], bad)
+    t = load_file(str(bad / "model.safetensors"))
+    t["W_v"][0, 0] = np.nan
+    save_file(t, str(bad / "model.safetensors"))
+    r = run_cli("convert", str(bad), "--out", str(tmp_path / "p"))
+    assert r.returncode == 2 and "NaN/Inf in W_v" in r.stderr
+    del t["W_q"], t["C"]
+    save_file(t, str(bad / "model.safetensors"))
+    r = run_cli("convert", str(bad), "--out", str(tmp_path / "p"))
+    assert r.returncode == 2 and "missing tensors: C, W_q" in r.stderr
+    t2 = load_file(str(pipeline["ckpt"] / "model.safetensors"))
+    t2["W_k"] = t2["W_k"][:, :10]
+    save_file(t2, str(bad / "model.safetensors"))
+    r = run_cli("convert", str(bad), "--out", str(tmp_path / "p"))
+    assert r.returncode == 2 and "mis-shaped" in r.stderr and "W_k" in r.stderr
+    assert not (tmp_path / "p").exists() and not list(tmp_path.glob(".p.*"))
+
+
+def test_bad_data_lines_report_file_and_line(tiny_model: Path, tmp_path: Path) -> None:
+    d = tmp_path / "safety"
+    d.mkdir()
+    for name in ("harmful_train", "harmful_val", "benign_train", "benign_val"):
+        write_jsonl(d / f"{name}.jsonl", [{"prompt": f"{name} {i}"} for i in range(6)])
+    (d / "benign_val.jsonl").write_text('{"prompt": "a"}\n\n{"prompt": "b"}\n')
+    r = run_cli("extract", str(tiny_model), "--task", "safety", "--data", str(d), "--out", str(tmp_path / "a"))
+    assert r.returncode == 2 and "benign_val.jsonl:2: empty line" in r.stderr
+    (d / "benign_val.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b", \n')
+    r = run_cli("extract", str(tiny_model), "--task", "safety", "--data", str(d), "--out", str(tmp_path / "a"))
+    assert r.returncode == 2 and "benign_val.jsonl:2: not valid JSON" in r.stderr
+    (d / "benign_val.jsonl").write_text('{"prompt": "a"}\n{"text": "b"}\n')
+    r = run_cli("extract", str(tiny_model), "--task", "safety", "--data", str(d), "--out", str(tmp_path / "a"))
+    assert r.returncode == 2 and "benign_val.jsonl:2: missing field 'prompt'" in r.stderr
+    assert not (tmp_path / "a").exists()
+
+
+def test_pairs_task_and_too_few_examples(tiny_model: Path, tmp_path: Path) -> None:
+    rows = [{"prompt": f"Say something about topic {i}", "desired": "Gladly, in French.", "undesired": "No.",
+             "split": "train" if i < 4 else "val"} for i in range(6)]
+    rows += [{"prompt": f"general question {i}"} for i in range(6)]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    acts = tmp_path / "acts.safetensors"
+    r = run_cli("extract", str(tiny_model), "--task", "pairs", "--data", str(data), "--out", str(acts))
+    assert r.returncode == 0, r.stderr
+    a = load_activations(acts)
+    assert int(a.label.sum()) == 6 and a.meta["task"] == "pairs"
+    r = run_cli("train", str(acts), "--out", str(tmp_path / "ck"), "--epochs", "2")
+    assert r.returncode == 2 and "MoSE needs more than 4 training targets" in r.stderr
+
+
+def test_test_files_are_refused(tmp_path: Path) -> None:
+    from finesteer_edge.train.tasks import load_items
+
+    data = write_jsonl(tmp_path / "pairs_test.jsonl", [{"prompt": "x", "desired": "a", "undesired": "b"}])
+    with pytest.raises(DataError, match="test files are never used"):
+        load_items("pairs", data)
+
+
+def test_bad_activations_file(tmp_path: Path) -> None:
+    p = tmp_path / "acts.safetensors"
+    p.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(ActivationsError):
+        load_activations(p)
+    with pytest.raises(ActivationsError, match="not found"):
+        load_activations(tmp_path / "missing")
+
+
+def test_weights_only_refusal(tmp_path: Path) -> None:
+    """A torch file that needs code to unpickle is refused, and its payload never runs."""
+    import torch
+
+    from finesteer_edge.train.checkpoint import load_torch_weights
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (open, (str(marker), "w"))
+
+    torch.save({"query.weight": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="refused"):
+        load_torch_weights(tmp_path / "evil.pth")
+    assert not marker.exists()
