@@ -77,6 +77,10 @@ def train_cmd(
     gate: str = typer.Option("auto", "--gate", help="scs (published), scs_logistic, or auto (choose on validation)."),
     gate_layer: int = typer.Option(None, "--gate-layer", help="Force the gate layer (default: choose on validation)."),
     seed: int = typer.Option(0, "--seed"),
+    negative_weight: float = typer.Option(
+        1.0, "--negative-weight", min=0.0,
+        help="Weight of negatives (zero target) in MoSE training; 0 = targets only, as published.",
+    ),
     epochs: int = typer.Option(100, "--epochs", min=1),
     threads: int = typer.Option(2, "--threads", "-t", min=1),
     as_json: bool = typer.Option(False, "--json", help="Print the training report as JSON."),
@@ -89,7 +93,7 @@ def train_cmd(
     if gate not in ("auto", "scs", "scs_logistic"):
         raise typer.BadParameter("--gate must be auto, scs or scs_logistic")
     report = train(acts, out, TrainConfig(alpha=alpha, seed=seed, gate_kind=gate, gate_layer=gate_layer,
-                                          epochs=epochs, threads=threads))
+                                          epochs=epochs, threads=threads, negative_weight=negative_weight))
     if as_json:
         typer.echo(json.dumps(report, default=float))
         return

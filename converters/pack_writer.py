@@ -9,7 +9,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +42,13 @@ def write_pack(
     provenance: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     feature_layer: int | None = None,
+    verify: Callable[[Path], object] | None = None,
 ) -> Path:
-    """Write ``out`` (a directory). ``mean_vector`` (layer -> (d,)) becomes ``control.gguf``."""
+    """Write ``out`` (a directory). ``mean_vector`` (layer -> (d,)) becomes ``control.gguf``.
+
+    ``verify(tmp_dir)`` runs on the finished pack before it is moved into place; if it raises, nothing
+    is left behind.
+    """
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists (pass overwrite to replace it)")
@@ -68,6 +73,8 @@ def write_pack(
             vector_source=vector_source, mode=mode, files=files, provenance=dict(provenance or {}),
         )
         (tmp / MANIFEST).write_text(manifest.to_json())
+        if verify is not None:
+            verify(tmp)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

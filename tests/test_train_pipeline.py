@@ -48,7 +48,13 @@ def test_activations_file(pipeline: dict[str, Path], tiny_model: Path) -> None:
     assert a.h_gate.shape == a.h_steer.shape == a.delta.shape and a.h_steer.shape[1] == 256
     assert set(groups) == {"harmful", "benign", "borderline"}
     assert (a.label[groups == "harmful"] == 1).all() and (a.label[groups != "harmful"] == 0).all()
-    assert (a.has_delta == a.label).all() and (np.linalg.norm(a.delta[a.label == 1], axis=1) > 0).all()
+    original = np.asarray(a.meta["rows"]["variant"]) == "original"
+    assert (a.has_delta[original] == a.label[original]).all() and (a.has_delta[~original] == 0).all()
+    assert (np.linalg.norm(a.delta[a.has_delta == 1], axis=1) > 0).all()
+    # safety extraction adds the same style rewrites to both classes, for the gate only
+    assert set(a.meta["rows"]["variant"]) == {"original", "question", "polite", "first_person"}
+    assert set(a.groups(with_variant=True)[~original]) == {f"{g}~{v}" for g in ("harmful", "benign")
+                                                           for v in ("question", "polite", "first_person")}
     assert not any("test" in f for f in a.meta["data_files"])  # test splits are never read
     assert set(a.meta["rows"]["split"]) == {"train", "val"}
     assert (a.steer_layer, a.gate_layer) == (2, 2) and a.meta["model"]["n_embd"] == 256

@@ -67,8 +67,14 @@ class Activations:
             m &= (self.label == 1) if target else (self.label == 0)
         return m
 
-    def groups(self) -> np.ndarray:
-        return np.asarray(self.meta["rows"]["group"])
+    def groups(self, *, with_variant: bool = False) -> np.ndarray:
+        """Row groups (harmful, benign, ...); with ``with_variant`` style rewrites get ``~style``."""
+        groups = np.asarray(self.meta["rows"]["group"], dtype=object)
+        variants = self.meta["rows"].get("variant")
+        if with_variant and variants is not None:
+            groups = np.array([g if v == "original" else f"{g}~{v}" for g, v in zip(groups, variants, strict=True)],
+                              dtype=object)
+        return groups
 
 
 class ActivationsWriter:

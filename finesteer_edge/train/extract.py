@@ -24,7 +24,7 @@ from ..llama.session import LlamaSession
 from ..progress import track
 from ..steered import SteeredLlama
 from .activations import SPLIT_CODES, ActivationsWriter
-from .tasks import SELF, Item, load_items
+from .tasks import SELF, Item, load_items, style_variants
 
 # When the model's own answer is empty (it stops at once), contrast against a plain compliant opener.
 FALLBACK_COMPLIANCE = "Sure, here is how to do that."
@@ -53,6 +53,8 @@ class ExtractConfig:
     gate_layers: list[int] | None = None
     negatives: list[Path] = field(default_factory=list)
     pairs_per_question: int = 1
+    augment: bool | None = None
+    """Style rewrites for the gate (augment.py); None = on for the safety task, off otherwise."""
     limit: int | None = None
     """At most this many items per (group, split): quick runs and tests."""
     own_tokens: int = 48
@@ -75,8 +77,11 @@ def _limit(items: list[Item], limit: int | None) -> list[Item]:
 
 
 def extract(model_path: Path, cfg: ExtractConfig) -> Path:
+    augment = cfg.task == "safety" if cfg.augment is None else cfg.augment
     items, files = load_items(cfg.task, cfg.data, negatives=cfg.negatives, pairs_per_question=cfg.pairs_per_question)
     items = _limit(items, cfg.limit)
+    if augment:
+        items += style_variants(items)
     llm = SteeredLlama(model_path, n_ctx=cfg.n_ctx, n_threads=cfg.threads)
     n_layer = llm.session.n_layer
     gate, steer, cands = default_layers(n_layer)
@@ -91,13 +96,13 @@ def extract(model_path: Path, cfg: ExtractConfig) -> Path:
     llm = SteeredLlama(model_path, n_ctx=cfg.n_ctx, n_threads=cfg.threads, tap_layers=taps)
     s = llm.session
     writer = ActivationsWriter(cfg.out, len(items), s.n_embd, list(cands))
-    rows: dict[str, list[Any]] = {"id": [], "group": [], "split": [], "prompt": [], "own_answer": []}
+    rows: dict[str, list[Any]] = {"id": [], "group": [], "split": [], "variant": [], "prompt": [], "own_answer": []}
     t0 = time.perf_counter()
     try:
         for i, item in enumerate(track(items, f"extracting {cfg.task}", total=len(items), enabled=cfg.show_progress)):
             own = _extract_one(llm, s, item, i, writer, cands, gate, steer, cfg.own_tokens)
             for key, value in (("id", item.id), ("group", item.group), ("split", item.split),
-                               ("prompt", item.prompt), ("own_answer", own)):
+                               ("variant", item.variant), ("prompt", item.prompt), ("own_answer", own)):
                 rows[key].append(value)
         meta = {
             "task": cfg.task,
@@ -111,6 +116,7 @@ def extract(model_path: Path, cfg: ExtractConfig) -> Path:
             "n_ctx": s.n_ctx,
             "data_files": {str(p): file_sha256(p) for p in files},
             "pairs_per_question": cfg.pairs_per_question,
+            "augment": augment,
             "limit": cfg.limit,
             "seconds": round(time.perf_counter() - t0, 1),
             "rows": rows,
@@ -131,7 +137,8 @@ def _extract_one(llm: SteeredLlama, s: LlamaSession, item: Item, i: int, writer:
         raise DataError(f"item {item.id}: the prompt is {len(prompt)} tokens, too long for n_ctx {s.n_ctx}")
     own_text = None
     undesired_ids: list[list[int]] = []
-    if item.target:
+    contrast = item.target and not item.gate_only
+    if contrast:
         if item.undesired is SELF:
             r = llm.generate(messages, max_tokens=own_tokens)
             own_text = r.text
@@ -144,7 +151,7 @@ def _extract_one(llm: SteeredLlama, s: LlamaSession, item: Item, i: int, writer:
     values: dict[str, Any] = {f"h_layer.{n}": states[n] for n in cands}
     values.update(h_gate=states[gate], h_steer=states[steer], split=SPLIT_CODES[item.split],
                   label=1 if item.target else 0)
-    if item.target:
+    if contrast:
         room = s.n_ctx - len(prompt) - 1
         want = np.mean([_response_mean(s, len(prompt), _response_ids(s, t)[:room], steer) for t in item.desired], 0)
         avoid = np.mean([_response_mean(s, len(prompt), ids[:room], steer) for ids in undesired_ids], 0)

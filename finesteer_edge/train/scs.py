@@ -113,8 +113,28 @@ def gate_metrics(fit: GateFit, h_val: np.ndarray, is_target: np.ndarray, groups:
     for g in sorted(set(groups[~is_target])):
         m = (~is_target) & (groups == g)
         out[f"fpr_{g}"] = float((s[m] >= fit.tau).mean())
+    target_groups = sorted(set(groups[is_target]))
+    if len(target_groups) > 1:
+        for g in target_groups:
+            m = is_target & (groups == g)
+            out[f"recall_{g}"] = float((s[m] >= fit.tau).mean())
     out["balanced_accuracy"] = (out["recall"] + 1 - out["fpr"]) / 2 if len(neg) else out["recall"]
+    out["margin"] = separation_margin(fit.kind, pos, neg)
     return out
+
+
+def separation_margin(kind: str, pos: np.ndarray, neg: np.ndarray) -> float:
+    """(10th pct of targets - 90th pct of negatives) / pooled std, in logit units for probabilities.
+
+    Breaks ties between gates that are all perfect on a small validation split: the one with more room
+    between the classes should transfer better to prompts it has not seen.
+    """
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    if kind != "scs":
+        pos, neg = (np.log(np.clip(x, 1e-9, 1 - 1e-9) / (1 - np.clip(x, 1e-9, 1 - 1e-9))) for x in (pos, neg))
+    spread = float(np.std(np.r_[pos, neg])) or 1.0
+    return float((np.quantile(pos, 0.1) - np.quantile(neg, 0.9)) / spread)
 
 
 def fit_gate(kind: str, layer: int, h_train: np.ndarray, y_train: np.ndarray, h_val: np.ndarray, y_val: np.ndarray,
@@ -144,10 +164,12 @@ def fit_gate(kind: str, layer: int, h_train: np.ndarray, y_train: np.ndarray, h_
 
 
 def choose_gate(fits: list[GateFit]) -> GateFit:
-    """Best validation balanced accuracy (AUROC breaks ties); published SCS unless beaten by a margin."""
+    """Best validation balanced accuracy (then AUROC, then separation margin); published SCS unless
+    beaten by a margin."""
 
-    def key(f: GateFit) -> tuple[float, float]:
-        return (f.metrics["balanced_accuracy"], f.metrics["auroc"])
+    def key(f: GateFit) -> tuple[float, float, float]:
+        m = f.metrics
+        return (m["balanced_accuracy"], m["auroc"], -np.inf if np.isnan(m["margin"]) else m["margin"])
 
     best = max(fits, key=key)
     published = [f for f in fits if f.kind == "scs"]

@@ -45,6 +45,10 @@ class Item:
     """Where it came from: harmful, benign, borderline, truthfulqa, pairs, negative."""
     desired: list[str] = field(default_factory=list)
     undesired: list[str] | None = SELF
+    variant: str = "original"
+    """``original`` or the name of a style rewrite (see augment.py)."""
+    gate_only: bool = False
+    """A style variant: trains and validates the gate only (no response contrast for MoSE)."""
 
 
 def _is_test_file(path: Path) -> bool:
@@ -57,8 +61,12 @@ def _hash_split(key: str, val_fraction: float) -> str:
 
 
 def load_items(task: str, data: Path, *, negatives: list[Path] | None = None, pairs_per_question: int = 1,
-               val_fraction: float = 0.2) -> tuple[list[Item], list[Path]]:
-    """Items for ``task`` from ``data`` (a folder, or a file for ``pairs``) and the files read."""
+               val_fraction: float = 0.2, augment: bool = False) -> tuple[list[Item], list[Path]]:
+    """Items for ``task`` from ``data`` (a folder, or a file for ``pairs``) and the files read.
+
+    ``augment`` adds style rewrites (augment.py) of every target and negative prompt as gate-only
+    items, the same rewrites for both classes.
+    """
     data = Path(data)
     if not data.exists():
         raise DataError(f"{data}: no such file or folder")
@@ -80,7 +88,24 @@ def load_items(task: str, data: Path, *, negatives: list[Path] | None = None, pa
         files.append(neg)
     if not any(it.target and it.split == "train" for it in items):
         raise DataError(f"{data}: no training targets found for task {task}")
+    if augment:
+        items += style_variants(items)
     return items, files
+
+
+def style_variants(items: list[Item]) -> list[Item]:
+    """Gate-only rewrites of the original targets and negatives (not of borderline prompts, which are
+    natural questions kept for calibration)."""
+    from .augment import STYLES
+
+    out = []
+    for it in items:
+        if it.variant != "original" or it.group == "borderline":
+            continue
+        for style, rewrite in STYLES.items():
+            out.append(Item(f"{it.id}~{style}", rewrite(it.prompt), it.target, it.split, it.group,
+                            variant=style, gate_only=True))
+    return out
 
 
 def _split_from_name(path: Path) -> str | None:

@@ -38,8 +38,11 @@ class TrainConfig:
     lr: float = 5e-4
     patience: int = 15
     threads: int = 2
-    negative_weight: float = 0.0
-    """Train MoSE also on negatives with a zero target at this weight (0 = targets only, as published)."""
+    negative_weight: float = 1.0
+    """Also train MoSE on negatives (prompts not to steer) with a zero target, at this weight; 0 = targets
+    only, as published. Our addition: it makes the head itself propose (almost) nothing for prompts that
+    should not be steered, so a gate false positive costs little (measured on SmolLM2 safety validation:
+    mean vector norm 35 on targets vs 4 on negatives, target cosine unchanged at 0.69)."""
 
 
 def train(acts_path: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
@@ -59,7 +62,7 @@ def train(acts_path: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
     h_steer_in = acts.layers.get(acts.steer_layer, acts.h_steer)
     fit_x, fit_y, fit_w = x_tr, y_tr, None
     val_x, val_y, val_w = x_va, y_va, None
-    if cfg.negative_weight > 0:
+    if cfg.negative_weight > 0 and acts.mask(split="train", target=False).any():
         fit_x, fit_y, fit_w = _with_negatives(acts, h_steer_in, x_tr, y_tr, "train", cfg.negative_weight)
         val_x, val_y, val_w = _with_negatives(acts, h_steer_in, x_va, y_va, "val", cfg.negative_weight)
     input_scale = 1.0 / float(np.median(np.linalg.norm(x_tr, axis=1)))
@@ -122,7 +125,7 @@ def train(acts_path: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
 def _fit_gates(acts: Activations, cfg: TrainConfig) -> tuple[GateFit, list[dict[str, Any]]]:
     tr, va = acts.mask(split="train"), acts.mask(split="val")
     y = acts.label.astype(int)
-    groups = acts.groups()
+    groups = acts.groups(with_variant=True)
     if not (va & (acts.label == 1)).any():
         raise DataError("the activations hold no validation targets: the gate threshold is calibrated on them")
     layers = [cfg.gate_layer] if cfg.gate_layer is not None else sorted(acts.layers)
@@ -186,14 +189,16 @@ def render_report(r: dict[str, Any]) -> str:
         f"Chosen: **{g['kind']}** at layer **{g['layer']}**, {g['components']} components "
         f"({g['explained_variance']:.1%} of target variance), tau = {g['tau']:.4f} ({g['val'].get('tau_method', '')}).",
         "",
-        "| kind | layer | tau | val AUROC | val recall | val FPR | balanced acc |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| kind | layer | tau | val AUROC | val recall | val FPR | balanced acc | margin |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in r["gate"]["candidates"]:
         lines.append(f"| {c['kind']} | {c['layer']} | {c['tau']:.4f} | {c['auroc']:.3f} | {c['recall']:.3f} | "
-                     f"{c['fpr']:.3f} | {c['balanced_accuracy']:.3f} |")
+                     f"{c['fpr']:.3f} | {c['balanced_accuracy']:.3f} | {c['margin']:.2f} |")
     fprs = ", ".join(f"{k[4:]} {v:.3f}" for k, v in g["val"].items() if k.startswith("fpr_"))
-    lines += ["", f"Chosen gate on validation: recall {g['val']['recall']:.3f}, FPR {g['val']['fpr']:.3f} ({fprs}).",
+    recalls = ", ".join(f"{k[7:]} {v:.3f}" for k, v in g["val"].items() if k.startswith("recall_"))
+    lines += ["", f"Chosen gate on validation: recall {g['val']['recall']:.3f}"
+              + (f" ({recalls})" if recalls else "") + f", FPR {g['val']['fpr']:.3f} ({fprs}).",
               "", "## Experts (MoSE)", "",
               f"K = {e['K']} by Calinski-Harabasz; cluster sizes {e['cluster_sizes']}; residual basis rank "
               f"{e['basis_rank']}.", "", "| K | Calinski-Harabasz |", "|---:|---:|"]
