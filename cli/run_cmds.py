@@ -34,13 +34,16 @@ def register(app: typer.Typer) -> None:
 
 
 def open_llm(model: str | None, pack: str | None, no_pack: bool, *, mode: str | None, threads: int | None,
-             n_ctx: int, strength: float, allow_unsteered: bool, quiet: bool = False):  # type: ignore[no-untyped-def]
+             n_ctx: int, strength: float, allow_unsteered: bool, quiet: bool = False,
+             context_policy: str = "error"):  # type: ignore[no-untyped-def]
     from finesteer_edge.steered import SteeredLlama
 
     if pack and no_pack:
         raise typer.BadParameter("--pack and --no-pack exclude each other")
     if mode is not None and mode not in ("exact", "fast"):
         raise typer.BadParameter(f"--mode must be exact or fast, not {mode!r}")
+    if context_policy not in ("error", "drop_oldest"):
+        raise typer.BadParameter(f"--context-policy must be error or drop_oldest, not {context_policy!r}")
     model_path = resolve_model(model)
     pack_path: Path | None = None
     if pack:
@@ -51,7 +54,7 @@ def open_llm(model: str | None, pack: str | None, no_pack: bool, *, mode: str | 
             print(f"note: no bundled pack for {model_path.name}; generating unsteered (--pack to steer)",
                   file=sys.stderr)
     return SteeredLlama(model_path, pack_path, mode=mode, n_threads=threads, n_ctx=n_ctx, strength=strength,
-                        allow_unsteered=allow_unsteered), model_path, pack_path
+                        allow_unsteered=allow_unsteered, context_policy=context_policy), model_path, pack_path
 
 
 def generate_cmd(
@@ -119,10 +122,16 @@ def chat_cmd(
     n_ctx: int = CTX_OPT,
     strength: float = STRENGTH_OPT,
     allow_unsteered: bool = ALLOW_OPT,
+    context_policy: str = typer.Option(
+        "error", "--context-policy",
+        help="When the conversation outgrows --n-ctx: error (report it; /reset to go on) or drop_oldest "
+             "(forget the oldest exchanges, keep the system message).",
+    ),
 ) -> None:
     """Interactive chat. Commands: /reset (new conversation), /explain (gate decisions so far), /quit."""
     llm, model_path, pack_path = open_llm(model, pack, no_pack, mode=mode, threads=threads, n_ctx=n_ctx,
-                                          strength=strength, allow_unsteered=allow_unsteered)
+                                          strength=strength, allow_unsteered=allow_unsteered,
+                                          context_policy=context_policy)
     interactive = sys.stdin.isatty()
     base = [{"role": "system", "content": system}] if system else []
     messages = list(base)
@@ -173,6 +182,11 @@ def chat_cmd(
         sys.stdout.write("\n")
         sys.stdout.flush()
         assert result is not None
+        if result.dropped_turns:
+            from finesteer_edge.steered import drop_oldest_turns
+
+            messages = drop_oldest_turns(messages, result.dropped_turns)
+            print(f"(context full: forgot the {result.dropped_turns} oldest exchange(s))", file=sys.stderr)
         messages.append({"role": "assistant", "content": result.text})
         history.append(result)
         if explain:

@@ -8,6 +8,7 @@ one :class:`GGUFFormatError`. Writing stays with ``gguf.GGUFWriter`` (converters
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -54,12 +55,15 @@ class GGUFFile:
     file_size: int = 0
     data: bytes | None = None
     """The whole file when parsed from memory (see :func:`parse_gguf_bytes`)."""
+    types: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Key -> (GGUF value type, element type of an array or -1): checks that care about the stored type
+    (llama.cpp reads some arrays as raw floats or ints without checking) need more than the Python value."""
 
     def read_f32(self, info: TensorInfo) -> np.ndarray:
         """Data of an F32 tensor, as a fresh array in numpy order (reversed GGUF shape)."""
         if info.ggml_type != GGML_TYPE_F32:
             raise GGUFFormatError(f"tensor {info.name!r} is not F32 (ggml type {info.ggml_type})")
-        n = int(np.prod(info.shape, dtype=np.int64)) if info.shape else 1
+        n = math.prod(info.shape)  # Python ints: a lying shape must not wrap around like int64 would
         end = info.offset + 4 * n
         if end > self.file_size:
             raise GGUFFormatError(f"tensor {info.name!r} data runs past the end of the file")
@@ -166,10 +170,15 @@ def _parse(path: Path, mm: mmap.mmap | bytes, size: int, skip_keys: tuple[str, .
     if n_kv * 12 > size or n_tensors * 24 > size:
         raise GGUFFormatError(f"{path}: header claims {n_kv} keys and {n_tensors} tensors, more than the file holds")
     metadata: dict[str, Any] = {}
+    types: dict[str, tuple[int, int]] = {}
     for i in range(n_kv):
         key = cur.string(f"metadata key {i}")
         vtype = cur.unpack("<I", f"type of {key!r}")
+        etype = -1
+        if vtype == _ARR and cur.pos + 4 <= size:
+            (etype,) = struct.unpack_from("<I", mm, cur.pos)
         val = cur.value(vtype, f"value of {key!r}")
+        types[key] = (vtype, etype)
         if key not in skip_keys:
             metadata[key] = val
     infos: list[tuple[str, tuple[int, ...], int, int]] = []
@@ -185,12 +194,12 @@ def _parse(path: Path, mm: mmap.mmap | bytes, size: int, skip_keys: tuple[str, .
         offset = cur.unpack("<Q", f"offset of {name!r}")
         infos.append((name, shape, ggml_type, offset))
     alignment = metadata.get("general.alignment", _DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+    if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise GGUFFormatError(f"{path}: bad general.alignment {alignment!r}")
     data_start = (cur.pos + alignment - 1) // alignment * alignment
     tensors = []
     for name, shape, ggml_type, offset in infos:
-        if any(d > size for d in shape) or offset > size:
+        if any(d > size for d in shape) or data_start + offset > size:
             raise GGUFFormatError(f"{path}: tensor {name!r} has an impossible shape or offset")
         tensors.append(TensorInfo(name, shape, ggml_type, data_start + offset))
-    return GGUFFile(path=path, version=version, metadata=metadata, tensors=tensors, file_size=size)
+    return GGUFFile(path=path, version=version, metadata=metadata, tensors=tensors, file_size=size, types=types)

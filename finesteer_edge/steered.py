@@ -293,10 +293,11 @@ class SteeredLlama:
         s = self._session
         out = self.pack.evaluate(s.hidden(m.gate_layer), s.hidden(m.head_layer))
         is_open = {"pack": out.gate_score >= m.tau, "always": True, "never": False}[self.gate]
-        if self.vector_source == "head":
-            vectors = {m.steer_layer: out.vector * self.strength}
-        else:
-            vectors = {layer: v * self.strength for layer, v in self.pack.control.directions.items()}
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, not warned
+            if self.vector_source == "head":
+                vectors = {m.steer_layer: out.vector * self.strength}
+            else:
+                vectors = {layer: v * self.strength for layer, v in self.pack.control.directions.items()}
         for v in vectors.values():
             if not np.isfinite(v).all():
                 raise PackError("the steering vector is not finite; refusing to generate")

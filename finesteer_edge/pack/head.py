@@ -2,7 +2,10 @@
 
 The head is a few small matrix products: one intra-op thread is fastest (no pool wake-ups) and keeps
 llama.cpp's threads undisturbed. The model is loaded from the bytes we already checksummed, never from
-a path, so the file cannot change between verification and use and cannot pull in external data.
+a path, so the file cannot change between verification and use. Loading from bytes alone does not stop
+onnxruntime from reading external-data files relative to the working directory, so the bytes first pass
+:func:`~finesteer_edge.pack.onnx_check.check_head_onnx` (standard ops only, no external data, bounded
+shapes), and only then reach onnxruntime.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import PackFormatError
+from .onnx_check import check_head_onnx
 
 INPUTS = ("h_gate", "h_steer")
 OUTPUTS = ("gate_score", "vector", "expert_weights")
@@ -28,19 +32,23 @@ class HeadOutput:
 
 class HeadRunner:
     def __init__(self, model_bytes: bytes, n_embd: int, n_experts: int, *, name: str = "head.onnx") -> None:
-        # onnxruntime's C++ logger prints to stderr; severity 3 (errors) is enough for a shipped head.
         import onnxruntime as ort
 
+        check_head_onnx(model_bytes, n_embd, name=name)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
+        # onnxruntime's C++ logger writes to stderr; every failure it logs also comes back as an exception
+        # that we turn into one PackFormatError, so fatal-only keeps the CLI's error to one line.
+        opts.log_severity_level = 4
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self._sess = ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception zoo for bad models
             raise PackFormatError(f"{name} is not a loadable ONNX model: {_short(exc)}") from exc
+        self._run_opts = ort.RunOptions()
+        self._run_opts.log_severity_level = 4
         self.n_embd = n_embd
         self.n_experts = n_experts
         self._check_signature(name)
@@ -68,7 +76,7 @@ class HeadRunner:
             "h_steer": np.ascontiguousarray(h_steer, dtype=np.float32).reshape(1, self.n_embd),
         }
         try:
-            score, vector, weights = self._sess.run(list(OUTPUTS), feeds)
+            score, vector, weights = self._sess.run(list(OUTPUTS), feeds, self._run_opts)
         except Exception as exc:
             raise PackFormatError(f"head.onnx failed to run: {_short(exc)}") from exc
         score = np.asarray(score, dtype=np.float32).reshape(-1)

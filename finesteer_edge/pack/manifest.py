@@ -183,6 +183,10 @@ def parse_manifest(raw: bytes) -> Manifest:
     description = d.get("description", "")
     if not isinstance(name, str) or not isinstance(description, str):
         raise PackFormatError("manifest: name and description must be strings")
+    # `inspect` and `chat` print these: terminal control sequences from a downloaded file must not reach a tty.
+    for label, text in (("name", name), ("description", description), ("model.name", str(model.get("name", "")))):
+        if any((ord(c) < 32 and c not in "\n\t") or 127 <= ord(c) < 160 for c in text):
+            raise PackFormatError(f"manifest: {label} contains control characters")
     return Manifest(
         name=name,
         description=description,
