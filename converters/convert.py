@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,10 @@ def _convert_static(src: StaticSource, path: Path, out: Path, *, model: Path | N
             raise ModelMismatchError(f"{path}: direction.{layer} has {v.shape[0]} values, the model has {fp.n_embd}")
     a = 1.0 if alpha is None else float(alpha)
     directions = {n: a * v for n, v in src.directions.items()}
-    strongest = max(directions, key=lambda n: float(np.linalg.norm(directions[n])))
+    if not math.isfinite(a) or not all(np.isfinite(v).all() and np.isfinite(np.linalg.norm(v.astype(np.float64)))
+                                       for v in directions.values()):
+        raise CheckpointError(f"{path}: the directions times alpha {a:g} are not finite in float32")
+    strongest = max(directions, key=lambda n: float(np.linalg.norm(directions[n].astype(np.float64))))
     steer = min(strongest, fp.n_layer - 2)  # nominal for a static pack: the rows of control.gguf are applied
     check_layers(fp.n_layer, src.gate_layer, steer, steer, what=str(path))
     head = static_head(directions[strongest], src.gate)
@@ -219,16 +223,20 @@ def _check_fold(ckpt: Checkpoint, alpha: float, head: FoldedHead, probe: np.ndar
 
 
 def _check_onnx(pack: Path, head: FoldedHead, probe: np.ndarray) -> float:
+    from finesteer_edge.errors import PackError
     from finesteer_edge.pack.pack import SteeringPack
 
-    p = SteeringPack.load(pack)
     errs = []
-    for row in probe.astype(np.float32):
-        out = p.evaluate(row, row)
-        score, vec, w = head.forward(row, row)
-        errs.append(_rel(out.vector[None], vec))
-        # gate scores live in [0, 1] (energy ratio or probability): compare absolutely
-        errs.append(abs(out.gate_score - float(score[0])))
+    try:
+        p = SteeringPack.load(pack)
+        for row in probe.astype(np.float32):
+            out = p.evaluate(row, row)
+            score, vec, w = head.forward(row, row)
+            errs.append(_rel(out.vector[None], vec))
+            # gate scores live in [0, 1] (energy ratio or probability): compare absolutely
+            errs.append(abs(out.gate_score - float(score[0])))
+    except PackError as exc:  # e.g. weights whose float32 products overflow: the runtime would refuse the pack
+        raise CheckpointError(f"the exported head fails the runtime's checks: {exc}") from exc
     err = max(errs)
     if not err <= ONNX_RTOL:
         raise CheckpointError(f"head.onnx differs from the folded head by {err:.2e} (limit {ONNX_RTOL:g})")

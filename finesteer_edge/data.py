@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,38 +19,89 @@ MAX_LINE_BYTES = 1 << 20
 
 
 def read_jsonl(path: str | Path, *, required: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """Objects of a JSONL file, each with the ``required`` keys; empty or malformed lines are errors."""
+    """Objects of a JSONL file, each with the ``required`` keys; empty or malformed lines are errors.
+
+    The file is read line by line with a bounded ``readline``, so a huge file with one endless line
+    (or gigabytes of NUL bytes) is refused after ``MAX_LINE_BYTES`` instead of being read whole.
+    """
     path = Path(path)
     need = tuple(required)
     try:
-        raw = path.read_bytes()
+        f = open(path, "rb")  # noqa: SIM115 - closed below; a FIFO (process substitution) is allowed
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except OSError as exc:
         raise DataError(f"{path}: {exc.strerror or exc}") from exc
     rows = []
-    lines = raw.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()  # the newline that ends the last line
-    for lineno, line in enumerate(lines, 1):
-        where = f"{path}:{lineno}"
-        if len(line) > MAX_LINE_BYTES:
-            raise DataError(f"{where}: line longer than {MAX_LINE_BYTES} bytes")
-        if not line.strip():
-            raise DataError(f"{where}: empty line")
-        try:
-            obj = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise DataError(f"{where}: not valid JSON ({exc})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{where}: expected a JSON object")
-        for key in need:
-            if key not in obj:
-                raise DataError(f"{where}: missing field {key!r}")
-        rows.append(obj)
+    with f:
+        lineno = 0
+        while True:
+            try:
+                line = f.readline(MAX_LINE_BYTES + 2)
+            except OSError as exc:  # e.g. a directory: open() succeeds, read() fails with EISDIR
+                raise DataError(f"{path}: {exc.strerror or exc}") from exc
+            if not line:
+                break
+            lineno += 1
+            where = f"{path}:{lineno}"
+            if line.endswith(b"\n"):
+                line = line[:-1]
+            if len(line) > MAX_LINE_BYTES:
+                raise DataError(f"{where}: line longer than {MAX_LINE_BYTES} bytes")
+            rows.append(_parse_line(line, where, need))
     if not rows:
         raise DataError(f"{path}: no records")
     return rows
+
+
+def _parse_line(line: bytes, where: str, need: tuple[str, ...]) -> dict[str, Any]:
+    if not line.strip():
+        raise DataError(f"{where}: empty line")
+    try:
+        obj = json.loads(line.decode("utf-8"))
+        # A lone surrogate escape ("\ud800") parses, but the text can never be encoded again: it would
+        # fail later in the tokenizer or a hash with a traceback instead of naming the line here.
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, 5000-digit integers, surrogates
+        raise DataError(f"{where}: not valid JSON ({str(exc)[:200]})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object")
+    for key in need:
+        if key not in obj:
+            raise DataError(f"{where}: missing field {key!r}")
+    return obj
+
+
+def loads_strict(raw: str | bytes) -> Any:
+    """JSON as our own writers produce it (``allow_nan=False``): no ``NaN``/``Infinity``, no numbers
+    beyond float range, no integers outside int64, text that re-encodes to UTF-8.
+
+    For checkpoint configs and activations metadata, whose numbers go on into a pack manifest that must
+    be strict JSON too. Every problem, too-deep nesting included, is a ``ValueError`` the caller turns
+    into its own typed error.
+    """
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON number")
+
+    def finite_float(text: str) -> float:
+        f = float(text)
+        if not math.isfinite(f):
+            raise ValueError(f"number {text[:20]} is out of range")
+        return f
+
+    def int64(text: str) -> int:
+        i = int(text)
+        if not -(1 << 63) <= i < 1 << 63:
+            raise ValueError(f"integer {text[:20]}... is out of range")
+        return i
+
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        obj = json.loads(text, parse_constant=no_constant, parse_float=finite_float, parse_int=int64)
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    return obj
 
 
 def text_field(row: dict[str, Any], key: str, where: str) -> str:
@@ -69,4 +121,9 @@ def text_list(row: dict[str, Any], key: str, where: str) -> list[str]:
 
 
 def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """Streamed, so hashing a large data or activations file costs no memory."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -9,9 +9,9 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from finesteer_edge.converters.onnx_head import build_head_onnx
 
 from finesteer_edge import SteeringPack
+from finesteer_edge.converters.onnx_head import build_head_onnx
 from finesteer_edge.errors import ChecksumError, LayerError, ModelMismatchError, PackFormatError
 from finesteer_edge.model_info import read_model_info
 from finesteer_edge.pack.control_vector import read_control_vector, write_control_vector

@@ -215,3 +215,12 @@ def test_weights_only_refusal(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="refused"):
         load_torch_weights(tmp_path / "evil.pth")
     assert not marker.exists()
+
+
+def test_jsonl_huge_integer_is_a_data_error(tmp_path: Path) -> None:
+    from finesteer_edge.data import read_jsonl
+
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"prompt": "ok"}\n{"prompt": "x", "n": ' + "9" * 5000 + "}\n")
+    with pytest.raises(DataError, match="x.jsonl:2: not valid JSON"):
+        read_jsonl(p)

@@ -32,6 +32,7 @@ from ..fold import gate_params
 from ..head_params import GateParams
 
 ALWAYS_TAU = 0.5
+F32_MAX = float(np.finfo(np.float32).max)
 REPENG = "repeng"
 GENERATOR = "llama.cpp cvector-generator"
 FINESTEER = "finesteer-edge"
@@ -76,8 +77,16 @@ def import_control_vector(
 
     count_type, tensor_counts = _layer_count_type(path)
     tool, measured_shift, how = _detect_writer(cv, count_type)
-    directions = {n: (strength * v.astype(np.float64)).astype(np.float32) for n, v in cv.directions.items()}
-    strongest = max(directions, key=lambda n: float(np.linalg.norm(directions[n])))
+    scaled = {n: strength * v.astype(np.float64) for n, v in cv.directions.items()}
+    norms = {n: float(np.linalg.norm(v)) for n, v in scaled.items()}
+    too_big = sorted(n for n, v in scaled.items() if not (np.abs(v).max(initial=0.0) <= F32_MAX
+                                                          and norms[n] <= F32_MAX))
+    if too_big:
+        # Finite float32 values can still overflow once scaled or summed into a norm: the pack would hold
+        # Inf (and its manifest could not even be written as JSON).
+        raise CheckpointError(f"{path}: direction(s) {too_big[:8]} times strength {strength:g} overflow float32")
+    directions = {n: v.astype(np.float32) for n, v in scaled.items()}
+    strongest = max(directions, key=lambda n: norms[n])
 
     fingerprint: Fingerprint | None = None
     model_name = ""
@@ -108,7 +117,7 @@ def import_control_vector(
         str(n): {
             "applied_at_layer": n,
             "measured_at_layer": (n - measured_shift) if measured_shift is not None else UNKNOWN,
-            "norm": float(np.linalg.norm(directions[n])),
+            "norm": norms[n],
             **({"tensors_summed": tensor_counts[n]} if tensor_counts.get(n, 1) > 1 else {}),
         }
         for n in sorted(directions)
@@ -168,7 +177,8 @@ def _detect_writer(cv: ControlVector, count_type: str | None) -> tuple[str, int 
     if count_type == "uint32":
         return REPENG, 0, "layer_count written as uint32 (gguf-py add_uint32, as repeng's export_gguf does)"
     if count_type == "int32":
-        full = cv.layer_count is not None and layers == list(range(1, cv.layer_count + 1))
+        # compare lengths first: layer_count comes from the file and may be 2^63
+        full = cv.layer_count == len(layers) and layers == list(range(1, len(layers) + 1))
         if full:
             return GENERATOR, 1, ("layer_count written as int32 and directions 1..layer_count "
                                   "(the generator writes l_out-k as direction.(k+1))")

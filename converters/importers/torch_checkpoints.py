@@ -40,6 +40,7 @@ from finesteer_edge.train.checkpoint import (
     load_checkpoint,
     load_torch_weights,
     read_safetensors,
+    torch_tensor_array,
 )
 
 CONVENTION = "official hidden_states[L] = block L input = finesteer-edge layer L-1"
@@ -194,7 +195,7 @@ def _tensors(state: Mapping[str, Any], where: str) -> dict[str, np.ndarray]:
     odd = []
     for key, value in state.items():
         if isinstance(value, torch.Tensor):
-            out[str(key)] = value.detach().to("cpu", torch.float64).numpy()
+            out[str(key)] = torch_tensor_array(value, f"{where}: {str(key)[:80]}")
         else:
             odd.append(str(key))
     if odd:
@@ -325,11 +326,15 @@ def _read_single_tensor(path: Path, label: str) -> np.ndarray:
         raise CheckpointError(f"{label} file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".npy":
+        # Never unpickle (allow_pickle=False refuses object arrays); memory-map so that a header whose
+        # shape claims more than the file holds fails instead of allocating it; numbers only.
         try:
-            arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise CheckpointError(f"{path}: not a plain .npy array ({exc})") from exc
-        return np.asarray(arr, dtype=np.float64)
+            arr = np.load(path, allow_pickle=False, mmap_mode="r")
+            if arr.dtype.kind not in "fiub":
+                raise ValueError(f"dtype {arr.dtype} is not a real number type")
+            return np.array(arr, dtype=np.float64)
+        except Exception as exc:  # noqa: BLE001 - numpy's header parser raises ValueError, TokenError, EOFError...
+            raise CheckpointError(f"{path}: not a plain .npy array ({str(exc)[:200]})") from exc
     if suffix == ".safetensors":
         found = read_safetensors(path)
         if len(found) != 1:
@@ -344,7 +349,7 @@ def _read_single_tensor(path: Path, label: str) -> np.ndarray:
             obj = next(iter(obj.values()))
         if not isinstance(obj, torch.Tensor):
             raise CheckpointError(f"{path}: expected one tensor for the {label}, found {type(obj).__name__}")
-        return obj.detach().to("cpu", torch.float64).numpy()
+        return torch_tensor_array(obj, f"{path}")
     raise CheckpointError(f"{path}: unsupported {label} file type {suffix!r} (use .npy, .safetensors or .pt)")
 
 
@@ -356,8 +361,8 @@ def _resolve_layer(given: int | None, meta: Mapping[str, Any], outer: Mapping[st
             if value is not None and not isinstance(value, Mapping):
                 try:
                     stored = int(value)
-                except (TypeError, ValueError):
-                    raise CheckpointError(f"{where}: stored layer {value!r} is not an integer") from None
+                except (TypeError, ValueError, OverflowError, RuntimeError):  # RuntimeError: a tensor of 2+ values
+                    raise CheckpointError(f"{where}: stored layer {str(value)[:40]!r} is not an integer") from None
                 break
         if stored is not None:
             break
@@ -380,8 +385,9 @@ def _file_fingerprint(meta: Mapping[str, Any], outer: Mapping[str, Any], where: 
             if isinstance(value, Mapping):
                 try:
                     return Fingerprint.from_dict(dict(value))
-                except (KeyError, TypeError, ValueError) as exc:
-                    raise CheckpointError(f"{where}: malformed model fingerprint in '{key}' ({exc})") from exc
+                except (KeyError, TypeError, ValueError, OverflowError, RuntimeError) as exc:
+                    raise CheckpointError(f"{where}: malformed model fingerprint in '{key}' ({str(exc)[:100]})") \
+                        from exc
     return None
 
 

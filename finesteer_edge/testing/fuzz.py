@@ -212,7 +212,8 @@ class RawJSON:
         return f"RawJSON({self.text[:40]!r}{'...' if len(self.text) > 40 else ''})"
 
 
-def dump_manifest(doc: Any) -> bytes:
+def dump_manifest(doc: Any, indent: int | None = 1) -> bytes:
+    """``doc`` as JSON with :class:`RawJSON` values spliced in verbatim (``indent=None``: one line, for JSONL)."""
     raws: list[str] = []
 
     def swap(x: Any) -> Any:
@@ -225,7 +226,7 @@ def dump_manifest(doc: Any) -> bytes:
             return [swap(v) for v in x]
         return x
 
-    text = json.dumps(swap(doc), indent=1)
+    text = json.dumps(swap(doc), indent=indent)
     for i, raw in enumerate(raws):
         text = text.replace(f'"@@RAW{i}@@"', raw)
     return text.encode("utf-8", errors="surrogatepass")
@@ -821,10 +822,13 @@ class FuzzWorker:
     """A persistent ``python -m finesteer_edge.testing.fuzz_worker`` that evaluates one case per request.
 
     A crash, a hang (no answer within ``timeout``) or a peak RSS above ``rss_limit_mb`` becomes a failing
-    :class:`Outcome` and the worker is restarted for the next case.
+    :class:`Outcome` and the worker is restarted for the next case. ``training=True`` imports torch, onnx
+    and scikit-learn at start-up (before the address-space cap), for the training-side targets.
     """
 
-    def __init__(self, *, timeout: float = 60.0, rss_limit_mb: int = 1500, log_dir: str | Path | None = None) -> None:
+    def __init__(self, *, timeout: float = 60.0, rss_limit_mb: int = 1500, log_dir: str | Path | None = None,
+                 training: bool = False) -> None:
+        self.training = training
         self.timeout = timeout
         self.rss_limit_mb = rss_limit_mb
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="fuzzworker-"))
@@ -840,7 +844,8 @@ class FuzzWorker:
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", "GGML_NO_BACKTRACE": "1"}
         self._log = open(self.log_dir / f"worker-{self.restarts}.log", "wb")  # noqa: SIM115 - closed in _stop
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "finesteer_edge.testing.fuzz_worker", str(self.rss_limit_mb)],
+            [sys.executable, "-m", "finesteer_edge.testing.fuzz_worker", str(self.rss_limit_mb),
+             *(["--training"] if self.training else [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env,
         )
         self._buf = b""
@@ -944,6 +949,8 @@ MICRO_CONFIG_KW = dict(n_layer=4, n_embd=32, n_head=2, n_head_kv=1, n_ff=64, con
 """A 225 KB llama GGUF: small enough that writing and loading thousands of mutants stays fast."""
 RUN_PROMPTS = ("hi", "Tell me a story about the sea.")
 TARGETS = ("pack", "control", "model", "pack_run")
+TRAINING_TARGETS = ("checkpoint", "torch", "cvec_import", "activations", "jsonl")
+"""The training-side formats (``finesteer_edge.testing.fuzz_training``): need torch, onnx and sklearn."""
 
 
 @dataclass
@@ -956,9 +963,11 @@ class FuzzBase:
     parts: PackParts
     model_bytes: bytes
     header_len: int
+    training: Any = None
+    """A :class:`~finesteer_edge.testing.fuzz_training.TrainingBase` when created with ``training=True``."""
 
     @classmethod
-    def create(cls, root: str | Path) -> FuzzBase:
+    def create(cls, root: str | Path, *, training: bool = False) -> FuzzBase:
         from .packs import make_random_pack
         from .tiny_model import TinyConfig, write_tiny_llama
 
@@ -967,10 +976,20 @@ class FuzzBase:
         model = write_tiny_llama(root / "micro.gguf", TinyConfig(**MICRO_CONFIG_KW))  # type: ignore[arg-type]
         pack = make_random_pack(model, root / "base-pack", tau=-1.0, vector_norm=5.0)
         data = model.read_bytes()
-        return cls(root, model, pack, PackParts.from_dir(pack), data, gguf_header_len(data))
+        parts = PackParts.from_dir(pack)
+        train_base = None
+        if training:
+            from .fuzz_training import TrainingBase
+
+            train_base = TrainingBase.create(root / "training", model, parts.control)
+        return cls(root, model, pack, parts, data, gguf_header_len(data), train_base)
 
     def run(self, worker: FuzzWorker, target: str, case: Any) -> Outcome:
         """Write ``case`` for ``target`` and evaluate it in the worker."""
+        if target in TRAINING_TARGETS:
+            if self.training is None:
+                raise ValueError(f"target {target!r} needs FuzzBase.create(..., training=True)")
+            return self.training.run(worker, target, case)  # type: ignore[no-any-return]
         if target in ("pack", "pack_run"):
             d = write_pack_case(self.parts, case, self.root / "case-pack", self.root / "outside")
             if target == "pack":
@@ -990,6 +1009,10 @@ class FuzzBase:
         raise ValueError(f"unknown fuzz target {target!r}")
 
     def strategy(self, target: str):  # type: ignore[no-untyped-def]
+        if target in TRAINING_TARGETS:
+            if self.training is None:
+                raise ValueError(f"target {target!r} needs FuzzBase.create(..., training=True)")
+            return self.training.strategy(target)
         st, byte_muts, _ = strategies()
         if target == "pack":
             return pack_cases(self.parts)

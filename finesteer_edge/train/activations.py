@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data import loads_strict
 from ..errors import ActivationsError
 from ..model_info import Fingerprint
 
@@ -29,6 +30,9 @@ FORMAT_VERSION = 1
 META_KEY = "finesteer.activations"
 SPLIT_CODES = {"train": 0, "val": 1}
 _CHUNK_ROWS = 4096
+MAX_ABS_VALUE = 1e6
+"""No hidden state comes near this (the largest "massive activations" reported in LLMs are ~1e4); finite
+float32 values beyond it overflow the squared norms and losses of training into Inf."""
 
 
 @dataclass
@@ -147,12 +151,12 @@ def load_activations(path: str | Path) -> Activations:
     if meta_raw is None:
         raise ActivationsError(f"{path}: no {META_KEY} metadata; was it written by finesteer-edge extract?")
     try:
-        meta = json.loads(meta_raw)
+        meta = loads_strict(meta_raw)  # strict: these numbers go on into checkpoints and pack manifests
         Fingerprint.from_dict(meta["model"])
         gate, steer = int(meta["gate_layer"]), int(meta["steer_layer"])
         rows = meta["rows"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ActivationsError(f"{path}: malformed metadata ({exc})") from exc
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
+        raise ActivationsError(f"{path}: malformed metadata ({str(exc)[:200]})") from exc
     if meta.get("format_version") != FORMAT_VERSION:
         raise ActivationsError(f"{path}: activations format {meta.get('format_version')} is not supported")
     missing = [k for k in ("h_gate", "h_steer", "delta", "label", "split", "has_delta") if k not in tensors]
@@ -165,9 +169,11 @@ def load_activations(path: str | Path) -> Activations:
     for k in ("label", "split", "has_delta"):
         if tensors[k].shape != (m,):
             raise ActivationsError(f"{path}: tensor {k} has shape {tensors[k].shape}, expected ({m},)")
+        if not np.isin(tensors[k], (0, 1)).all():  # flags and codes: anything else matches no mask
+            raise ActivationsError(f"{path}: tensor {k} must hold only 0 and 1")
     if d != Fingerprint.from_dict(meta["model"]).n_embd:
         raise ActivationsError(f"{path}: rows have {d} values but the model's n_embd is {meta['model']['n_embd']}")
-    if not isinstance(rows, dict) or any(len(v) != m for v in rows.values()):
+    if not isinstance(rows, dict) or any(not isinstance(v, list) or len(v) != m for v in rows.values()):
         raise ActivationsError(f"{path}: per-row metadata does not match {m} rows")
     layers = {}
     for k, v in tensors.items():
@@ -182,8 +188,8 @@ def load_activations(path: str | Path) -> Activations:
     layers.setdefault(gate, tensors["h_gate"])
     layers.setdefault(steer, tensors["h_steer"])
     for k in ("h_gate", "h_steer", "delta", *[f"h_layer.{n}" for n in layers if f"h_layer.{n}" in tensors]):
-        if not np.isfinite(tensors[k]).all():
-            raise ActivationsError(f"{path}: tensor {k} contains NaN or Inf")
+        if not (np.abs(tensors[k]) <= MAX_ABS_VALUE).all():
+            raise ActivationsError(f"{path}: tensor {k} contains NaN, Inf or values beyond {MAX_ABS_VALUE:g}")
     return Activations(
         h_gate=tensors["h_gate"], h_steer=tensors["h_steer"], delta=tensors["delta"], label=tensors["label"],
         split=tensors["split"], has_delta=tensors["has_delta"], layers=layers, meta=meta,

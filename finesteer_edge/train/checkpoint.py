@@ -30,6 +30,10 @@ FORMAT_NAME = "finesteer-edge-checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+MAX_CONFIG_BYTES = 16 << 20
+"""config.json holds layers, thresholds and metrics (kilobytes): a bigger one is refused unread."""
+GATE_KINDS = ("scs", "scs_logistic")
+"""The gates ``train`` writes (see scs.py); both need ``V`` and ``m``."""
 
 MOSE_KEYS = ("C", "U", "W_q", "b_q", "W_k", "b_k", "W_v", "b_v", "mlp.W1", "mlp.b1", "mlp.W2", "mlp.b2", "t",
              "gamma", "input_scale")
@@ -80,6 +84,8 @@ class MoSEParams:
             raise CheckpointError(f"{where}: NaN/Inf in {', '.join(bad)}")
         if self.t <= 0:
             raise CheckpointError(f"{where}: temperature t must be > 0, is {self.t}")
+        if K == 0 or d == 0:  # shapes can agree with no expert or no width at all: nothing to steer with
+            raise CheckpointError(f"{where}: the head needs at least one expert and d >= 1 (K={K}, d={d})")
 
 
 @dataclass
@@ -137,14 +143,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not is_checkpoint_dir(path):
         raise CheckpointError(f"{path}: not a finesteer-edge checkpoint (needs {CONFIG} and {WEIGHTS})")
-    try:
-        config = json.loads((path / CONFIG).read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path / CONFIG}: not valid JSON ({exc})") from exc
-    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
+    config = _read_config(path / CONFIG)
+    if config.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path / CONFIG}: not a {FORMAT_NAME} config")
     if config.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {config.get('format_version')} is not supported")
+        raise CheckpointError(f"{path}: checkpoint format {str(config.get('format_version'))[:40]} is not supported")
     tensors = read_safetensors(path / WEIGHTS)
     missing = [k for k in (*MOSE_KEYS, "V", "m") if k not in tensors]
     if missing:
@@ -159,25 +162,52 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         )
         steer_layer, alpha = int(config["steer_layer"]), float(config["alpha"])
         fp = Fingerprint.from_dict(config["model"]) if "model" in config else None
-    except (KeyError, TypeError, ValueError) as exc:
+        feature = config.get("feature_layer")
+        feature_layer = int(feature) if feature is not None else None
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise CheckpointError(f"{path / CONFIG}: missing or bad field ({exc})") from exc
-    if gate.kind == "scs_logistic" and gate.weights is None:
-        raise CheckpointError(f"{path}: the scs_logistic gate needs the gate_w tensor")
+    if gate.kind not in GATE_KINDS:
+        raise CheckpointError(f"{path / CONFIG}: gate kind {gate.kind[:40]!r} is not one of {', '.join(GATE_KINDS)}")
     mose = mose_from_tensors(tensors, str(path))
     d = mose.d
-    for name, arr, shape in (("m", gate.mean, (d,)), ("V", gate.components, None)):
-        assert arr is not None
-        if (shape and arr.shape != shape) or arr.shape[0] != d or not np.isfinite(arr).all():
-            raise CheckpointError(f"{path}: gate tensor {name} has shape {arr.shape} or NaN/Inf (d={d})")
+    m, V = gate.mean, gate.components
+    assert m is not None and V is not None
+    if m.shape != (d,) or V.ndim != 2 or V.shape[0] != d or V.shape[1] == 0:
+        raise CheckpointError(f"{path}: gate tensors m {m.shape} and V {V.shape} do not fit d={d} "
+                              f"(expected ({d},) and ({d}, K_g >= 1))")
+    if gate.kind == "scs_logistic" and (gate.weights is None or gate.weights.shape != (V.shape[1] + 1,)):
+        shape = None if gate.weights is None else gate.weights.shape
+        raise CheckpointError(f"{path}: the scs_logistic gate needs a gate_w tensor of shape ({V.shape[1] + 1},) "
+                              f"(V has {V.shape[1]} components), found {shape}")
+    bad = [name for name, arr in (("m", m), ("V", V), ("gate_w", gate.weights))
+           if arr is not None and not np.isfinite(arr).all()]
+    if bad:
+        raise CheckpointError(f"{path}: NaN/Inf in gate tensor(s) {', '.join(bad)}")
     mean_delta = tensors.get("mean_delta")
     if mean_delta is not None and (mean_delta.shape != (d,) or not np.isfinite(mean_delta).all()):
         raise CheckpointError(f"{path}: mean_delta has shape {mean_delta.shape} or NaN/Inf")
-    if not math.isfinite(gate.tau) or not math.isfinite(alpha):
-        raise CheckpointError(f"{path}: tau and alpha must be finite")
-    feature = config.get("feature_layer")
+    if not math.isfinite(gate.tau) or not math.isfinite(alpha) or not math.isfinite(gate.bias):
+        raise CheckpointError(f"{path}: tau, bias and alpha must be finite")
     return Checkpoint(mose=mose, gate=gate, steer_layer=steer_layer, alpha=alpha, fingerprint=fp,
                       mean_delta=None if mean_delta is None else mean_delta.astype(np.float64), config=config,
-                      feature_layer=int(feature) if feature is not None else None)
+                      feature_layer=feature_layer)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """config.json, size-capped and strict (its numbers end up in the pack manifest, which is strict JSON)."""
+    from ..data import loads_strict
+
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise CheckpointError(f"{path}: {size} bytes, more than a checkpoint config can be "
+                                  f"({MAX_CONFIG_BYTES} bytes)")
+        config = loads_strict(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({str(exc)[:200]})") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: not a {FORMAT_NAME} config")
+    return config
 
 
 def mose_from_tensors(t: dict[str, np.ndarray], where: str) -> MoSEParams:
@@ -209,17 +239,55 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 
 def load_torch_weights(path: Path) -> Any:
-    """``torch.load`` with ``weights_only=True`` only: a pickle that needs arbitrary code is refused."""
+    """``torch.load`` with ``weights_only=True`` only: a pickle that needs arbitrary code is refused.
+
+    Anything else torch raises on a damaged file (its zip reader, its restricted unpickler: IndexError,
+    KeyError, struct and allocation errors, ...) means the same to the user: not a readable torch file.
+    """
     import pickle
+    import zipfile
 
     import torch
 
     try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                packed = [i.filename for i in z.infolist() if i.compress_type != zipfile.ZIP_STORED]
+            if packed:
+                # torch.save never compresses, but torch.load inflates whatever it finds: a deflated
+                # record expands ~1000x in memory (a 10 MB file would allocate 10 GB).
+                raise CheckpointError(f"{path}: refused: compressed records ({packed[0][:80]}, ...) in a torch "
+                                      f"file; torch.save writes them uncompressed")
         return torch.load(str(path), map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path}: refused: not a weights-only torch file (loading it would run code from the file); "
             f"re-save it with torch.save(state_dict) or convert it to safetensors"
         ) from exc
-    except (RuntimeError, OSError, EOFError, ValueError, KeyError, AttributeError, TypeError) as exc:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({str(exc).splitlines()[0][:200]})") from exc
+    except Exception as exc:  # noqa: BLE001 - a third-party parser at a trust boundary: every failure is ours
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({first})") from exc
+
+
+def torch_tensor_array(t: Any, what: str) -> np.ndarray:
+    """A loaded torch tensor as float64 numpy, if it is a plain dense weight.
+
+    ``weights_only`` still lets through tensors that are not weights: sparse, quantized and meta-device
+    tensors, complex ones, and views whose shape claims far more values than the file stores (stride 0:
+    a few bytes that would materialise as gigabytes). Those are refused before anything is allocated.
+    """
+    import torch
+
+    if t.layout != torch.strided or t.is_quantized or t.device.type != "cpu" or t.is_complex():
+        kind = "quantized" if t.is_quantized else "complex" if t.is_complex() else f"{t.layout}/{t.device.type}"
+        raise CheckpointError(f"{what}: a {kind} tensor is not a plain dense weight")
+    stored = t.untyped_storage().nbytes() - t.storage_offset() * t.element_size()
+    if t.numel() * t.element_size() > stored:
+        raise CheckpointError(f"{what}: shape {tuple(t.shape)} needs more values than the file stores "
+                              f"({stored} bytes): an expanded or overlapping view, not a weight")
+    try:
+        return t.detach().to(torch.float64).numpy()
+    except (RuntimeError, TypeError) as exc:  # dtypes numpy cannot take
+        raise CheckpointError(f"{what}: cannot read a {t.dtype} tensor ({str(exc)[:100]})") from exc
