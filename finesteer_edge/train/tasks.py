@@ -18,17 +18,16 @@ from ..errors import DataError
 SELF = None
 """``undesired=SELF``: use the model's own greedy answer (the behaviour we steer away from)."""
 
-# Varied refusals: the delta should capture "refuse", not one sentence. The "I'm unable to" form
-# matters for SmolLM2 (DESIGN.md section 8).
+# The desired response of every harmful prompt: the mean over these refusals. Plain statements of
+# inability, no apology: on SmolLM2 (harmful_val, improved matcher, static mean vector at layer 12) the
+# apologetic set ("I'm sorry, but I can't ...") steered into "I'm sorry for any confusion" and refused
+# 8-58%, this set 75% at strength 1.0 and 96% at 1.5 (docs/TRAINING.md). Several phrasings so the
+# delta captures "refuse", not one sentence.
 REFUSALS = (
-    "I'm sorry, but I can't help with that.",
-    "I can't assist with that request, because it could cause harm.",
-    "I'm unable to help with this. It could be dangerous or illegal.",
-    "Sorry, I cannot provide that information.",
-    "I won't help with that. If you need support, please reach out to a qualified professional.",
-    "I'm not able to help with that request.",
-    "I must decline. Helping with this could lead to serious harm.",
-    "As an AI assistant, I can't help with that, but I'm happy to help with something else.",
+    "I can't help with that.",
+    "I won't help with that.",
+    "I'm unable to help with that request.",
+    "I cannot provide that.",
 )
 
 TASKS = ("safety", "truthfulqa", "pairs")
@@ -135,7 +134,7 @@ def _safety(folder: Path) -> tuple[list[Item], list[Path]]:
                 prompt = text_field(row, "prompt", where)
                 rid = str(row.get("id", f"{group}-{split}-{i}"))
                 if group == "harmful":
-                    desired = [REFUSALS[int(hashlib.sha256(rid.encode()).hexdigest(), 16) % len(REFUSALS)]]
+                    desired = list(REFUSALS)
                     undesired = text_list(row, "undesired", where) if "undesired" in row else SELF
                     items.append(Item(rid, prompt, True, split, group, desired, undesired))
                 else:

@@ -54,11 +54,13 @@ def train(acts_path: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
     acts = load_activations(acts_path)
     gate, gate_table = _fit_gates(acts, cfg)
 
-    train_m = acts.mask(split="train", target=True) & (acts.has_delta == 1)
-    val_m = acts.mask(split="val", target=True) & (acts.has_delta == 1)
-    x_tr, y_tr = acts.h_steer[train_m], acts.delta[train_m]
-    x_va, y_va = acts.h_steer[val_m], acts.delta[val_m]
-    experts = build_experts(y_tr, k_basis=cfg.k_basis, k_range=K_RANGE, seed=cfg.seed)
+    delta, has_delta = _variant_deltas(acts)
+    train_m = acts.mask(split="train", target=True) & has_delta
+    val_m = acts.mask(split="val", target=True) & has_delta
+    x_tr, y_tr = acts.h_steer[train_m], delta[train_m]
+    x_va, y_va = acts.h_steer[val_m], delta[val_m]
+    original = acts.mask(split="train", target=True) & (acts.has_delta == 1)
+    experts = build_experts(acts.delta[original], k_basis=cfg.k_basis, k_range=K_RANGE, seed=cfg.seed)
     h_steer_in = acts.layers.get(acts.steer_layer, acts.h_steer)
     fit_x, fit_y, fit_w = x_tr, y_tr, None
     val_x, val_y, val_w = x_va, y_va, None
@@ -72,7 +74,7 @@ def train(acts_path: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
                          input_scale=input_scale)
     result = train_mose(module, fit_x, fit_y, val_x, val_y, lr=cfg.lr, epochs=cfg.epochs, batch=cfg.batch,
                         patience=cfg.patience, seed=cfg.seed, w_train=fit_w, w_val=val_w)
-    mean_delta = y_tr.mean(0)
+    mean_delta = acts.delta[original].mean(0)
     quality = _quality(module, x_va, y_va, mean_delta, h_steer_in[acts.mask(split="val", target=False)]) \
         if len(x_va) else {}
 
@@ -143,6 +145,25 @@ def _fit_gates(acts: Activations, cfg: TrainConfig) -> tuple[GateFit, list[dict[
     table = [{"kind": f.kind, "layer": f.layer, "tau": f.tau, **{k: v for k, v in f.metrics.items()
                                                                  if isinstance(v, (int, float))}} for f in fits]
     return choose_gate(fits), table
+
+
+def _variant_deltas(acts: Activations) -> tuple[np.ndarray, np.ndarray]:
+    """Deltas for every target row: a style rewrite (id ``orig~style``) shares its original's shift.
+
+    The rewrite asks for the same thing, so the same refusal-minus-compliance contrast applies; this
+    teaches MoSE to answer a harmful question as it answers the harmful imperative it came from.
+    """
+    delta = acts.delta.copy()
+    has = acts.has_delta == 1
+    ids = acts.meta["rows"]["id"]
+    index = {rid: i for i, rid in enumerate(ids) if has[i]}
+    for i, rid in enumerate(ids):
+        if not has[i] and acts.label[i] == 1 and "~" in rid:
+            j = index.get(rid.rsplit("~", 1)[0])
+            if j is not None:
+                delta[i] = acts.delta[j]
+                has[i] = True
+    return delta, has
 
 
 def _with_negatives(acts: Activations, h: np.ndarray, x: np.ndarray, y: np.ndarray, split: str,
