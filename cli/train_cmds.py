@@ -82,6 +82,9 @@ def train_cmd(
         help="Weight of negatives (zero target) in MoSE training; 0 = targets only, as published.",
     ),
     epochs: int = typer.Option(100, "--epochs", min=1),
+    mlp_hidden: int = typer.Option(
+        None, "--mlp-hidden", min=1, help="Hidden width of MoSE's mixing MLP (default: min(d, 1024)).",
+    ),
     threads: int = typer.Option(2, "--threads", "-t", min=1),
     as_json: bool = typer.Option(False, "--json", help="Print the training report as JSON."),
 ) -> None:
@@ -93,7 +96,8 @@ def train_cmd(
     if gate not in ("auto", "scs", "scs_logistic"):
         raise typer.BadParameter("--gate must be auto, scs or scs_logistic")
     report = train(acts, out, TrainConfig(alpha=alpha, seed=seed, gate_kind=gate, gate_layer=gate_layer,
-                                          epochs=epochs, threads=threads, negative_weight=negative_weight))
+                                          epochs=epochs, threads=threads, negative_weight=negative_weight,
+                                          hidden=mlp_hidden))
     if as_json:
         typer.echo(json.dumps(report, default=float))
         return

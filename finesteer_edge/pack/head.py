@@ -47,6 +47,11 @@ class HeadRunner:
             self._sess = ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception zoo for bad models
             raise PackFormatError(f"{name} is not a loadable ONNX model: {_short(exc)}") from exc
+        # onnxruntime's Python wrapper keeps the serialized model next to its parsed initializers, only to
+        # rebuild the session if providers change (we never do): dropping it halves the head's resident
+        # memory (measured at d=4096: 140 -> 75 MiB, docs/BENCHMARKS.md).
+        if hasattr(self._sess, "_model_bytes"):
+            self._sess._model_bytes = None
         self._run_opts = ort.RunOptions()
         self._run_opts.log_severity_level = 4
         self.n_embd = n_embd

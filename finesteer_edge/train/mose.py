@@ -72,6 +72,13 @@ def build_experts(deltas: np.ndarray, *, k_basis: int = 10, k_range: range = K_R
     return Experts(protos.astype(np.float32), basis.astype(np.float32), labels, table, sizes)
 
 
+DEFAULT_MAX_HIDDEN = 1024
+"""Default cap on the mixing MLP's hidden width. The released scripts use hidden = d; at d = 4096 that
+matrix is 64 MiB of the head's 65 MiB and one read of it per query is ~3 ms (memory-bandwidth bound,
+docs/BENCHMARKS.md section 2). Capped at 1024 the head is ~4x smaller and faster; for d <= 1024 (SmolLM2)
+nothing changes. ``train --mlp-hidden`` overrides it."""
+
+
 def make_module(d: int, prototypes: np.ndarray, basis: np.ndarray, *, hidden: int | None = None,
                 gamma: float = 1.0, input_scale: float = 1.0):  # type: ignore[no-untyped-def]
     """The torch module (built lazily so importing this file needs no torch)."""
@@ -81,7 +88,7 @@ def make_module(d: int, prototypes: np.ndarray, basis: np.ndarray, *, hidden: in
     class MoSE(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            h = hidden or d
+            h = hidden or min(d, DEFAULT_MAX_HIDDEN)
             self.query = nn.Linear(d, d)
             self.key = nn.Linear(d, d)
             self.value = nn.Linear(d, d)

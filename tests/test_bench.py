@@ -1,0 +1,161 @@
+"""Benchmark mechanics (never timings: those live in bench/ and docs/BENCHMARKS.md) and the unfolded head.
+
+The CLI tests run ``finesteer-edge bench`` for real on the tiny model with tiny settings and check that the
+JSON has the documented keys with sane, finite values and that the variants really are what they claim
+(gate closed never steers, gate open always does). The unfolded ONNX head, which computes the official
+query/key/value projections against the prototype bank in-graph, must compute the same function as the
+folded head we ship.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from finesteer_edge.testing.packs import make_random_pack
+
+from .conftest import run_cli
+
+REQUIRED = (
+    "decode_tps_plain", "decode_ratio_gate_closed", "decode_ratio_gate_open_fast", "decode_ratio_gate_open_exact",
+    "ttft_ratio_gate_closed", "ttft_ratio_gate_open_exact", "head_ms", "pack_bytes", "threads",
+)
+TINY = ("--threads", "1", "-n", "4", "-r", "1", "--warmup", "0", "--head-iters", "5", "--n-ctx", "256")
+
+
+def _finite_positive(d: dict, key: str) -> None:  # type: ignore[type-arg]
+    v = d[key]
+    assert isinstance(v, int | float) and not isinstance(v, bool), f"{key}={v!r}"
+    assert math.isfinite(v) and v > 0, f"{key}={v!r}"
+
+
+def test_bench_json_with_random_pack(tiny_model: Path) -> None:
+    proc = run_cli("bench", str(tiny_model), "--json", *TINY)
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    for key in REQUIRED:
+        assert key in d, key
+    extra = ("decode_tps_stock", "ttft_ms_plain", "ttft_ms_gate_open_exact", "decode_ratio_plain_vs_stock")
+    for key in REQUIRED + extra:
+        _finite_positive(d, key)
+    assert d["threads"] == 1 and d["repeats"] == 1 and d["max_tokens"] == 4
+    assert d["random_pack"] is True and d["pack"] is None and "RANDOM pack" in d["note"]
+    assert d["checks"] == {"gate_closed_never_steered": True, "gate_open_always_steered": True}
+    assert d["tap_method"] == "layer_inp"
+    assert set(d["runs"]) == {"stock", "plain", "gate_closed", "gate_open_fast", "gate_open_exact"}
+    assert all(len(runs) == 1 and runs[0]["prompt_tokens"] == d["prompt_tokens"] for runs in d["runs"].values())
+    # the stock loop got the very same prompt tokens and, greedy and unsteered, the same number of new tokens
+    assert d["runs"]["stock"][0]["tokens"] == d["runs"]["plain"][0]["tokens"] == d["runs"]["gate_closed"][0]["tokens"]
+    env = d["environment"]
+    assert len(env["loadavg_start"]) == 3 and env["versions"]["llama_cpp_python"] == "0.3.36"
+    assert set(d["targets"]) >= {"decode_ratio_gate_closed >= 0.98", "ttft_ratio_gate_closed <= 1.03"}
+
+
+def test_bench_given_pack_is_forced_closed_and_open(tiny_model: Path, tmp_path: Path) -> None:
+    # tau 0.5 would decide per prompt; the bench must force the gate both ways regardless
+    pack = make_random_pack(tiny_model, tmp_path / "pack", gate_layer=2, steer_layer=1, tau=0.5)
+    proc = run_cli("bench", str(tiny_model), "--pack", str(pack), "--json", "--no-stock", "--sequential", *TINY)
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    assert d["random_pack"] is False and d["note"] is None and d["pack"] == str(pack)
+    assert d["pack_bytes"] == sum(p.stat().st_size for p in pack.iterdir())
+    assert d["interleaved"] is False and "decode_tps_stock" not in d
+    assert d["checks"] == {"gate_closed_never_steered": True, "gate_open_always_steered": True}
+
+
+def test_bench_human_output(tiny_model: Path) -> None:
+    proc = run_cli("bench", str(tiny_model), *TINY)
+    assert proc.returncode == 0, proc.stderr
+    for text in ("gate closed", "gate open, exact", "llama_cpp.Llama (stock)", "head:", "load average", "RANDOM"):
+        assert text in proc.stdout, text
+
+
+def test_bench_bad_pack_is_one_line_error(tiny_model: Path, tmp_path: Path) -> None:
+    proc = run_cli("bench", str(tiny_model), "--pack", str(tmp_path / "nope"), *TINY)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: pack not found"), proc.stderr
+
+
+@pytest.mark.parametrize("gate_kind", ["scs", "scs_logistic", "logistic", "always"])
+def test_unfolded_head_matches_folded(gate_kind: str) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    from finesteer_edge.bench.head import random_unfolded_head
+    from finesteer_edge.converters.onnx_head import build_head_onnx
+    from finesteer_edge.converters.onnx_unfolded import build_unfolded_head_onnx
+
+    d, n_experts, k = 48, 8, 10
+    unfolded = random_unfolded_head(d, n_experts=n_experts, basis_rank=k, gate_kind=gate_kind, seed=7)
+    folded = unfolded.fold()
+    unfolded_bytes = build_unfolded_head_onnx(unfolded)
+    # really unfolded: the three d x d projections and the bank are in the graph, computed per run
+    inits = {t.name: tuple(t.dims) for t in onnx.load_from_string(unfolded_bytes).graph.initializer}
+    assert inits["query_wT"] == inits["key_wT"] == inits["value_wT"] == (d, d)
+    assert inits["prototypes"] == (n_experts, d)
+    sessions = {
+        "folded": ort.InferenceSession(build_head_onnx(folded), providers=["CPUExecutionProvider"]),
+        "unfolded": ort.InferenceSession(unfolded_bytes, providers=["CPUExecutionProvider"]),
+    }
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        h_gate = rng.standard_normal((1, d)).astype(np.float32)
+        h_steer = rng.standard_normal((1, d)).astype(np.float32)
+        outs = {n: s.run(["gate_score", "vector", "expert_weights"], {"h_gate": h_gate, "h_steer": h_steer})
+                for n, s in sessions.items()}
+        ref = unfolded.forward(h_gate, h_steer)
+        for i, name in enumerate(("gate_score", "vector", "expert_weights")):
+            a, b = outs["unfolded"][i].reshape(-1), outs["folded"][i].reshape(-1)
+            atol = 1e-6 * float(np.abs(b).max())
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol, err_msg=name)
+            np.testing.assert_allclose(a, np.asarray(ref[i]).reshape(-1), rtol=1e-4, atol=atol, err_msg=name)
+        w = outs["unfolded"][2]
+        assert 0.05 < w.max() < 0.95  # a router neither uniform nor one-hot, so folding errors would show
+
+
+def test_head_latency_and_pack_size_mechanics() -> None:
+    from finesteer_edge.bench.head import HEAD_VARIANTS, head_latency, pack_sizes
+
+    r = head_latency(32, rounds=3)
+    for v in HEAD_VARIANTS:
+        assert r[v]["n"] == 3 and r[v]["median_ms"] > 0
+    assert r["max_rel_err"] < 1e-4
+    assert r["params"]["unfolded"] > r["params"]["folded"]
+    s = pack_sizes(32, n_layer=4)
+    assert s["pack_unfolded"] > s["pack_folded"] == s["head_folded"] + s["control"] + s["manifest"]
+
+
+@pytest.mark.slow
+def test_bench_on_smollm2(smollm2: Path) -> None:
+    proc = run_cli("bench", str(smollm2), "--json", "--threads", "2", "-n", "8", "-r", "1", "--head-iters", "20")
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    for key in REQUIRED:
+        _finite_positive(d, key)
+    assert d["checks"] == {"gate_closed_never_steered": True, "gate_open_always_steered": True}
+    assert d["tap_method"] == "layer_inp" and d["threads"] == 2
+    assert d["prompt_tokens"] > 20  # SmolLM2's template adds its default system prompt
+
+
+def test_bench_script_writes_results_and_report(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    doc = tmp_path / "BENCH.md"
+    proc = subprocess.run(
+        [sys.executable, str(repo / "bench" / "head.py"), "--quick", "--dims", "32", "64",
+         "--results-dir", str(tmp_path), "--doc", str(doc)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "head.json").read_text())
+    assert [x["d"] for x in data["latency"]] == [32, 64] and len(data["env"]["loadavg_start"]) == 3
+    text = doc.read_text()
+    assert text.startswith("# Benchmarks") and "python bench/run_all.py" in text
+    assert "## 2. Steering head latency" in text and "| 64 |" in text
+    assert "Not measured yet: run `python bench/decode.py`" in text  # missing parts degrade to a note
