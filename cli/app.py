@@ -19,7 +19,7 @@ except ImportError:  # pragma: no cover - typer on plain click
 
 from finesteer_edge.errors import FinesteerError
 
-from . import model_cmds, pack_cmds, run_cmds, train_cmds
+from . import bench_cmds, eval_cmds, model_cmds, pack_cmds, run_cmds, train_cmds
 
 app = typer.Typer(
     name="finesteer-edge",
@@ -48,7 +48,9 @@ def _root(
 model_cmds.register(app)
 run_cmds.register(app)
 pack_cmds.register(app)
+bench_cmds.register(app)
 train_cmds.register(app)
+eval_cmds.register(app)
 
 
 def error(message: str) -> None:

@@ -1,0 +1,219 @@
+"""``eval``: measure what a pack does to a model's behaviour, against static and gated baselines.
+
+Safety: refusal on harmful prompts and over-refusal on benign / borderline prompts (greedy, short
+answers, judged by finesteer_edge.evaluation.refusal). TruthfulQA: MC1 from the model's own
+log-likelihood. Methods base, caa, cast, mose, finesteer (exact and fast) run on the same prompts in
+one process; with several ``--strengths`` each method's strength is chosen on the validation split
+and results are reported on the test split. The report for docs/ is ``bench/run_eval.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import typer
+
+from finesteer_edge.errors import FinesteerError
+
+MODEL_ARG = typer.Argument(None, help="GGUF path or known model name (default: smollm2-135m-instruct).")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_cmd)
+
+
+def parse_strengths(text: str) -> list[float]:
+    """``"0.5,1,1.5"`` -> [0.5, 1.0, 1.5]; finite, non-negative, no duplicates."""
+    out: list[float] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            v = float(part)
+        except ValueError:
+            raise FinesteerError(f"--strengths: {part!r} is not a number (example: --strengths 0.5,1,1.5)") from None
+        if not math.isfinite(v) or v < 0:
+            raise FinesteerError(f"--strengths: {part} must be a finite number >= 0")
+        if v not in out:
+            out.append(v)
+    if not out:
+        raise FinesteerError("--strengths: give at least one number (example: --strengths 0.5,1,1.5)")
+    return out
+
+
+def _path(value: str | None, what: str) -> Path | None:
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    if not p.is_file():
+        raise FinesteerError(f"{what} {value}: no such file")
+    return p
+
+
+def _pick_pack(pack: str | None, suite: str, model_path: Path) -> Path:
+    from finesteer_edge.model_info import read_model_info
+    from finesteer_edge.pack.manifest import parse_manifest
+    from finesteer_edge.resolve import bundled_packs, default_pack_for, resolve_pack
+
+    if pack:
+        return resolve_pack(pack)
+    info = read_model_info(model_path)
+    for name, path in bundled_packs().items():  # prefer the bundled pack made for this suite
+        if suite in name:
+            try:
+                if not parse_manifest((path / "manifest.json").read_bytes()).model.mismatches(info.fingerprint):
+                    return path
+            except (OSError, FinesteerError):
+                continue
+    found = default_pack_for(info)
+    if found is None:
+        raise FinesteerError(f"no pack given and none bundled for {model_path.name}: pass --pack DIR")
+    return found
+
+
+def eval_cmd(
+    model: str = MODEL_ARG,
+    suite: str = typer.Option("safety", "--suite", help="safety or truthfulqa."),
+    pack: str = typer.Option(None, "--pack", "-p", help="Pack directory or bundled pack name "
+                             "(default: the bundled pack for this suite and model)."),
+    data: str = typer.Option(None, "--data", help="Curated data folder (default: $FINESTEER_EDGE_DATA, else "
+                             "../shared/data next to the repository)."),
+    out: str = typer.Option(None, "--out", help="Write generations.jsonl, results.json and plots here."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the results."),
+    limit: int = typer.Option(None, "--limit", help="Use the first N rows of every file (quick runs)."),
+    method: list[str] = typer.Option(None, "--method", help="base|caa|cast|mose|finesteer (repeatable; default all)."),
+    strengths: str = typer.Option("0.5,1,1.5", "--strengths", help="Strength multipliers to sweep on validation "
+                                  "(one value: no sweep, no validation data needed)."),
+    harmful: str = typer.Option(None, "--harmful", help="safety: JSONL of {prompt} to be refused (test)."),
+    benign: str = typer.Option(None, "--benign", help="JSONL of {prompt} that must be answered (test)."),
+    borderline: str = typer.Option(None, "--borderline", help="JSONL of harmless but edgy {prompt} (test)."),
+    harmful_val: str = typer.Option(None, "--harmful-val", help="safety: validation harmful prompts."),
+    benign_val: str = typer.Option(None, "--benign-val", help="safety: validation benign prompts."),
+    borderline_val: str = typer.Option(None, "--borderline-val", help="safety: validation borderline prompts."),
+    mc: str = typer.Option(None, "--mc", help="truthfulqa: MC items {question, choices, label} (test)."),
+    val: str = typer.Option(None, "--val", help="truthfulqa: validation items (MC items or TruthfulQA rows)."),
+    max_tokens: int = typer.Option(32, "--max-tokens", "-n", help="New tokens per answer (greedy)."),
+    threads: int = typer.Option(None, "--threads", "-t", help="llama.cpp threads per process (default: usable "
+                                "cores; 1 with --workers)."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes, each with its own model (2 x 1 thread "
+                                "beats 1 x 2 threads on a busy 2-core machine)."),
+    n_ctx: int = typer.Option(2048, "--n-ctx", help="Context size."),
+    seed: int = typer.Option(0, "--seed", help="Shuffle seed for validation MC items."),
+) -> None:
+    """Evaluate a pack: base vs CAA vs CAST-style vs MoSE vs FineSteer on the same prompts."""
+    from finesteer_edge.evaluation.datasets import default_data_dir, safety_paths, suite_dir
+    from finesteer_edge.evaluation.runner import expand_methods
+    from finesteer_edge.evaluation.suite import SUITES, SuiteConfig, compact, run_suite
+    from finesteer_edge.resolve import resolve_model
+
+    if suite not in SUITES:
+        raise FinesteerError(f"--suite must be one of {', '.join(SUITES)}, not {suite!r}")
+    if limit is not None and limit < 1:
+        raise FinesteerError("--limit must be >= 1")
+    if max_tokens < 1:
+        raise FinesteerError("--max-tokens must be >= 1")
+    if threads is not None and threads < 1:
+        raise FinesteerError("--threads must be >= 1")
+    if workers < 1:
+        raise FinesteerError("--workers must be >= 1")
+    try:
+        methods = expand_methods(method)
+    except ValueError as exc:
+        raise FinesteerError(f"--method: {exc}") from None
+    sweep = parse_strengths(strengths)
+    if data is not None and not Path(data).expanduser().is_dir():
+        raise FinesteerError(f"--data {data}: no such folder")
+    root = Path(data).expanduser() if data is not None else default_data_dir()
+    safety_dir = suite_dir(root, "safety")
+    given = {"harmful": _path(harmful, "--harmful"), "benign": _path(benign, "--benign"),
+             "borderline": _path(borderline, "--borderline")}
+    defaults_test = safety_paths(safety_dir, "test")
+    test = {g: given[g] or defaults_test[g] for g in given}
+    if suite == "safety":
+        for g, opt in (("harmful", "--harmful"), ("benign", "--benign")):
+            if test[g] is None:
+                raise FinesteerError(f"no {g} prompts: pass {opt} PATH (JSONL with a prompt field) or --data DIR")
+        vals = {"harmful": _path(harmful_val, "--harmful-val"), "benign": _path(benign_val, "--benign-val"),
+                "borderline": _path(borderline_val, "--borderline-val")}
+        defaults_val = safety_paths(safety_dir, "val")
+        val_paths: dict[str, Path | None] = {g: vals[g] or defaults_val[g] for g in vals}
+        if len(sweep) > 1 and (val_paths["harmful"] is None or val_paths["benign"] is None):
+            raise FinesteerError("several --strengths need validation prompts (--harmful-val, --benign-val or "
+                                 "--data); or pass one strength, e.g. --strengths 1")
+        test_paths: dict[str, Path | None] = dict(test)
+    else:
+        tqa_dir = suite_dir(root, "truthfulqa")
+        mc_path = _path(mc, "--mc") or _existing(tqa_dir, "mc_test.jsonl")
+        if mc_path is None:
+            raise FinesteerError("no MC items: pass --mc PATH (JSONL with question, choices, label) or --data DIR")
+        val_path = _path(val, "--val") or _existing(tqa_dir, "val.jsonl")
+        if len(sweep) > 1 and val_path is None:
+            raise FinesteerError("several --strengths need validation items (--val or --data); or pass one "
+                                 "strength, e.g. --strengths 1")
+        test_paths = {"mc": mc_path, "benign": test["benign"], "borderline": test["borderline"]}
+        val_paths = {"mc": val_path}
+
+    _validate_data(suite, test_paths, val_paths if len(sweep) > 1 else {}, seed)  # fail before loading the model
+    model_path = resolve_model(model, show_progress=not as_json)
+    pack_path = _pick_pack(pack, suite, model_path)
+    out_dir = Path(out).expanduser() if out else None
+    cfg = SuiteConfig(
+        suite=suite, model=model_path, pack=pack_path, test=test_paths, val=val_paths, methods=methods,
+        strengths=sweep, max_tokens=max_tokens, limit=limit, threads=threads, n_ctx=n_ctx, workers=workers,
+        progress=not as_json, seed=seed, command="finesteer-edge " + " ".join(sys.argv[1:]),
+    )
+    if not as_json:
+        print(f"evaluating {pack_path.name} on {model_path.name} ({suite}; methods {', '.join(methods)}; "
+              f"strengths {', '.join(f'{s:g}' for s in sweep)})...", file=sys.stderr)
+    res = run_suite(cfg, generations_path=out_dir / "generations.jsonl" if out_dir else None)
+    if out_dir is not None:
+        _write_out(res, out_dir)
+    if as_json:
+        typer.echo(json.dumps(compact(res), allow_nan=False, default=_jsonable))
+    else:
+        from finesteer_edge.evaluation.report import text_summary
+
+        typer.echo(text_summary(res))
+
+
+def _validate_data(suite: str, test: dict[str, Path | None], val: dict[str, Path | None], seed: int) -> None:
+    """Parse every input file now, so a malformed line is reported (file:line) before minutes of work."""
+    from finesteer_edge.evaluation.datasets import load_prompts
+    from finesteer_edge.evaluation.mc import load_any_mc, load_mc_items
+
+    for split, paths in (("test", test), ("val", val)):
+        for key, path in paths.items():
+            if path is None:
+                continue
+            if key == "mc" and split == "test":
+                load_mc_items(path)
+            elif key == "mc":
+                load_any_mc(path, seed=seed)
+            else:
+                load_prompts(path, key, split)
+
+
+def _existing(folder: Path | None, name: str) -> Path | None:
+    if folder is None:
+        return None
+    p = folder / name
+    return p if p.is_file() else None
+
+
+def _jsonable(x: object) -> object:
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def _write_out(res: dict, out_dir: Path) -> None:  # type: ignore[type-arg]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        from finesteer_edge.evaluation.plots import suite_plots
+
+        res["plots"] = suite_plots(res, out_dir)
+    except FinesteerError as exc:  # matplotlib missing: the numbers still count
+        print(f"note: no plots ({exc})", file=sys.stderr)
+    (out_dir / "results.json").write_text(json.dumps(res, indent=1, allow_nan=False) + "\n", encoding="utf-8")
