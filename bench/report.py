@@ -128,7 +128,7 @@ def section_head(head: dict[str, Any] | None) -> str:
         out.append(f"**MLP hidden width capped at {h}** (what `finesteer-edge train` builds by default for d > {h}; "
                    "the router is unchanged): the same measurement, and the pack it makes.\n")
         rows = [[lat["d"], h, *(f(lat[v]["median_ms"], 3) for v in ("onnx_folded", "numpy_folded", "runtime")),
-                 f(s["pack_folded"] / 1e6, 1)] for lat, s in zip(narrow["latency"], narrow["size"])]
+                 f(s["pack_folded"] / 1e6, 1)] for lat, s in zip(narrow["latency"], narrow["size"], strict=True)]
         out.append(_md(["d", "MLP hidden", "ONNX folded ms", "numpy folded ms", "runtime (HeadRunner.run) ms",
                         "pack folded MB"], rows))
     return "\n".join(out)
