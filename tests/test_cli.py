@@ -114,3 +114,14 @@ def test_console_script_is_installed() -> None:
     assert exe, "the finesteer-edge console script is not on PATH"
     out = subprocess.run([exe, "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "generate" in out.stdout and "verify" in out.stdout
+
+
+def test_progress_logs_a_line_per_interval_when_not_a_terminal(monkeypatch, capsys) -> None:
+    """Under nohup/CI stderr is a file: long work still reports progress, short work stays silent."""
+    from finesteer_edge import progress
+
+    assert list(progress.track(range(3), "quick")) == [0, 1, 2]
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    assert list(progress.track([5, 6], "slow")) == [5, 6]
+    assert capsys.readouterr().err.splitlines() == ["slow: 0/2 (0 s)", "slow: 1/2 (0 s)"]
