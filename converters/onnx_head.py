@@ -16,7 +16,7 @@ OPSET = 17
 
 def build_head_onnx(head: FoldedHead, *, doc: str = "") -> bytes:
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     d, k_exp, k_basis = head.n_embd, head.n_experts, head.basis_rank
     nodes: list[onnx.NodeProto] = []
@@ -78,10 +78,24 @@ def build_head_onnx(head: FoldedHead, *, doc: str = "") -> bytes:
     else:
         node("Identity", [mix], "vector")
 
+    return finish_head_model(nodes, inits, "finesteer_head", d, k_exp, doc)
+
+
+def finish_head_model(nodes: list, inits: list, graph_name: str, d: int, k_exp: int,  # type: ignore[type-arg]
+                      doc: str) -> bytes:
+    """Wrap head nodes in the pack's fixed interface (DESIGN.md section 3), check and serialize them.
+
+    Shared by the folded exporter and the unfolded one, so both always present the signature the runtime
+    checks: inputs ``h_gate``/``h_steer`` [1, d]; outputs ``gate_score`` [1], ``vector`` [1, d],
+    ``expert_weights`` [1, K].
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
     f32 = TensorProto.FLOAT
     graph = helper.make_graph(
         nodes,
-        "finesteer_head",
+        graph_name,
         [helper.make_tensor_value_info("h_gate", f32, [1, d]), helper.make_tensor_value_info("h_steer", f32, [1, d])],
         [
             helper.make_tensor_value_info("gate_score", f32, [1]),

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .head_params import FoldedHead, GateParams
-from .onnx_head import OPSET, build_head_onnx
+from .onnx_head import build_head_onnx, finish_head_model
 
 
 @dataclass
@@ -124,7 +124,7 @@ def build_unfolded_head_onnx(head: UnfoldedHead, *, doc: str = "") -> bytes:
     torch module does.
     """
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     d, k_exp, k_basis = head.n_embd, head.n_experts, int(head.basis.shape[1])
     if head.w_v.shape != (d, d):
@@ -166,23 +166,7 @@ def build_unfolded_head_onnx(head: UnfoldedHead, *, doc: str = "") -> bytes:
         total = mix
     node("Mul", [total, const("alpha_gamma", np.array([head.alpha * head.gamma]))], "vector")
 
-    tf = TensorProto.FLOAT
-    graph = helper.make_graph(
-        nodes,
-        "finesteer_head_unfolded",
-        [helper.make_tensor_value_info("h_gate", tf, [1, d]), helper.make_tensor_value_info("h_steer", tf, [1, d])],
-        [
-            helper.make_tensor_value_info("gate_score", tf, [1]),
-            helper.make_tensor_value_info("vector", tf, [1, d]),
-            helper.make_tensor_value_info("expert_weights", tf, [1, k_exp]),
-        ],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="finesteer-edge", doc_string=doc)
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    return bytes(model.SerializeToString())
+    return finish_head_model(nodes, inits, "finesteer_head_unfolded", d, k_exp, doc)
 
 
 def _gate_subgraph(gate: GateParams, d: int) -> tuple[list, list]:  # type: ignore[type-arg]
