@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import PackFormatError
 from ..model_info import Fingerprint
+from ..strict_json import loads_strict
 
 FORMAT_NAME = "finesteer-edge-pack"
 FORMAT_VERSION = 1
@@ -114,26 +115,14 @@ def _choice(v: str, allowed: tuple[str, ...], name: str) -> str:
     return v
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    f = float(text)
-    if not math.isfinite(f):
-        raise ValueError(f"number {text[:20]} is out of range")
-    return f
-
-
 def parse_manifest(raw: bytes) -> Manifest:
     # Strict JSON: NaN/Infinity literals and out-of-range numbers are refused here rather than turning up
     # as inf in a field or as invalid JSON in `inspect --json`. ValueError covers JSONDecodeError and
     # Python's limit on huge integer literals; a lone surrogate escape ("\ud800") parses but cannot be
     # printed or re-encoded, so the document must round-trip to UTF-8.
     try:
-        d = json.loads(raw.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite_float)
-        json.dumps(d, ensure_ascii=False).encode("utf-8")
-    except (UnicodeError, ValueError, RecursionError) as exc:
+        d = loads_strict(raw, int64_only=False)
+    except ValueError as exc:
         raise PackFormatError(f"manifest.json is not valid JSON: {str(exc)[:200]}") from exc
     if not isinstance(d, dict):
         raise PackFormatError("manifest.json must hold a JSON object")

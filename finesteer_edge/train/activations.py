@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ..data import loads_strict
 from ..errors import ActivationsError
 from ..model_info import Fingerprint
+from ..strict_json import loads_strict
 
 FORMAT_VERSION = 1
 META_KEY = "finesteer.activations"

@@ -195,7 +195,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 def _read_config(path: Path) -> dict[str, Any]:
     """config.json, size-capped and strict (its numbers end up in the pack manifest, which is strict JSON)."""
-    from ..data import loads_strict
+    from ..strict_json import loads_strict
 
     try:
         size = path.stat().st_size
