@@ -37,7 +37,8 @@ def loads_strict(raw: str | bytes, *, int64_only: bool = True) -> Any:
 
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        obj = json.loads(text, parse_constant=no_constant, parse_float=finite_float, parse_int=int64 if int64_only else int)
+        obj = json.loads(text, parse_constant=no_constant, parse_float=finite_float,
+                         parse_int=int64 if int64_only else int)
         json.dumps(obj, ensure_ascii=False).encode("utf-8")
     except RecursionError:
         raise ValueError("nested too deeply") from None
