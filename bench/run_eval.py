@@ -30,8 +30,14 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's BLAS threads would
 
 REPO = Path(__file__).resolve().parents[1]
 PACKS = REPO / "finesteer_edge" / "packs"
+ANALYSIS = Path(__file__).resolve().parent / "eval_notes.md"
+"""Hand-written reading of the numbers, placed after the targets in RESULTS.md (tables stay generated)."""
 DEFAULT_PACKS = {"safety": PACKS / "smollm2-135m-instruct-safety",
                  "truthfulqa": PACKS / "smollm2-135m-instruct-truthfulqa"}
+
+
+def _analysis() -> str | None:
+    return ANALYSIS.read_text(encoding="utf-8") if ANALYSIS.is_file() else None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -102,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     if args.render_only:
         report = json.loads((out / "results.json").read_text(encoding="utf-8"))
-        paths = write_report(report, out)
+        paths = write_report(report, out, analysis=_analysis())
         print(f"rendered {paths['markdown']}", file=sys.stderr)
         return 0
     t0 = time.perf_counter()
@@ -145,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     report["model"] = first["model"]
     report["environment"] = first["environment"]
     report["wall_seconds"] = time.perf_counter() - t0
-    paths = write_report(report, out)
+    paths = write_report(report, out, analysis=_analysis())
     print(f"wrote {paths['json']} and {paths['markdown']}", file=sys.stderr)
     return 0
 
