@@ -224,3 +224,21 @@ def test_jsonl_huge_integer_is_a_data_error(tmp_path: Path) -> None:
     p.write_text('{"prompt": "ok"}\n{"prompt": "x", "n": ' + "9" * 5000 + "}\n")
     with pytest.raises(DataError, match="x.jsonl:2: not valid JSON"):
         read_jsonl(p)
+
+
+def test_zeroed_hidden_states_are_an_activations_error(pipeline: dict[str, Path], tmp_path: Path) -> None:
+    """Fuzz finding: a file whose steer-layer states are all zero crashed train with ZeroDivisionError."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(str(pipeline["acts"]), "np") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    for k in tensors:
+        if k == "h_steer" or k.startswith("h_layer."):
+            tensors[k] = np.zeros_like(tensors[k])
+    zeroed = tmp_path / "zeroed.safetensors"
+    save_file(tensors, str(zeroed), metadata=meta)
+    r = run_cli("train", str(zeroed), "--out", str(tmp_path / "ckpt"), "--epochs", "2")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error:") and "all zero" in r.stderr and "Traceback" not in r.stderr

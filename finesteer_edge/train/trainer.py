@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..data import file_sha256
-from ..errors import DataError
+from ..errors import ActivationsError, DataError
 from .activations import Activations, load_activations
 from .checkpoint import save_checkpoint
 from .mose import K_RANGE, build_experts, make_module, train_mose
@@ -52,6 +53,7 @@ def train(acts_path: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)  # fixed threads + seeded init/shuffle: bit-identical reruns (tested)
     t0 = time.perf_counter()
     acts = load_activations(acts_path)
+    _check_not_zeroed(acts, acts_path)
     gate, gate_table = _fit_gates(acts, cfg)
 
     delta, has_delta = _variant_deltas(acts)
@@ -67,7 +69,10 @@ def train(acts_path: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
     if cfg.negative_weight > 0 and acts.mask(split="train", target=False).any():
         fit_x, fit_y, fit_w = _with_negatives(acts, h_steer_in, x_tr, y_tr, "train", cfg.negative_weight)
         val_x, val_y, val_w = _with_negatives(acts, h_steer_in, x_va, y_va, "val", cfg.negative_weight)
-    input_scale = 1.0 / float(np.median(np.linalg.norm(x_tr, axis=1)))
+    scale = float(np.median(np.linalg.norm(x_tr, axis=1)))
+    if not (math.isfinite(scale) and scale > 0):
+        raise ActivationsError(f"{acts_path}: the steer-layer hidden states of the training targets are mostly zero")
+    input_scale = 1.0 / scale
     gamma0 = float(np.median(np.linalg.norm(y_tr, axis=1)))
     torch.manual_seed(cfg.seed)
     module = make_module(acts.n_embd, experts.prototypes, experts.basis, hidden=cfg.hidden, gamma=gamma0,
@@ -145,6 +150,19 @@ def _fit_gates(acts: Activations, cfg: TrainConfig) -> tuple[GateFit, list[dict[
     table = [{"kind": f.kind, "layer": f.layer, "tau": f.tau, **{k: v for k, v in f.metrics.items()
                                                                  if isinstance(v, (int, float))}} for f in fits]
     return choose_gate(fits), table
+
+
+def _check_not_zeroed(acts: Activations, path: Path) -> None:
+    """Refuse hidden states that are all zero for the training targets before anything divides by their norm.
+
+    No model's residual stream is zero; such a file was edited or corrupted (a fuzz finding: it crashed
+    training with ZeroDivisionError).
+    """
+    rows = acts.mask(split="train", target=True)
+    for name, h in (("steer layer", acts.h_steer), *((f"layer {n}", v) for n, v in sorted(acts.layers.items()))):
+        if rows.any() and not np.abs(h[rows]).any():
+            raise ActivationsError(f"{path}: the hidden states at the {name} are all zero for the training "
+                                   "targets; these are not activations of a model")
 
 
 def _variant_deltas(acts: Activations) -> tuple[np.ndarray, np.ndarray]:
