@@ -117,7 +117,35 @@ def _rate(xs: Sequence[bool]) -> float | None:
     return float(np.mean(xs)) if len(xs) else None
 
 
-class Engine:
+class _Memo:
+    """What both engines share: the pack's llm, an executor, and a cache of task results by key."""
+
+    def __init__(self, llm: SteeredLlama, executor: LocalExecutor | PoolExecutor, progress: bool) -> None:
+        if llm.pack is None:
+            raise ValueError("the evaluation needs a pack (its gate, head and mean vector)")
+        self.llm = llm
+        self.progress = progress
+        self.executor = executor
+        self.cache: dict[tuple[Any, ...], Any] = {}
+        self.runs = 0
+
+    @property
+    def tau(self) -> float:
+        assert self.llm.pack is not None
+        return float(self.llm.pack.manifest.tau)
+
+    def _run_all(self, keys: list[tuple[Any, ...]], tasks: list[Task], label: str) -> None:
+        for k, out in zip(keys, track(self.executor.imap(tasks), label, total=len(tasks), enabled=self.progress),
+                          strict=True):
+            self.cache[k] = out
+            self.runs += 1
+            self._count(out)
+
+    def _count(self, out: Any) -> None:
+        """Per-result bookkeeping of a subclass."""
+
+
+class Engine(_Memo):
     """Generates (and memoises) the answers the methods need.
 
     ``llm`` (holding the pack) answers the reuse check and is the default executor; a
@@ -126,27 +154,16 @@ class Engine:
 
     def __init__(self, llm: SteeredLlama, *, max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = True,
                  executor: LocalExecutor | PoolExecutor | None = None) -> None:
-        if llm.pack is None:
-            raise ValueError("the evaluation needs a pack (its gate, head and mean vector)")
-        self.llm = llm
+        super().__init__(llm, executor or LocalExecutor(llm, max_tokens), progress)
         self.max_tokens = max_tokens
-        self.progress = progress
-        self.executor = executor or LocalExecutor(llm, max_tokens)
-        self.cache: dict[tuple[Any, ...], Gen] = {}
-        self.generated = 0
         self.seconds = 0.0
 
     @property
-    def tau(self) -> float:
-        assert self.llm.pack is not None
-        return float(self.llm.pack.manifest.tau)
+    def generated(self) -> int:
+        return self.runs
 
-    def _run_all(self, keys: list[tuple[Any, ...]], tasks: list[Task], label: str) -> None:
-        for k, g in zip(keys, track(self.executor.imap(tasks), label, total=len(tasks), enabled=self.progress),
-                        strict=True):
-            self.cache[k] = g
-            self.generated += 1
-            self.seconds += g.seconds
+    def _count(self, out: Gen) -> None:
+        self.seconds += out.seconds
 
     # ---------------------------------------------------------------- keys
     def base_key(self, p: Prompt) -> tuple[Any, ...]:
@@ -383,29 +400,16 @@ def gate_scores(llm: SteeredLlama, prompts: Sequence[Prompt], *, progress: bool 
 
 
 # ------------------------------------------------------------------------------------- truthfulqa
-class MCEngine:
+class MCEngine(_Memo):
     """MC scoring with the same sharing rule as :class:`Engine`: closed gates reuse the base score."""
 
     def __init__(self, llm: SteeredLlama, *, progress: bool = True,
                  executor: LocalExecutor | PoolExecutor | None = None) -> None:
-        if llm.pack is None:
-            raise ValueError("the evaluation needs a pack")
-        self.llm = llm
-        self.progress = progress
-        self.executor = executor or LocalExecutor(llm, 1)
-        self.cache: dict[tuple[Any, ...], MCScore] = {}
-        self.scored = 0
+        super().__init__(llm, executor or LocalExecutor(llm, 1), progress)
 
     @property
-    def tau(self) -> float:
-        assert self.llm.pack is not None
-        return float(self.llm.pack.manifest.tau)
-
-    def _run_all(self, keys: list[tuple[Any, ...]], tasks: list[Task], label: str) -> None:
-        for k, sc in zip(keys, track(self.executor.imap(tasks), label, total=len(tasks), enabled=self.progress),
-                         strict=True):
-            self.cache[k] = sc
-            self.scored += 1
+    def scored(self) -> int:
+        return self.runs
 
     def gate_open(self, item: MCItem) -> bool:
         g = self.cache[("base", item.id, item.question)].gate_score
