@@ -22,6 +22,10 @@ MODE_OPT = typer.Option(None, "--mode", help="exact (re-prefill steered turns) o
 THREADS_OPT = typer.Option(None, "--threads", "-t", help="llama.cpp threads (default: all usable cores).")
 CTX_OPT = typer.Option(4096, "--n-ctx", help="Context size in tokens.")
 STRENGTH_OPT = typer.Option(1.0, "--strength", help="Multiply the pack's steering vector.")
+VECTOR_OPT = typer.Option(
+    None, "--vector",
+    help="head (the pack's per-prompt vector) or mean (its static mean vector, still gated: CAST-style).",
+)
 ALLOW_OPT = typer.Option(
     False, "--allow-unsteered",
     help="If the pack cannot be applied, continue WITHOUT steering (loud). Default: stop with an error.",
@@ -35,7 +39,7 @@ def register(app: typer.Typer) -> None:
 
 def open_llm(model: str | None, pack: str | None, no_pack: bool, *, mode: str | None, threads: int | None,
              n_ctx: int, strength: float, allow_unsteered: bool, quiet: bool = False,
-             context_policy: str = "error"):  # type: ignore[no-untyped-def]
+             context_policy: str = "error", vector: str | None = None):  # type: ignore[no-untyped-def]
     from finesteer_edge.steered import SteeredLlama
 
     if pack and no_pack:
@@ -44,6 +48,8 @@ def open_llm(model: str | None, pack: str | None, no_pack: bool, *, mode: str | 
         raise typer.BadParameter(f"--mode must be exact or fast, not {mode!r}")
     if context_policy not in ("error", "drop_oldest"):
         raise typer.BadParameter(f"--context-policy must be error or drop_oldest, not {context_policy!r}")
+    if vector is not None and vector not in ("head", "mean"):
+        raise typer.BadParameter(f"--vector must be head or mean, not {vector!r}")
     model_path = resolve_model(model)
     pack_path: Path | None = None
     if pack:
@@ -54,7 +60,8 @@ def open_llm(model: str | None, pack: str | None, no_pack: bool, *, mode: str | 
             print(f"note: no bundled pack for {model_path.name}; generating unsteered (--pack to steer)",
                   file=sys.stderr)
     return SteeredLlama(model_path, pack_path, mode=mode, n_threads=threads, n_ctx=n_ctx, strength=strength,
-                        allow_unsteered=allow_unsteered, context_policy=context_policy), model_path, pack_path
+                        allow_unsteered=allow_unsteered, context_policy=context_policy,
+                        vector_source=vector), model_path, pack_path
 
 
 def generate_cmd(
@@ -71,12 +78,14 @@ def generate_cmd(
     threads: int = THREADS_OPT,
     n_ctx: int = CTX_OPT,
     strength: float = STRENGTH_OPT,
+    vector: str = VECTOR_OPT,
     allow_unsteered: bool = ALLOW_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the result."),
 ) -> None:
     """Answer one prompt; the gate decides whether this turn is steered."""
     llm, model_path, pack_path = open_llm(model, pack, no_pack, mode=mode, threads=threads, n_ctx=n_ctx,
-                                          strength=strength, allow_unsteered=allow_unsteered, quiet=as_json)
+                                          strength=strength, allow_unsteered=allow_unsteered, quiet=as_json,
+                                          vector=vector)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     kwargs = dict(max_tokens=max_tokens, temperature=temperature, seed=seed, stop=stop or ())
     if as_json:
@@ -121,6 +130,7 @@ def chat_cmd(
     threads: int = THREADS_OPT,
     n_ctx: int = CTX_OPT,
     strength: float = STRENGTH_OPT,
+    vector: str = VECTOR_OPT,
     allow_unsteered: bool = ALLOW_OPT,
     context_policy: str = typer.Option(
         "error", "--context-policy",
@@ -131,7 +141,7 @@ def chat_cmd(
     """Interactive chat. Commands: /reset (new conversation), /explain (gate decisions so far), /quit."""
     llm, model_path, pack_path = open_llm(model, pack, no_pack, mode=mode, threads=threads, n_ctx=n_ctx,
                                           strength=strength, allow_unsteered=allow_unsteered,
-                                          context_policy=context_policy)
+                                          context_policy=context_policy, vector=vector)
     interactive = sys.stdin.isatty()
     base = [{"role": "system", "content": system}] if system else []
     messages = list(base)

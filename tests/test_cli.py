@@ -125,3 +125,23 @@ def test_progress_logs_a_line_per_interval_when_not_a_terminal(monkeypatch, caps
     monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
     assert list(progress.track([5, 6], "slow")) == [5, 6]
     assert capsys.readouterr().err.splitlines() == ["slow: 0/2 (0 s)", "slow: 1/2 (0 s)"]
+
+
+def test_generate_vector_choice(tiny_model: Path, pack: Path) -> None:
+    """--vector mean steers with the pack's static mean vector (CAST-style), --vector head with the head's."""
+    from finesteer_edge import SteeredLlama
+
+    texts = {}
+    for vector in ("head", "mean"):
+        r = run_cli("generate", str(tiny_model), "--pack", str(pack), "--prompt", "hi", "-n", "8", "--json",
+                    "--vector", vector)
+        assert r.returncode == 0, r.stderr
+        d = json.loads(r.stdout)
+        assert d["steered"] is True
+        texts[vector] = d["token_ids"] if "token_ids" in d else d["text"]
+    llm = SteeredLlama(tiny_model, pack, vector_source="mean", n_threads=2)
+    res = llm.generate("hi", max_tokens=8)
+    assert (res.token_ids if "token_ids" in d else res.text) == texts["mean"]
+    assert texts["head"] != texts["mean"]
+    r = run_cli("generate", str(tiny_model), "--pack", str(pack), "--prompt", "hi", "--vector", "bogus")
+    assert r.returncode == 2 and "--vector must be head or mean" in r.stderr and "Traceback" not in r.stderr
