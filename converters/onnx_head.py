@@ -14,21 +14,35 @@ from .head_params import GATE_EPS, FoldedHead
 OPSET = 17
 
 
-def build_head_onnx(head: FoldedHead, *, doc: str = "") -> bytes:
-    import onnx
-    from onnx import helper, numpy_helper
+class GraphParts:
+    """Nodes and float32 initializers of a head graph under construction; each node is named for its output.
 
-    d, k_exp, k_basis = head.n_embd, head.n_experts, head.basis_rank
-    nodes: list[onnx.NodeProto] = []
-    inits: list[onnx.TensorProto] = []
+    Shared by the folded and the unfolded exporter so both name and encode constants the same way.
+    """
 
-    def const(name: str, value: np.ndarray | float) -> str:
-        inits.append(numpy_helper.from_array(np.asarray(value, dtype=np.float32), name))
+    def __init__(self, nodes: list | None = None, inits: list | None = None) -> None:  # type: ignore[type-arg]
+        self.nodes = list(nodes or [])
+        self.inits = list(inits or [])
+
+    def const(self, name: str, value: np.ndarray | float) -> str:
+        from onnx import numpy_helper
+
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=np.float32), name))
         return name
 
-    def node(op: str, inputs: list[str], output: str, **attrs: object) -> str:
-        nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+    def node(self, op: str, inputs: list[str], output: str, **attrs: object) -> str:
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
         return output
+
+
+def build_head_onnx(head: FoldedHead, *, doc: str = "") -> bytes:
+    from onnx import numpy_helper
+
+    d, k_exp, k_basis = head.n_embd, head.n_experts, head.basis_rank
+    parts = GraphParts()
+    inits, const, node = parts.inits, parts.const, parts.node
 
     # ---- gate
     g = head.gate
@@ -78,7 +92,7 @@ def build_head_onnx(head: FoldedHead, *, doc: str = "") -> bytes:
     else:
         node("Identity", [mix], "vector")
 
-    return finish_head_model(nodes, inits, "finesteer_head", d, k_exp, doc)
+    return finish_head_model(parts.nodes, inits, "finesteer_head", d, k_exp, doc)
 
 
 def finish_head_model(nodes: list, inits: list, graph_name: str, d: int, k_exp: int,  # type: ignore[type-arg]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .head_params import FoldedHead, GateParams
-from .onnx_head import build_head_onnx, finish_head_model
+from .onnx_head import GraphParts, build_head_onnx, finish_head_model
 
 
 @dataclass
@@ -123,23 +123,12 @@ def build_unfolded_head_onnx(head: UnfoldedHead, *, doc: str = "") -> bytes:
     per-query ``d x d_h`` product; with optimisations off every query pays all three, as the official
     torch module does.
     """
-    import onnx
-    from onnx import helper, numpy_helper
 
     d, k_exp, k_basis = head.n_embd, head.n_experts, int(head.basis.shape[1])
     if head.w_v.shape != (d, d):
         raise ValueError(f"value projection must be ({d}, {d}) to add to the residual stream, is {head.w_v.shape}")
-    gate_nodes, gate_inits = _gate_subgraph(head.gate, d)
-    nodes: list[onnx.NodeProto] = list(gate_nodes)
-    inits: list[onnx.TensorProto] = list(gate_inits)
-
-    def const(name: str, value: np.ndarray | float) -> str:
-        inits.append(numpy_helper.from_array(np.asarray(value, dtype=np.float32), name))
-        return name
-
-    def node(op: str, inputs: list[str], output: str, **attrs: object) -> str:
-        nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
-        return output
+    parts = GraphParts(*_gate_subgraph(head.gate, d))
+    const, node = parts.const, parts.node
 
     f32 = np.float32
     bank = const("prototypes", head.prototypes.astype(f32))
@@ -166,7 +155,7 @@ def build_unfolded_head_onnx(head: UnfoldedHead, *, doc: str = "") -> bytes:
         total = mix
     node("Mul", [total, const("alpha_gamma", np.array([head.alpha * head.gamma]))], "vector")
 
-    return finish_head_model(nodes, inits, "finesteer_head_unfolded", d, k_exp, doc)
+    return finish_head_model(parts.nodes, parts.inits, "finesteer_head_unfolded", d, k_exp, doc)
 
 
 def _gate_subgraph(gate: GateParams, d: int) -> tuple[list, list]:  # type: ignore[type-arg]
