@@ -47,6 +47,11 @@ def gate_histogram(gate: dict[str, Any], path: Path, *, title: str) -> Path:
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    return _save(plt, fig, path)
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    """Write the PNG (creating its folder) and free the figure: pyplot keeps every open figure alive."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
@@ -86,10 +91,7 @@ def safety_tradeoff(res: dict[str, Any], path: Path) -> Path:
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def truthfulqa_strength(res: dict[str, Any], path: Path) -> Path:
@@ -106,10 +108,7 @@ def truthfulqa_strength(res: dict[str, Any], path: Path) -> Path:
     ax.set_title("TruthfulQA MC1 vs strength (validation)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def suite_plots(res: dict[str, Any], out_dir: Path, *, prefix: str = "") -> dict[str, str]:
