@@ -81,7 +81,7 @@ def eval_cmd(
     pack: str = typer.Option(None, "--pack", "-p", help="Pack directory or bundled pack name "
                              "(default: the bundled pack for this suite and model)."),
     data: str = typer.Option(None, "--data", help="Curated data folder (default: $FINESTEER_EDGE_DATA, else "
-                             "../shared/data next to the repository)."),
+                             "the data shipped with the package)."),
     out: str = typer.Option(None, "--out", help="Write generations.jsonl, results.json and plots here."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the results."),
     limit: int = typer.Option(None, "--limit", help="Use the first N rows of every file (quick runs)."),

@@ -13,7 +13,10 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from finesteer_edge.testing.tiny_model import TinyConfig, write_tiny_llama  # noqa: E402
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from finesteer_edge.evaluation.datasets import PACKAGED_DATA  # noqa: E402
+
+SHARED_DATA = PACKAGED_DATA
+"""The curated data, shipped in the package (a copy of the team's shared/data, checked by SHA256SUMS)."""
 THREADS = 2
 
 
@@ -39,8 +42,8 @@ def smollm2() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"curated data not found at {SHARED_DATA}")
+    # Shipped with the package: a missing folder is a broken checkout or wheel, a failure, never a skip.
+    assert SHARED_DATA.is_dir(), f"curated data not found at {SHARED_DATA}"
     return SHARED_DATA
 
 

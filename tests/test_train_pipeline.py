@@ -26,8 +26,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture(scope="module")
 def pipeline(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The whole CLI chain once; tests below inspect its artifacts."""
-    if not SAFETY.is_dir():
-        pytest.skip("shared safety data not found")
+    assert SAFETY.is_dir(), f"the curated safety data ships with the package: {SAFETY} is missing"
     root = tmp_path_factory.mktemp("pipeline")
     acts, ckpt, pack = root / "acts.safetensors", root / "ckpt", root / "pack"
     r = run_cli("extract", str(tiny_model), "--task", "safety", "--data", str(SAFETY), "--out", str(acts),

@@ -1,8 +1,8 @@
-"""Where evaluation data comes from: the curated ../shared/data splits by default, any user JSONL otherwise.
+"""Where evaluation data comes from: the curated splits shipped in the package by default, any user JSONL otherwise.
 
-The defaults are found without configuration when the repository sits next to ``shared/data`` (the
-team layout), or through ``FINESTEER_EDGE_DATA``; an installed wheel has neither, so every default
-may be ``None`` and the CLI then asks for explicit paths.
+The curated data (``finesteer_edge/datasets``: sources, licences and sha256 in its README and SHA256SUMS)
+ships inside the wheel, so a pip user can train and evaluate without the repository; ``FINESTEER_EDGE_DATA``
+points the defaults at another folder of the same layout.
 """
 
 from __future__ import annotations
@@ -27,13 +27,16 @@ class Prompt:
     split: str
 
 
+PACKAGED_DATA = Path(__file__).resolve().parents[1] / "datasets"
+"""The curated safety and TruthfulQA splits that ship with the package."""
+
+
 def default_data_dir() -> Path | None:
-    """``$FINESTEER_EDGE_DATA``, else ``<repository>/../shared/data`` when it exists."""
+    """``$FINESTEER_EDGE_DATA``, else the data shipped in the package (None only if it was stripped)."""
     env = os.environ.get(DATA_ENV)
     if env:
         return Path(env).expanduser()
-    candidate = Path(__file__).resolve().parents[3] / "shared" / "data"
-    return candidate if candidate.is_dir() else None
+    return PACKAGED_DATA if PACKAGED_DATA.is_dir() else None
 
 
 def suite_dir(data: Path | None, suite: str) -> Path | None:
