@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--safety-pack", type=Path, default=DEFAULT_PACKS["safety"])
     p.add_argument("--truthfulqa-pack", type=Path, default=DEFAULT_PACKS["truthfulqa"])
     p.add_argument("--suites", nargs="+", default=["safety", "truthfulqa"], choices=["safety", "truthfulqa"])
-    p.add_argument("--data", type=Path, default=None, help="Curated data folder (default: the data shipped with the package).")
+    p.add_argument("--data", type=Path, default=None,
+                   help="Curated data folder (default: the data shipped with the package).")
     p.add_argument("--out", type=Path, default=REPO / "docs", help="Where RESULTS.md, results.json, PNGs go.")
     p.add_argument("--generations", type=Path, default=None, help="Also write generations_<suite>.jsonl here.")
     p.add_argument("--limit", type=int, default=None, help="First N rows of every file (not a full run).")

@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import ConcurrentUseError, PackError
 from .llama.chat_template import ChatTemplate, Message, normalize_messages
-from .llama.session import ContextSettings, LlamaSession
+from .llama.session import ContextSettings, LlamaModel, LlamaSession
 from .llama.stops import StopMatcher
 from .pack.pack import SteeringPack
 from .result import GenerationResult
@@ -55,7 +55,8 @@ class SteeredLlama:
     """A llama.cpp model that applies a FineSteer pack per turn.
 
     Args:
-        model_path: GGUF file.
+        model_path: GGUF file, or a loaded :class:`LlamaModel` to share its weights with other instances
+            (one context each: e.g. a server's parallel slots load the weights once).
         pack: a :class:`SteeringPack`, a pack directory, or None for plain generation.
         mode: ``exact`` (default; steered turns re-prefill their own tokens with the vector on) or
             ``fast`` (keep the unsteered prompt cache, steer generated tokens). None: the pack's default.
@@ -78,7 +79,7 @@ class SteeredLlama:
 
     def __init__(
         self,
-        model_path: str | os.PathLike[str],
+        model_path: str | os.PathLike[str] | LlamaModel,
         pack: SteeringPack | str | os.PathLike[str] | None = None,
         *,
         mode: str | None = None,
@@ -118,7 +119,8 @@ class SteeredLlama:
                 loaded = pack if isinstance(pack, SteeringPack) else SteeringPack.load(Path(pack))
                 from .model_info import read_model_info
 
-                loaded.check_model(read_model_info(model_path))
+                info = model_path.info if isinstance(model_path, LlamaModel) else read_model_info(model_path)
+                loaded.check_model(info)
         except PackError as exc:
             loaded = self._refuse_or_continue(exc, allow_unsteered)
         self.pack = loaded

@@ -11,9 +11,8 @@ import pytest
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from finesteer_edge.testing.tiny_model import TinyConfig, write_tiny_llama  # noqa: E402
-
 from finesteer_edge.evaluation.datasets import PACKAGED_DATA  # noqa: E402
+from finesteer_edge.testing.tiny_model import TinyConfig, write_tiny_llama  # noqa: E402
 
 SHARED_DATA = PACKAGED_DATA
 """The curated data, shipped in the package (a copy of the team's shared/data, checked by SHA256SUMS)."""

@@ -169,3 +169,36 @@ def test_failed_selftest_fails_closed(tiny_model: Path, packs: dict, monkeypatch
         llm = SteeredLlama(tiny_model, packs["open"], allow_unsteered=True, **KW)
     r = llm.generate("hi", max_tokens=3)
     assert llm.pack is None and not r.steered and r.gate_score is None and llm.unsteered_reason
+
+
+def test_instances_sharing_one_loaded_model_keep_their_own_steering(tiny_model: Path, packs: dict) -> None:
+    """Two contexts on one LlamaModel (a server's slots): weights loaded once, control vectors apart.
+
+    A steered turn on one instance must not change what the other generates, and each must match an
+    instance that loaded the model on its own.
+    """
+    from finesteer_edge.llama.session import LlamaModel
+
+    alone_plain = SteeredLlama(tiny_model, **KW)
+    alone_steered = SteeredLlama(tiny_model, packs["open"], **KW)
+    want_plain = alone_plain.generate(PROMPTS[0], max_tokens=12).token_ids
+    want_steered = alone_steered.generate(PROMPTS[0], max_tokens=12).token_ids
+    alone_plain.close()
+    alone_steered.close()
+    assert want_plain != want_steered  # the vector matters, so a leak would show
+
+    model = LlamaModel(tiny_model)
+    a = SteeredLlama(model, packs["open"], **KW)
+    b = SteeredLlama(model, **KW)
+    assert a.session.model is b.session.model
+    got_steered = a.generate(PROMPTS[0], max_tokens=12)
+    got_plain = b.generate(PROMPTS[0], max_tokens=12)
+    assert got_steered.steered and not got_plain.steered
+    assert got_steered.token_ids == want_steered
+    assert got_plain.token_ids == want_plain
+    a.close()
+    model.close()  # b still uses the weights: freeing is deferred until b closes
+    assert not model.closed
+    assert b.generate(PROMPTS[0], max_tokens=12).token_ids == want_plain
+    b.close()
+    assert model.closed

@@ -46,29 +46,95 @@ class ContextSettings:
     """How hidden states are read: ``auto``, ``layer_inp`` or ``cb_eval`` (see taps.py)."""
 
 
-class LlamaSession:
-    """Model + context + batch. Not thread-safe: SteeredLlama serialises access."""
+class LlamaModel:
+    """Loaded GGUF weights and vocabulary, shared by any number of contexts (sessions).
 
-    def __init__(self, model_path: str | Path, settings: ContextSettings | None = None,
-                 tap_layers: tuple[int, ...] = ()) -> None:
-        self.settings = settings = settings or ContextSettings()
+    A server with N slots loads the weights once and makes N sessions on them, each with its own KV
+    cache and control vector. Sessions keep a reference, so the weights live until the last of them
+    and this object are gone (or :meth:`close` is called after the sessions are closed).
+    """
+
+    def __init__(self, model_path: str | Path) -> None:
         self.info: ModelInfo = read_model_info(model_path)
         bindings.backend_init()
         self._model = None
-        self._ctx = None
-        self._batch = None
-        self.tap: HiddenTap | None = None
-
         mparams = llama_cpp.llama_model_default_params()
         model = llama_cpp.llama_model_load_from_file(str(self.info.path).encode(), mparams)
         if not model:
             raise ModelFileError(f"llama.cpp could not load {self.info.path} (unsupported or corrupt GGUF)")
         self._model = model
-        self._vocab = llama_cpp.llama_model_get_vocab(model)
+        self.vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_embd = int(llama_cpp.llama_model_n_embd(model))
         self.n_layer = int(llama_cpp.llama_model_n_layer(model))
-        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
-        n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(model))
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(model))
+        self._users = 0
+        self._close_requested = False
+
+    def acquire(self) -> None:
+        """A session starts using the weights."""
+        if self._model is None or self._close_requested:
+            raise RuntimeError("the shared model has been closed")
+        self._users += 1
+
+    def release(self) -> None:
+        """A session stopped using the weights; frees them if close() was asked for meanwhile."""
+        self._users = max(0, self._users - 1)
+        if self._users == 0 and self._close_requested:
+            self._free()
+
+    @property
+    def handle(self) -> llama_cpp.llama_model_p:
+        if self._model is None:
+            raise RuntimeError("this model has been closed")
+        return self._model
+
+    @property
+    def closed(self) -> bool:
+        return self._model is None
+
+    def close(self) -> None:
+        """Free the weights now, or when the last session using them closes (never under a live context)."""
+        self._close_requested = True
+        if self._users == 0:
+            self._free()
+
+    def _free(self) -> None:
+        if self._model is not None:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown may have torn down llama_cpp
+            self._free()
+
+
+class LlamaSession:
+    """A context (KV cache, control vector, taps) on a model. Not thread-safe: SteeredLlama serialises access.
+
+    ``model`` is a GGUF path (the session loads and owns the weights) or a shared :class:`LlamaModel`
+    (the session only borrows it; closing the session leaves the model loaded for its other users).
+    """
+
+    def __init__(self, model: str | Path | LlamaModel, settings: ContextSettings | None = None,
+                 tap_layers: tuple[int, ...] = ()) -> None:
+        self.settings = settings = settings or ContextSettings()
+        self._ctx = None
+        self._batch = None
+        self._owned: LlamaModel | None = None
+        self.tap: HiddenTap | None = None
+        if isinstance(model, LlamaModel):
+            self.model = model
+        else:
+            self.model = self._owned = LlamaModel(model)
+        self.model.acquire()
+        self._acquired = True
+        self.info: ModelInfo = self.model.info
+        self._vocab = self.model.vocab
+        self.n_embd = self.model.n_embd
+        self.n_layer = self.model.n_layer
+        self.n_vocab = self.model.n_vocab
+        n_ctx_train = self.model.n_ctx_train
         self.n_ctx = min(settings.n_ctx, n_ctx_train) if n_ctx_train > 0 else settings.n_ctx
         self.n_batch = min(settings.n_batch, self.n_ctx)
         self.n_threads = settings.n_threads or default_threads()
@@ -106,7 +172,7 @@ class LlamaSession:
         if cb_tap is not None:
             cparams.cb_eval = cb_tap.callback
             cparams.cb_eval_user_data = None
-        ctx = llama_cpp.llama_init_from_model(model, cparams)
+        ctx = llama_cpp.llama_init_from_model(self.model.handle, cparams)
         if not ctx:
             self.close()
             raise ModelFileError(f"llama.cpp could not create a context for {self.info.path} (n_ctx={self.n_ctx})")
@@ -332,9 +398,12 @@ class LlamaSession:
         if self._ctx is not None:
             llama_cpp.llama_free(self._ctx)
             self._ctx = None
-        if self._model is not None:
-            llama_cpp.llama_model_free(self._model)
-            self._model = None
+        if getattr(self, "_acquired", False):
+            self._acquired = False
+            self.model.release()
+        if self._owned is not None:  # a shared model stays loaded for its other sessions
+            self._owned.close()
+            self._owned = None
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown may have torn down llama_cpp
