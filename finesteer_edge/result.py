@@ -7,6 +7,18 @@ from typing import Any
 
 
 @dataclass
+class PackOutcome:
+    """What one pack's gate decided on a turn (one entry per loaded pack, in load order)."""
+
+    name: str
+    steered: bool
+    gate_score: float
+    threshold: float
+    expert_weights: list[float]
+    strength: float
+
+
+@dataclass
 class GenerationResult:
     text: str
     steered: bool
@@ -33,6 +45,10 @@ class GenerationResult:
     strength: float | None = None
     dropped_turns: int = 0
     """Oldest user/assistant exchanges left out so the prompt fits (``context_policy="drop_oldest"``)."""
+    packs: list[PackOutcome] = field(default_factory=list)
+    """Per pack: its gate's decision on this turn (empty without a pack). The top-level ``steered``,
+    ``gate_score`` and ``expert_weights`` summarise it: steered if any pack steered; score and weights
+    of the first pack."""
 
     def to_dict(self, *, with_token_ids: bool = False) -> dict[str, Any]:
         d = asdict(self)

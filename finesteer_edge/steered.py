@@ -32,7 +32,7 @@ from .llama.chat_template import ChatTemplate, Message, normalize_messages
 from .llama.session import ContextSettings, LlamaModel, LlamaSession
 from .llama.stops import StopMatcher
 from .pack.pack import SteeringPack
-from .result import GenerationResult
+from .result import GenerationResult, PackOutcome
 from .selftest import SelfTestReport, run_selftest
 
 log = logging.getLogger("finesteer_edge")
@@ -341,6 +341,11 @@ class SteeredLlama:
                 mode=self.mode if self.pack else "none", tokens=0, seconds=0.0,
                 threshold=self.threshold, prompt_tokens=len(tokens), cached_tokens=common,
                 strength=self.strength if self.pack else None, dropped_turns=dropped,
+                packs=[PackOutcome(
+                    name=self.pack.manifest.name, steered=steered, gate_score=decision.gate_score,
+                    threshold=self.pack.manifest.tau,
+                    expert_weights=[float(x) for x in decision.expert_weights], strength=self.strength,
+                )] if self.pack is not None and decision is not None else [],
             )
             yield from self._generate(result, t0, max_tokens=max_tokens, temperature=temperature, seed=seed,
                                       top_k=top_k, top_p=top_p, min_p=min_p, stop=stop)
