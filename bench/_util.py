@@ -15,11 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's BLAS threads would fight ggml's for 2 cores
+import report
+from report import DOC, REPO, RESULTS
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
-DOC = REPO / "docs" / "BENCHMARKS.md"
+__all__ = ["DOC", "REPO", "RESULTS", "base_parser", "save", "smollm2"]
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's BLAS threads would fight ggml's for 2 cores
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -46,8 +47,6 @@ def save(name: str, data: dict[str, Any], args: argparse.Namespace) -> Path:
     path.write_text(json.dumps(jsonable(data), indent=1, allow_nan=False) + "\n")
     print(f"wrote {path}", file=sys.stderr)
     if args.doc:
-        import report
-
         report.render(args.results_dir, Path(args.doc))
         print(f"rendered {args.doc}", file=sys.stderr)
     return path

@@ -8,13 +8,18 @@ shows its inputs, so it can be checked or redone with other assumptions.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
-import _util
+# Where the results live and the report goes. Defined here, the bottom layer, so that _util (which
+# re-renders the report after each script) can import them without the two importing each other.
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+DOC = REPO / "docs" / "BENCHMARKS.md"
 
 # Llama-3.1-8B (the size class the paper steers), for the arithmetic in "how it scales".
 EIGHT_B = {"name": "Llama-3.1-8B Q4_K_M", "params": 8.03e9, "file_bytes": 4.92e9, "d": 4096, "n_layer": 32}
@@ -429,10 +434,12 @@ def load_notes() -> str:
 
 
 def main() -> None:
-    p = _util.base_parser(__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results-dir", type=Path, default=RESULTS, help="Where the <name>.json files are.")
+    p.add_argument("--doc", default=str(DOC), help="Markdown report to write.")
     args = p.parse_args()
-    render(args.results_dir, Path(args.doc or _util.DOC))
-    print(f"rendered {args.doc or _util.DOC}", file=sys.stderr)
+    render(args.results_dir, Path(args.doc or DOC))
+    print(f"rendered {args.doc or DOC}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +24,10 @@ from finesteer_edge.train.checkpoint import Checkpoint, is_checkpoint_dir, load_
 from .fold import fold_checkpoint, torch_reference, unfolded_params
 from .head_params import FoldedHead, GateParams, static_head
 from .pack_writer import write_pack
+from .sources import StaticSource
 
 FOLD_RTOL = 1e-5
 ONNX_RTOL = 1e-4
-
-
-@dataclass
-class StaticSource:
-    """A fixed vector per layer (already at the strength to apply), optionally gated."""
-
-    directions: dict[int, np.ndarray]
-    gate: GateParams
-    gate_layer: int
-    tau: float
-    fingerprint: Fingerprint | None
-    model_name: str = ""
-    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

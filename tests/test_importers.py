@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from finesteer_edge import SteeredLlama, SteeringPack
-from finesteer_edge.converters.convert import StaticSource, convert
+from finesteer_edge.converters.convert import convert
 from finesteer_edge.converters.importers.control_vector import import_control_vector
 from finesteer_edge.converters.importers.torch_checkpoints import import_torch_checkpoint
+from finesteer_edge.converters.sources import StaticSource
 from finesteer_edge.errors import ActivationsError, CheckpointError, ModelMismatchError
 from finesteer_edge.llama.session import ContextSettings, LlamaSession
 from finesteer_edge.train.activations import load_activations

@@ -27,9 +27,9 @@ from finesteer_edge.model_info import Fingerprint, read_model_info
 from finesteer_edge.pack.control_vector import ControlVector, read_control_vector
 from finesteer_edge.train.checkpoint import load_checkpoint
 
-from ..convert import StaticSource
 from ..fold import gate_params
 from ..head_params import GateParams
+from ..sources import StaticSource
 
 ALWAYS_TAU = 0.5
 F32_MAX = float(np.finfo(np.float32).max)
