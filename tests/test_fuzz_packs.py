@@ -71,12 +71,25 @@ def test_fuzzed_packs_end_in_pack_errors(base: fuzz.FuzzBase, worker: fuzz.FuzzW
 
 
 def test_fuzzed_control_vectors(base: fuzz.FuzzBase, worker: fuzz.FuzzWorker) -> None:
+    seen: set[str] = set()
+
     @settings(max_examples=120, **FAST)
     @given(case=base.strategy("control"))
     def run(case: object) -> None:
-        check(base, worker, "control", case)
+        seen.add(check(base, worker, "control", case).kind)
 
     run()
+    assert seen == {"ok", "typed"}  # refused vectors, and mutants that are still valid and load
+
+
+def test_short_campaign_reaches_accepted_and_refused_cases(base: fuzz.FuzzBase, worker: fuzz.FuzzWorker) -> None:
+    """What ``bench/fuzz_packs.py`` runs, in small: every target's strategy must produce inputs that load
+    and inputs that are refused, or the campaign's "no failures" would only cover one side."""
+    result = fuzz.run_campaign(base, worker, {"pack": 40, "control": 30, "model": 20}, seed=3)
+    assert result.cases == {"pack": 40, "control": 30, "model": 20}
+    assert not result.failures, result.summary()
+    for target in result.cases:
+        assert result.kinds(target) == {"ok", "typed"}, (target, result.outcomes[target])
 
 
 def test_fuzzed_model_headers_never_crash_llama_cpp(base: fuzz.FuzzBase, worker: fuzz.FuzzWorker) -> None:
@@ -113,6 +126,8 @@ def test_full_fuzz_campaign(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         print("\n" + result.summary())
     assert result.total >= 10_000
     assert not result.failures, result.summary()
+    for target in result.cases:  # every target's strategy reaches inputs that load and inputs that are refused
+        assert result.kinds(target) == {"ok", "typed"}, (target, result.outcomes[target])
 
 
 # ------------------------------------------------------------------------------------------ pinned findings

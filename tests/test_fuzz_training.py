@@ -3,7 +3,7 @@ files and JSONL data end in our typed errors, and no pickle in any of them runs 
 
 These are what ``extract``, ``train`` and ``convert`` read: files people download and share (official
 FineSteer ``.pth`` files, repeng vectors, checkpoints, data sets). Generated cases run in the fuzz worker
-(``finesteer_edge.testing.fuzz`` with ``fuzz_training``), so a crash, hang or big allocation is a failing
+(``finesteer_edge.testing.fuzz``, its training-side targets), so a crash, hang or big allocation is a failing
 outcome rather than a dead pytest. The fast tests run a few hundred derandomised cases; the slow ones run
 thousands and a sample through the real CLI; ``python bench/fuzz_packs.py`` runs them inside the 10,000-case
 campaign. Regression tests below pin what the fuzzer found (each failed before its fix).
@@ -28,13 +28,13 @@ from finesteer_edge.converters.importers.torch_checkpoints import import_torch_c
 from finesteer_edge.data import read_jsonl
 from finesteer_edge.errors import ActivationsError, CheckpointError, DataError
 from finesteer_edge.testing import fuzz
-from finesteer_edge.testing.fuzz import RawJSON
-from finesteer_edge.testing.fuzz_training import (
+from finesteer_edge.testing.fuzz import (
     ActivationsCase,
     CheckpointCase,
     CvecCase,
     JsonlCase,
     Payload,
+    RawJSON,
     TorchCase,
     TrainingBase,
     build_npy_case,

@@ -4,7 +4,7 @@ llama.cpp or onnxruntime prints cannot corrupt the protocol).
 
 Requests: ``{"op": "pack", "path"}``, ``{"op": "pack_run", "path", "model", "prompts"}``,
 ``{"op": "control", "path", "n_embd", "n_layer"}``, ``{"op": "model", "path", "pack"}``.
-Training-side requests (the worker started with ``--training``, see ``fuzz_training``):
+Training-side requests (the worker started with ``--training``, see ``training``):
 ``{"op": "checkpoint", "path", "model", "out"}``, ``{"op": "torch", "src", "model", "out", ...convert
 options}``, ``{"op": "cvec_import", "path", "model", "out", "strength", "gate_checkpoint"}`` (all three run
 ``convert`` to the end), ``{"op": "activations", "path", "train", "out"}`` and ``{"op": "jsonl", "task",
