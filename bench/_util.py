@@ -40,7 +40,7 @@ def smollm2() -> Path:
 
 def save(name: str, data: dict[str, Any], args: argparse.Namespace) -> Path:
     """Write results JSON, then re-render the report from all results present."""
-    from finesteer_edge.bench.quick import jsonable
+    from finesteer_edge.measure.quick import jsonable
 
     args.results_dir.mkdir(parents=True, exist_ok=True)
     path = args.results_dir / f"{name}.json"

@@ -20,9 +20,9 @@ from pathlib import Path
 import _util  # noqa: F401  (sets OPENBLAS_NUM_THREADS before numpy loads)
 from _util import base_parser, save, smollm2
 
-from finesteer_edge.bench.common import environment, loadavg, spread, text_table
-from finesteer_edge.bench.prompts import PROMPTS
-from finesteer_edge.bench.quick import VARIANTS, plan_packs, run_variants, summarize
+from finesteer_edge.measure.common import environment, loadavg, spread, text_table
+from finesteer_edge.measure.prompts import PROMPTS
+from finesteer_edge.measure.quick import VARIANTS, plan_packs, run_variants, summarize
 
 
 def main() -> None:

@@ -16,8 +16,8 @@ import time
 import _util  # noqa: F401  (sets OPENBLAS_NUM_THREADS before numpy loads)
 from _util import base_parser, save
 
-from finesteer_edge.bench.common import environment, loadavg, text_table
-from finesteer_edge.bench.head import HEAD_VARIANTS, head_latency, pack_sizes
+from finesteer_edge.measure.common import environment, loadavg, text_table
+from finesteer_edge.measure.head import HEAD_VARIANTS, head_latency, pack_sizes
 from finesteer_edge.train.mose import DEFAULT_MAX_HIDDEN as NARROW
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import _util  # noqa: F401  (sets OPENBLAS_NUM_THREADS before numpy loads)
 from _util import base_parser, save, smollm2
 
-from finesteer_edge.bench.common import environment, interleaved, loadavg, median, text_table
+from finesteer_edge.measure.common import environment, interleaved, loadavg, median, text_table
 
 VARIANTS = ("plain", "steered", "stock")
 N_CTX = 2048
@@ -29,8 +29,8 @@ N_CTX = 2048
 
 def worker(variant: str, model: str, pack: str) -> None:
     """Runs in the child process: print one JSON line with RSS at each stage."""
-    from finesteer_edge.bench.common import rss_bytes
-    from finesteer_edge.bench.prompts import SHORT_PROMPT
+    from finesteer_edge.measure.common import rss_bytes
+    from finesteer_edge.measure.prompts import SHORT_PROMPT
 
     stages = {"start": rss_bytes()}
     import llama_cpp  # noqa: F401
@@ -40,7 +40,7 @@ def worker(variant: str, model: str, pack: str) -> None:
     stages["imported"] = rss_bytes()
     messages = [{"role": "user", "content": SHORT_PROMPT}]
     if variant == "stock":
-        from finesteer_edge.bench.turns import open_stock_llama, stock_turn
+        from finesteer_edge.measure.turns import open_stock_llama, stock_turn
 
         with SteeredLlama(model, None, n_threads=2, n_ctx=512) as tok_llm:
             tokens = tok_llm.prompt_tokens(messages)
@@ -66,8 +66,8 @@ def head_worker(path: str, d: int, how: str) -> None:
 
     import onnxruntime  # noqa: F401
 
-    from finesteer_edge.bench.common import rss_bytes
-    from finesteer_edge.bench.head import ort_session
+    from finesteer_edge.measure.common import rss_bytes
+    from finesteer_edge.measure.head import ort_session
     from finesteer_edge.pack.head import HeadRunner
 
     before = rss_bytes()["rss"]
@@ -81,8 +81,8 @@ def head_worker(path: str, d: int, how: str) -> None:
 
 
 def head_rss(dims: tuple[int, ...]) -> dict[str, dict[str, int]]:
-    from finesteer_edge.bench.head import random_unfolded_head
     from finesteer_edge.converters.onnx_head import build_head_onnx
+    from finesteer_edge.measure.head import random_unfolded_head
 
     out = {}
     with tempfile.TemporaryDirectory(prefix="fse-bench-headmem-") as tmp:
@@ -112,7 +112,7 @@ def main() -> None:
     if args.quick:
         args.rounds = 1
     model = smollm2()
-    from finesteer_edge.bench.quick import plan_packs
+    from finesteer_edge.measure.quick import plan_packs
 
     with tempfile.TemporaryDirectory(prefix="fse-bench-mem-") as tmp:
         plan = plan_packs(model, None, Path(tmp))

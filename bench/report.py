@@ -377,7 +377,7 @@ def section_targets(dec: dict[str, Any] | None, head: dict[str, Any] | None, tr:
 
 
 def _md(headers: list[str], rows: list[list[Any]]) -> str:
-    from finesteer_edge.bench.common import md_table
+    from finesteer_edge.measure.common import md_table
 
     return md_table(headers, rows)
 

@@ -27,8 +27,8 @@ import _util  # noqa: F401  (sets OPENBLAS_NUM_THREADS before numpy loads)
 import numpy as np
 from _util import base_parser, save, smollm2
 
-from finesteer_edge.bench.common import environment, interleaved, loadavg, median, text_table
-from finesteer_edge.bench.prompts import LONG_PROMPT
+from finesteer_edge.measure.common import environment, interleaved, loadavg, median, text_table
+from finesteer_edge.measure.prompts import LONG_PROMPT
 
 LENGTHS = (64, 256, 512, 1024)
 SHAPES = ((256, 8), (256, 32), (1024, 8), (1024, 32))
@@ -52,7 +52,7 @@ def prompt_of_length(llm: Any, target: int) -> list[dict[str, str]]:
 
 
 def part_prompt_length(model: Path, threads: int, rounds: int, lengths: tuple[int, ...]) -> list[dict[str, Any]]:
-    from finesteer_edge.bench.quick import plan_packs, run_variants, summarize
+    from finesteer_edge.measure.quick import plan_packs, run_variants, summarize
 
     groups = []
     with tempfile.TemporaryDirectory(prefix="fse-bench-scale-") as tmp:
@@ -88,7 +88,7 @@ def part_multi_turn(model: Path, threads: int, rounds: int) -> dict[str, Any]:
     Turn 1 is the long prompt; turn 2 appends a fixed assistant reply and a short follow-up, so every
     variant prefills the same new tokens on top of the same cached history.
     """
-    from finesteer_edge.bench.quick import close_variant, open_variant, plan_packs
+    from finesteer_edge.measure.quick import close_variant, open_variant, plan_packs
 
     names = ("plain", "gate_closed", "gate_open_fast", "gate_open_exact")
     u1 = {"role": "user", "content": LONG_PROMPT}

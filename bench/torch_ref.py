@@ -27,9 +27,9 @@ from typing import Any
 import _util  # noqa: F401  (sets OPENBLAS_NUM_THREADS before numpy loads)
 from _util import base_parser, save, smollm2
 
-from finesteer_edge.bench.common import environment, interleaved, loadavg, median, ratio, text_table
-from finesteer_edge.bench.prompts import PROMPTS
-from finesteer_edge.bench.turns import TurnTiming, steered_turn
+from finesteer_edge.measure.common import environment, interleaved, loadavg, median, ratio, text_table
+from finesteer_edge.measure.prompts import PROMPTS
+from finesteer_edge.measure.turns import TurnTiming, steered_turn
 
 VARIANTS = ("torch_plain", "torch_steered", "ours_plain", "ours_exact", "ours_plain_q4_0")
 
@@ -68,7 +68,7 @@ class TorchFineSteer:
         ).eval()
         self.gate_layer, self.steer_layer = gate_layer, steer_layer
         d = self.model.config.hidden_size
-        from finesteer_edge.bench.head import random_unfolded_head
+        from finesteer_edge.measure.head import random_unfolded_head
 
         u = random_unfolded_head(d, seed=seed)
         t = {k: torch.from_numpy(v.copy()) for k, v in vars(u).items() if hasattr(v, "shape")}
@@ -148,7 +148,7 @@ def main() -> None:
         args.rounds, args.max_tokens = 1, 16
     import torch
 
-    from finesteer_edge.bench.quick import plan_packs, random_layers
+    from finesteer_edge.measure.quick import plan_packs, random_layers
     from finesteer_edge.model_info import read_model_info
     from finesteer_edge.steered import SteeredLlama
 

@@ -41,8 +41,8 @@ def bench_cmd(
     medians, ratios are against "plain" (our loop without a pack). Timings depend on machine load: the load
     average is printed with the results.
     """
-    from finesteer_edge.bench.prompts import SHORT_PROMPT
-    from finesteer_edge.bench.quick import format_report, jsonable, run_quick_bench
+    from finesteer_edge.measure.prompts import SHORT_PROMPT
+    from finesteer_edge.measure.quick import format_report, jsonable, run_quick_bench
     from finesteer_edge.model_info import read_model_info
     from finesteer_edge.resolve import default_pack_for, resolve_model, resolve_pack
 

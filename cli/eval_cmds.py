@@ -4,7 +4,7 @@ Safety: refusal on harmful prompts and over-refusal on benign / borderline promp
 answers, judged by finesteer_edge.evaluation.refusal). TruthfulQA: MC1 from the model's own
 log-likelihood. Methods base, caa, cast, mose, finesteer (exact and fast) run on the same prompts in
 one process; with several ``--strengths`` each method's strength is chosen on the validation split
-and results are reported on the test split. The report for docs/ is ``bench/run_eval.py``.
+and results are reported on the test split. The report for docs/ is ``scripts/run_eval.py``.
 """
 
 from __future__ import annotations

@@ -85,9 +85,9 @@ def test_unfolded_head_matches_folded(gate_kind: str) -> None:
     import onnx
     import onnxruntime as ort
 
-    from finesteer_edge.bench.head import random_unfolded_head
     from finesteer_edge.converters.onnx_head import build_head_onnx
     from finesteer_edge.converters.onnx_unfolded import build_unfolded_head_onnx
+    from finesteer_edge.measure.head import random_unfolded_head
 
     d, n_experts, k = 48, 8, 10
     unfolded = random_unfolded_head(d, n_experts=n_experts, basis_rank=k, gate_kind=gate_kind, seed=7)
@@ -118,7 +118,7 @@ def test_unfolded_head_matches_folded(gate_kind: str) -> None:
 
 
 def test_head_latency_and_pack_size_mechanics() -> None:
-    from finesteer_edge.bench.head import HEAD_VARIANTS, head_latency, pack_sizes
+    from finesteer_edge.measure.head import HEAD_VARIANTS, head_latency, pack_sizes
 
     r = head_latency(32, rounds=3)
     for v in HEAD_VARIANTS:

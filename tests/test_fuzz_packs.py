@@ -3,7 +3,7 @@ pack failure stops generation (fail closed) unless ``allow_unsteered`` says othe
 
 Generated cases run in a worker process (``finesteer_edge.testing.fuzz``), because llama.cpp aborts on
 some malformed models: a crash, hang or big allocation there is a failing outcome, not a dead pytest.
-The fast tests run a few hundred derandomised cases; the slow test and ``bench/fuzz_packs.py`` run
+The fast tests run a few hundred derandomised cases; the slow test and ``scripts/fuzz_packs.py`` run
 >= 10,000. Regression tests below pin the inputs the fuzzer found (each failed before its fix).
 """
 
@@ -83,7 +83,7 @@ def test_fuzzed_control_vectors(base: fuzz.FuzzBase, worker: fuzz.FuzzWorker) ->
 
 
 def test_short_campaign_reaches_accepted_and_refused_cases(base: fuzz.FuzzBase, worker: fuzz.FuzzWorker) -> None:
-    """What ``bench/fuzz_packs.py`` runs, in small: every target's strategy must produce inputs that load
+    """What ``scripts/fuzz_packs.py`` runs, in small: every target's strategy must produce inputs that load
     and inputs that are refused, or the campaign's "no failures" would only cover one side."""
     result = fuzz.run_campaign(base, worker, {"pack": 40, "control": 30, "model": 20}, seed=3)
     assert result.cases == {"pack": 40, "control": 30, "model": 20}
@@ -114,10 +114,10 @@ def test_fuzzed_loadable_packs_run_on_llama_cpp(base: fuzz.FuzzBase, worker: fuz
 
 @pytest.mark.slow
 def test_full_fuzz_campaign(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """>= 10,000 generated cases in one bounded run (the same as ``python bench/fuzz_packs.py``)."""
+    """>= 10,000 generated cases in one bounded run (the same as ``python scripts/fuzz_packs.py``)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("fuzz_packs", Path(__file__).parents[1] / "bench" / "fuzz_packs.py")
+    spec = importlib.util.spec_from_file_location("fuzz_packs", Path(__file__).parents[1] / "scripts" / "fuzz_packs.py")
     assert spec and spec.loader
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -5,7 +5,7 @@ These are what ``extract``, ``train`` and ``convert`` read: files people downloa
 FineSteer ``.pth`` files, repeng vectors, checkpoints, data sets). Generated cases run in the fuzz worker
 (``finesteer_edge.testing.fuzz``, its training-side targets), so a crash, hang or big allocation is a failing
 outcome rather than a dead pytest. The fast tests run a few hundred derandomised cases; the slow ones run
-thousands and a sample through the real CLI; ``python bench/fuzz_packs.py`` runs them inside the 10,000-case
+thousands and a sample through the real CLI; ``python scripts/fuzz_packs.py`` runs them inside the 10,000-case
 campaign. Regression tests below pin what the fuzzer found (each failed before its fix).
 """
 
@@ -110,7 +110,7 @@ def test_training_fuzz_campaign(tmp_path: Path, capsys: pytest.CaptureFixture[st
     """3,000 generated training-side cases (the 10,000-case campaign holds another 3,200)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("fuzz_packs", Path(__file__).parents[1] / "bench" / "fuzz_packs.py")
+    spec = importlib.util.spec_from_file_location("fuzz_packs", Path(__file__).parents[1] / "scripts" / "fuzz_packs.py")
     assert spec and spec.loader
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

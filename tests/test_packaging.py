@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = {"finesteer_edge": ROOT / "finesteer_edge", "finesteer_edge.converters": ROOT / "converters",
                 "finesteer_edge.cli": ROOT / "cli"}
 """Where each first-party package lives in the checkout (pyproject's package-dir mapping)."""
-SCRIPT_DIRS = [ROOT / "bench"]
+SCRIPT_DIRS = [ROOT / "bench", ROOT / "scripts"]
 """Folders of scripts that import each other by bare name (``import _util``), with their own folder on sys.path."""
 
 

@@ -6,7 +6,7 @@
 - :mod:`.runner`: base / CAA / CAST-style / MoSE / FineSteer (exact, fast) on the same prompts, strength
   chosen on validation, reported on test, with gate-closed answers shared (and verified) across methods.
 - :mod:`.executors`: tasks in this process or in worker processes.
-- :mod:`.suite`: one suite end to end with provenance (used by ``finesteer-edge eval`` and bench/run_eval.py).
+- :mod:`.suite`: one suite end to end with provenance (used by ``finesteer-edge eval`` and scripts/run_eval.py).
 - :mod:`.fidelity`: the runtime vs a torch reference of the same GGUF (needs torch + transformers).
 - :mod:`.plots`, :mod:`.report`: PNGs and docs/RESULTS.md, rendered from the results dict only.
 """

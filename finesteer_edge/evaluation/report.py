@@ -226,7 +226,7 @@ def _fidelity_table(fid: dict[str, dict[str, Any]]) -> str:
 def render_markdown(report: dict[str, Any], analysis: str | None = None) -> str:
     """RESULTS.md text from the report dict alone, plus an optional hand-written analysis after the targets.
 
-    The analysis (``bench/eval_notes.md``) interprets the numbers; it is kept out of results.json so
+    The analysis (``scripts/eval_notes.md``) interprets the numbers; it is kept out of results.json so
     that every generated number still comes from the dict.
     """
     L: list[str] = []
@@ -345,7 +345,7 @@ def write_report(report: dict[str, Any], out_dir: Path, *, name: str = "RESULTS.
 
 def text_summary(res: dict[str, Any]) -> str:
     """Terminal table of one suite's results (the CLI without --json)."""
-    from ..bench.common import text_table
+    from ..measure.common import text_table
 
     if res["suite"] == "safety":
         rows = [[r[0], r[4], r[5], r[6], r[7], r[8], r[10]] for r in safety_rows(res)]

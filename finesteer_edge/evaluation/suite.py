@@ -1,6 +1,6 @@
 """One evaluation suite end to end: load model + pack + data, run the methods, attach provenance.
 
-Shared by ``finesteer-edge eval`` and ``bench/run_eval.py`` so the CLI and the report always run the
+Shared by ``finesteer-edge eval`` and ``scripts/run_eval.py`` so the CLI and the report always run the
 same code. The returned dict is JSON-ready; it records what a number needs to be judged later: the
 model's and the pack's sha256, every data file's sha256 and how many rows were used, thread count,
 versions, load average, and wall time.
@@ -70,14 +70,14 @@ def pack_identity(pack_dir: Path) -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str]:
-    from ..bench.common import versions
+    from ..measure.common import versions
 
     return versions()
 
 
 def run_suite(cfg: SuiteConfig, *, generations_path: Path | None = None) -> dict[str, Any]:
     """Run one suite and return its results with provenance (see the module docstring)."""
-    from ..bench.common import cpu_model, loadavg
+    from ..measure.common import cpu_model, loadavg
     from ..steered import SteeredLlama
 
     if cfg.suite not in SUITES:

@@ -3,7 +3,7 @@
 A pack is a file users download and share, and a model file is read by our header check before
 llama.cpp sees it, so both must end in one of our typed errors whatever their bytes are; so must the
 files ``extract``, ``train`` and ``convert`` read. The fast tests (``tests/test_fuzz_packs.py``,
-``tests/test_fuzz_training.py``) and the long run (``bench/fuzz_packs.py``) share these modules:
+``tests/test_fuzz_training.py``) and the long run (``scripts/fuzz_packs.py``) share these modules:
 
 - ``core``: byte and JSON edits, shared value tables, the pickle payload, the hypothesis strategies
   (hypothesis is imported lazily: a dev dependency);

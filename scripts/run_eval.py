@@ -7,9 +7,9 @@ fidelity check of each pack against a torch reference (needs torch + transformer
 skips it). RESULTS.md is rendered from results.json after it was written, and the targets of the
 issue are computed from the numbers.
 
-    python bench/run_eval.py                      # the full report into docs/ (packs: the bundled ones)
-    python bench/run_eval.py --limit 8 --out /tmp/r --random-packs   # mechanics check in ~a minute
-    python bench/run_eval.py --render-only        # re-render docs/RESULTS.md from docs/results.json
+    python scripts/run_eval.py                      # the full report into docs/ (packs: the bundled ones)
+    python scripts/run_eval.py --limit 8 --out /tmp/r --random-packs   # mechanics check in ~a minute
+    python scripts/run_eval.py --render-only        # re-render docs/RESULTS.md from docs/results.json
 
 With ``--random-packs`` the packs are random ones made for the model (marked as such in the report);
 that only tests the machinery, e.g. on the tiny test model.
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rendered {paths['markdown']}", file=sys.stderr)
         return 0
     t0 = time.perf_counter()
-    command = "python bench/run_eval.py" + "".join(" " + shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "python scripts/run_eval.py" + "".join(" " + shlex.quote(a) for a in (argv or sys.argv[1:]))
     model = args.model or pull("smollm2-135m-instruct", show_progress=False)
     root = args.data or default_data_dir()
     if root is None:
