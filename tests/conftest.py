@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,16 @@ def shared_data() -> Path:
     # Shipped with the package: a missing folder is a broken checkout or wheel, a failure, never a skip.
     assert SHARED_DATA.is_dir(), f"curated data not found at {SHARED_DATA}"
     return SHARED_DATA
+
+
+def load_script(relpath: str) -> types.ModuleType:
+    """A script of the repository (e.g. ``scripts/fuzz_packs.py``) imported as a module, to call its functions."""
+    path = Path(__file__).resolve().parents[1] / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec and spec.loader, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, input: str | None = None,

@@ -34,7 +34,7 @@ from finesteer_edge.pack.manifest import parse_manifest
 from finesteer_edge.testing import fuzz
 from finesteer_edge.testing.packs import make_random_pack, random_head
 
-from .conftest import run_cli
+from .conftest import load_script, run_cli
 
 FAST = dict(derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -115,13 +115,7 @@ def test_fuzzed_loadable_packs_run_on_llama_cpp(base: fuzz.FuzzBase, worker: fuz
 @pytest.mark.slow
 def test_full_fuzz_campaign(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """>= 10,000 generated cases in one bounded run (the same as ``python scripts/fuzz_packs.py``)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("fuzz_packs", Path(__file__).parents[1] / "scripts" / "fuzz_packs.py")
-    assert spec and spec.loader
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    result = bench.run(10_000, seed=1, workdir=tmp_path, quiet=True)
+    result = load_script("scripts/fuzz_packs.py").run(10_000, seed=1, workdir=tmp_path, quiet=True)
     with capsys.disabled():  # the count and time belong in the CI log, not only on failure
         print("\n" + result.summary())
     assert result.total >= 10_000

@@ -43,7 +43,7 @@ from finesteer_edge.train.activations import load_activations
 from finesteer_edge.train.checkpoint import load_checkpoint, load_torch_weights
 from finesteer_edge.train.tasks import load_items
 
-from .conftest import run_cli
+from .conftest import load_script, run_cli
 
 FAST = dict(derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
 COUNTS = {"checkpoint": 70, "torch": 70, "cvec_import": 40, "activations": 50, "jsonl": 70}
@@ -108,17 +108,14 @@ def test_fuzzed_activations_through_train(base: fuzz.FuzzBase, tb: TrainingBase,
 @pytest.mark.slow
 def test_training_fuzz_campaign(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """3,000 generated training-side cases (the 10,000-case campaign holds another 3,200)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("fuzz_packs", Path(__file__).parents[1] / "scripts" / "fuzz_packs.py")
-    assert spec and spec.loader
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    result = bench.run(3_000, seed=11, workdir=tmp_path, quiet=True, targets=fuzz.TRAINING_TARGETS)
+    campaign = load_script("scripts/fuzz_packs.py")
+    result = campaign.run(3_000, seed=11, workdir=tmp_path, quiet=True, targets=fuzz.TRAINING_TARGETS)
     with capsys.disabled():
         print("\n" + result.summary())
     assert result.total >= 3_000
     assert not result.failures, result.summary()
+    for target in result.cases:  # every target's strategy reaches inputs that load and inputs that are refused
+        assert result.kinds(target) == {"ok", "typed"}, (target, result.outcomes[target])
 
 
 # ------------------------------------------------------------------------------------------ no code execution
