@@ -184,15 +184,53 @@ def _gate_table(gate: dict[str, Any]) -> str:
     return md_table(["group", "prompts", "gate open", f"AUROC vs {gate['targets']}"], rows)
 
 
+def _packaged_sums() -> dict[str, str]:
+    """``{relative path: sha256}`` of the data shipped in the package (its SHA256SUMS file)."""
+    from .datasets import PACKAGED_DATA
+
+    sums = PACKAGED_DATA / "SHA256SUMS"
+    if not sums.is_file():
+        return {}
+    pairs = (line.split(None, 1) for line in sums.read_text(encoding="utf-8").splitlines() if line.strip())
+    return {rel.strip(): digest for digest, rel in pairs}
+
+
+def display_data_path(path: str, sha256: str) -> str:
+    """The data file as a reader of the repository can find it.
+
+    A file whose last two path parts and sha256 match a file shipped in ``finesteer_edge/datasets`` is shown
+    at that packaged path (the hash proves it is the same bytes, wherever the run read it from); any other
+    file keeps the path the run recorded.
+    """
+    parts = Path(path).parts
+    rel = "/".join(parts[-2:])
+    if len(parts) >= 2 and _packaged_sums().get(rel) == sha256:
+        return f"finesteer_edge/datasets/{rel}"
+    return path
+
+
+def display_pack_path(path: str, manifest_sha256: str | None) -> str:
+    """A bundled pack is shown as ``finesteer_edge/packs/NAME`` when its manifest's sha256 still matches."""
+    from ..data import file_sha256
+
+    name = Path(path).name
+    bundled = Path(__file__).resolve().parents[1] / "packs" / name / "manifest.json"
+    if manifest_sha256 and bundled.is_file() and file_sha256(bundled) == manifest_sha256:
+        return f"finesteer_edge/packs/{name}"
+    return path
+
+
 def _data_table(res: dict[str, Any]) -> str:
-    rows = [[k, f"`{v['path']}`", v["n_used"], f"`{v['sha256']}`"] for k, v in res["data"].items()]
+    rows = [[k, f"`{display_data_path(v['path'], v['sha256'])}`", v["n_used"], f"`{v['sha256']}`"]
+            for k, v in res["data"].items()]
     return md_table(["file", "path", "rows used", "sha256"], rows)
 
 
 def _pack_lines(res: dict[str, Any]) -> list[str]:
     p = res["pack"]
     prov = p.get("provenance") or {}
-    lines = [f"- pack `{p['name']}` at `{p['path']}`, manifest sha256 `{p['manifest_sha256']}`",
+    lines = [f"- pack `{p['name']}` at `{display_pack_path(p['path'], p.get('manifest_sha256'))}`, manifest sha256 "
+             f"`{p['manifest_sha256']}`",
              f"- layers {p.get('layers')}, tau {p.get('tau')}, alpha {p.get('alpha')}, gate {p.get('gate')}, "
              f"experts {p.get('experts')}"]
     if p.get("warning"):
@@ -202,6 +240,35 @@ def _pack_lines(res: dict[str, Any]) -> list[str]:
     if prov.get("kind") == "random":
         lines.append("- **RANDOM PACK: these numbers test the machinery only and say nothing about steering.**")
     return lines
+
+
+TRAINING_HEADERS = (
+    "gate layer", "gate recall (val)", "gate false positives: all negatives / benign / borderline (val)",
+    "gate AUROC (val)", "MoSE cosine to true shift (val)", "mean-vector cosine (val)",
+    "MoSE norm targets / negatives (val)", "true shift norm (val)", "K", "Calinski-Harabasz by K",
+)
+
+
+def _training_table(res: dict[str, Any]) -> str | None:
+    """The pack's own training report (validation split), as ``finesteer-edge train`` stored it in the manifest.
+
+    Read from the suite's copy of the manifest provenance, so the analysis can quote training figures
+    (cosines, norms, cluster scores) that no evaluation run recomputes; None for packs without a report.
+    """
+    tr = ((res.get("pack") or {}).get("provenance") or {}).get("training") or {}
+    rep, met = tr.get("report") or {}, tr.get("metrics") or {}
+    gate, mose = met.get("gate_val") or (rep.get("gate") or {}).get("val") or {}, met.get("mose_val") or {}
+    if not gate and not mose:
+        return None
+    ch = (rep.get("experts") or {}).get("calinski_harabasz") or {}
+    chs = ", ".join(f"{k}: {v:.1f}" for k, v in sorted(ch.items(), key=lambda kv: int(kv[0]))) or "n/a"
+    row = [(rep.get("gate") or {}).get("layer", "n/a"), num(gate.get("recall")),
+           f"{num(gate.get('fpr'))} / {num(gate.get('fpr_benign'))} / {num(gate.get('fpr_borderline'))}",
+           num(gate.get("auroc")),
+           num(mose.get("val_cosine")), num(mose.get("val_cosine_mean_vector")),
+           f"{num(mose.get('val_norm_targets'), 1)} / {num(mose.get('val_norm_negatives'), 1)}",
+           num(mose.get("true_norm_targets"), 1), (rep.get("experts") or {}).get("K", "n/a"), chs]
+    return md_table(TRAINING_HEADERS, [row])
 
 
 FIDELITY_HEADERS = ("pack", "prompts", "gate agreement", "disagreements", "abs score diff median", "abs score diff max",
@@ -270,6 +337,9 @@ def render_markdown(report: dict[str, Any], analysis: str | None = None) -> str:
         if res.get("sweep"):
             L += ["### Validation sweep (strength selection)", "", _sweep_table(res), ""]
         L += ["### Gate (test split)", "", _gate_table(res["gate"]), ""]
+        tt = _training_table(res)
+        if tt:
+            L += ["### The pack's training report (validation split, stored in its manifest by `train`)", "", tt, ""]
         L += ["### Data", "", _data_table(res), ""]
         rc = res.get("reuse_check")
         if rc:
@@ -293,6 +363,9 @@ def render_markdown(report: dict[str, Any], analysis: str | None = None) -> str:
         if res.get("sweep"):
             L += ["### Validation sweep (strength selection)", "", _sweep_table(res), ""]
         L += ["### Gate (test split)", "", _gate_table(res["gate"]), ""]
+        tt = _training_table(res)
+        if tt:
+            L += ["### The pack's training report (validation split, stored in its manifest by `train`)", "", tt, ""]
         L += ["### Data", "", _data_table(res), ""]
         t = res["timing"]
         L.append(f"Timing: {num(t.get('seconds_wall'), 0)} s wall, {num(t.get('cpu_seconds'), 0)} s CPU, "
