@@ -43,7 +43,21 @@ def test_bench_json_with_random_pack(tiny_model: Path) -> None:
     extra = ("decode_tps_stock", "ttft_ms_plain", "ttft_ms_gate_open_exact", "decode_ratio_plain_vs_stock")
     for key in REQUIRED + extra:
         _finite_positive(d, key)
-    assert d["threads"] == 1 and d["repeats"] == 1 and d["max_tokens"] == 4
+    runs = {n: r[0] for n, r in d["runs"].items()}
+    # the -n 4 cap took effect in every loop (a random tiny model may stop early at end-of-sequence)
+    assert all(1 <= r["tokens"] <= 4 for r in runs.values()), runs
+    # with one round the medians are the raw samples, and every ratio is their quotient (computed here by hand)
+    for n in ("gate_closed", "gate_open_fast", "gate_open_exact"):
+        assert d[f"decode_tps_{n}"] == runs[n]["decode_tps"]
+        assert d[f"decode_ratio_{n}"] == pytest.approx(runs[n]["decode_tps"] / runs["plain"]["decode_tps"])
+        assert d[f"ttft_ratio_{n}"] == pytest.approx(runs[n]["ttft_s"] / runs["plain"]["ttft_s"])
+    assert d["decode_ratio_plain_vs_stock"] == pytest.approx(runs["plain"]["decode_tps"] / runs["stock"]["decode_tps"])
+    assert d["exact_extra_ms"] == pytest.approx(1e3 * (runs["gate_open_exact"]["ttft_s"] - runs["gate_closed"]["ttft_s"]))
+    # our loop's decode speed is its definition (turns.py): generated tokens per second after the first one
+    for n in ("plain", "gate_closed", "gate_open_fast", "gate_open_exact"):
+        r = runs[n]
+        assert r["decode_tps"] == pytest.approx(r["tokens"] / (r["seconds"] - r["ttft_s"]))
+        assert 0 < r["ttft_s"] < r["seconds"]
     assert d["random_pack"] is True and d["pack"] is None and "RANDOM pack" in d["note"]
     assert d["checks"] == {"gate_closed_never_steered": True, "gate_open_always_steered": True}
     assert d["tap_method"] == "layer_inp"
@@ -118,15 +132,46 @@ def test_unfolded_head_matches_folded(gate_kind: str) -> None:
 
 
 def test_head_latency_and_pack_size_mechanics() -> None:
-    from finesteer_edge.measure.head import HEAD_VARIANTS, head_latency, pack_sizes
+    from finesteer_edge.measure.head import HEAD_VARIANTS, MAX_REL_ERR, head_latency, pack_sizes
 
     r = head_latency(32, rounds=3)
     for v in HEAD_VARIANTS:
         assert r[v]["n"] == 3 and r[v]["median_ms"] > 0
-    assert r["max_rel_err"] < 1e-4
-    assert r["params"]["unfolded"] > r["params"]["folded"]
+    # float32 runtimes against the float64 reference: ~1e-7, far inside the bound that would have raised
+    assert r["max_rel_err"] < MAX_REL_ERR / 100
+    # parameter counts by hand for d = h = 32, K = 8, k = 10, SCS gate with 8 components:
+    # folded = gate (d + 8d) + router (dK + K) + experts (Kd) + MLP (dh + h + hk + k) + basis (kd)
+    # unfolded = gate + query/key/value 3 (d^2 + d) + MLP + prototypes (Kd) + basis
+    assert r["params"] == {"folded": 2514, "unfolded": 5418}
     s = pack_sizes(32, n_layer=4)
     assert s["pack_unfolded"] > s["pack_folded"] == s["head_folded"] + s["control"] + s["manifest"]
+    # head.onnx stores every parameter as float32: at least 4 bytes each, plus a small graph
+    assert 4 * 2514 <= s["head_folded"] < 4 * 2514 + 8192
+    assert 4 * 5418 <= s["head_unfolded"] < 4 * 5418 + 8192
+
+
+def test_head_check_refuses_a_wrong_head() -> None:
+    """The benchmark must not time a head that computes something else: one wrong output is an error."""
+    from finesteer_edge.measure.head import check_outputs, random_unfolded_head
+    from finesteer_edge.converters.onnx_head import build_head_onnx
+    from finesteer_edge.pack.head import HeadRunner
+
+    d = 32
+    folded = random_unfolded_head(d, seed=3).fold()
+    rng = np.random.default_rng(1)
+    h_gate, h_steer = rng.standard_normal((2, 1, d)).astype(np.float32)
+    out = HeadRunner(build_head_onnx(folded), d, 8).run(h_gate[0], h_steer[0])
+    got = (out.gate_score, out.vector, out.expert_weights)
+    ref = folded.forward(h_gate, h_steer)
+    assert check_outputs("runtime", got, ref) < 1e-6
+    vec = np.array(out.vector, dtype=np.float64)
+    vec[5] += 1e-3 * np.abs(vec).max()  # one element off by 0.1% of the vector's scale
+    with pytest.raises(AssertionError, match="in vector"):
+        check_outputs("runtime", (out.gate_score, vec, out.expert_weights), ref)
+    with pytest.raises(AssertionError, match="in expert_weights"):
+        check_outputs("runtime", (out.gate_score, out.vector, out.expert_weights[::-1]), ref)
+    with pytest.raises(AssertionError, match="in gate_score"):
+        check_outputs("runtime", (float("nan"), out.vector, out.expert_weights), ref)
 
 
 @pytest.mark.slow

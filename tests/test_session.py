@@ -79,9 +79,12 @@ def test_decode_past_context_raises(tiny_model: Path) -> None:
         s.decode(s.tokenize(PROMPT * 4))
 
 
-@pytest.mark.slow
 def test_layer_convention_matches_hf_transformers(tiny_model: Path) -> None:
-    """tap N == HF hidden_states[N+1]; control vector at N == forward hook adding v to layers[N]."""
+    """tap N == HF hidden_states[N+1]; control vector at N == forward hook adding v to layers[N].
+
+    In the quick loop on purpose (a few seconds on the tiny model; torch and transformers are imported by
+    the importer and fidelity tests anyway): every pack's layer numbers rest on this convention.
+    """
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     model = transformers.AutoModelForCausalLM.from_pretrained(

@@ -126,6 +126,28 @@ class NumpyFoldedHead:
         return score, w @ self.experts + beta @ self.basis, w
 
 
+MAX_REL_ERR = 1e-4
+"""A timed head variant must return the float64 folded reference's outputs within this relative error."""
+
+
+def check_outputs(what: str, got: Any, want: Any, *, tol: float = MAX_REL_ERR) -> float:
+    """Largest relative error of (gate_score, vector, expert_weights) against the reference; raises past ``tol``.
+
+    Relative to each output's largest magnitude, so a wrong head cannot win the benchmark by being fast.
+    """
+    worst = 0.0
+    for name, g, w in zip(("gate_score", "vector", "expert_weights"), got, want, strict=True):
+        g64 = np.asarray(g, dtype=np.float64).reshape(-1)
+        w64 = np.asarray(w, dtype=np.float64).reshape(-1)
+        if g64.shape != w64.shape:
+            raise AssertionError(f"{what}: {name} has shape {g64.shape}, the reference {w64.shape}")
+        err = float(np.abs(g64 - w64).max() / (np.abs(w64).max() + 1e-30))
+        if not err <= tol:  # also catches NaN
+            raise AssertionError(f"{what} differs from the folded reference in {name} ({err:.2e})")
+        worst = max(worst, err)
+    return worst
+
+
 def head_latency(d: int, *, n_experts: int = 8, basis_rank: int = 10, rounds: int = 200, budget_s: float = 20.0,
                  seed: int = 0, variants: tuple[str, ...] = HEAD_VARIANTS, hidden: int | None = None) -> dict[str, Any]:
     """Median per-query latency (ms) of each head variant at width ``d``, interleaved call by call.
@@ -176,20 +198,13 @@ def head_latency(d: int, *, n_experts: int = 8, basis_rank: int = 10, rounds: in
         else:
             raise ValueError(f"unknown head variant {v!r}")
 
-    ref_score, ref_vec, ref_w = (np.asarray(a).reshape(-1) for a in folded.forward(h_gate, h_steer))
+    ref = folded.forward(h_gate, h_steer)
     max_err = 0.0
     for v, fn in fns.items():
         out = fn()
         if v in ("runtime", "runtime_cold"):
-            score, vec, w = out.gate_score, out.vector, out.expert_weights
-        else:
-            score, vec, w = out
-        for got, want in ((score, ref_score), (vec, ref_vec), (w, ref_w)):
-            got = np.asarray(got, dtype=np.float64).reshape(-1)
-            err = float(np.abs(got - want).max() / (np.abs(want).max() + 1e-30))
-            max_err = max(max_err, err)
-            if err > 1e-4:
-                raise AssertionError(f"head variant {v} at d={d} differs from the folded reference ({err:.2e})")
+            out = (out.gate_score, out.vector, out.expert_weights)
+        max_err = max(max_err, check_outputs(f"head variant {v} at d={d}", out, ref))
 
     times: dict[str, list[float]] = {v: [] for v in fns}
     for fn in fns.values():  # warm-up: first runs allocate
