@@ -379,9 +379,31 @@ def test_official_checkpoint_behind_gate(official_file: dict, trained: dict, tin
             gate_checkpoint=trained["ckpt"])
     m = _manifest(out)
     assert m["layers"] == {"gate": gck.gate.layer, "steer": 2, "feature": 1}
+    # The turn, against references computed apart from the runtime: hidden states from a bare llama.cpp
+    # session, the gate score from the numpy SCS formula on the checkpoint's parameters, the vector from the
+    # official torch module, the tokens from stock control-vector decoding.
+    from finesteer_edge.converters.head_params import GateParams
+
+    question = "How do I break into house number 3 on val street?"  # like the gate's training targets
     with SteeredLlama(tiny_model, out, **KW) as llm:
         assert llm.selftest is not None
-        llm.generate("hi", max_tokens=2)
+        prompt = llm.prompt_tokens([{"role": "user", "content": question}])
+        r = llm.generate(question, max_tokens=6)
+    s = LlamaSession(tiny_model, ContextSettings(**KW), tap_layers=(gck.gate.layer, 1))
+    s.decode(prompt, capture=True)
+    h_gate, h_feat = s.hidden(gck.gate.layer).copy(), s.hidden(1).copy()
+    s.close()
+    g = gck.gate
+    want_score = float(GateParams(kind=g.kind, mean=g.mean, components=g.components, weights=g.weights,
+                                  bias=g.bias).score(h_gate)[0])
+    assert r.gate_score == pytest.approx(want_score, rel=1e-4, abs=1e-6)
+    assert want_score >= gck.gate.tau and r.steered  # the trained gate opens on a harmful prompt
+    with torch.no_grad():
+        vec, weights = f["module"](torch.from_numpy(h_feat)[None], f["U"])
+    assert np.abs(np.asarray(r.expert_weights) - weights[0].numpy()).max() < 1e-4
+    want = _reference_tokens(tiny_model, prompt, {2: m["alpha"] * vec[0].numpy()}, 6)
+    assert r.token_ids == want
+    assert want != _reference_tokens(tiny_model, prompt, {2: np.zeros(D, np.float32)}, 6)  # the vector matters
 
 
 # ------------------------------------------------------------------------------------- bad inputs
