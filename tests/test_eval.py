@@ -327,6 +327,8 @@ def test_report_numbers_equal_the_json(tiny_model: Path, eval_setup: dict[str, P
                       test={g: f[g] for g in ("harmful", "benign", "borderline")}, methods=expand_methods(None),
                       strengths=[1.0], max_tokens=4, threads=1, progress=False, command="pytest")
     res = run_suite(cfg)
+    # the random tiny model refuses nothing, so give one method rates whose cells are known by hand
+    res["methods"]["mose"].update(refusal_harmful=2 / 3, over_refusal_benign=1 / 3, over_refusal_borderline=0.5)
     report = {"command": "pytest", "threads": 2, "suites": {"safety": res}, "model": res["model"],
               "environment": res["environment"], "wall_seconds": 1.0,
               "fidelity": {"safety": {"n": 8, "gate_agreement": 0.875, "gate_disagreements": 1,
@@ -353,6 +355,7 @@ def test_report_numbers_equal_the_json(tiny_model: Path, eval_setup: dict[str, P
             shown = float(cell[:-1])
             assert abs(shown - 100 * m[key]) <= 0.05 + 1e-9, (name, key, cell)
             assert any(abs(shown - round(1000 * k / n[key]) / 10) < 1e-9 for k in range(n[key] + 1)), cell
+    assert table["mose"][5:8] == ["66.7%", "33.3%", "50.0%"]
     # targets are computed from the numbers and rendered from the JSON
     targets = {t["name"]: t for t in saved["targets"]}
     fs = saved["suites"]["safety"]["methods"]["finesteer"]
