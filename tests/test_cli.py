@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from finesteer_edge.llama.session import ContextSettings, LlamaSession
 from finesteer_edge.testing.packs import make_random_pack
 
 from .conftest import run_cli
@@ -25,6 +27,25 @@ def assert_one_line_error(proc, pattern: str) -> None:  # type: ignore[no-untype
     assert "Traceback" not in proc.stderr
 
 
+def _greedy_with_vector(model: Path, prompt: list[int], layer: int, vector: np.ndarray, n: int) -> tuple[str, int]:
+    """Stock llama.cpp semantics by hand: the vector on for the whole turn (prefill and decode), greedy."""
+    s = LlamaSession(model, ContextSettings(n_ctx=512, n_threads=2))
+    try:
+        s.set_control(*s.control_buffer({layer: vector}))
+        s.decode(prompt)
+        pieces: list[bytes] = []
+        with s.sampler() as smp:
+            for _ in range(n):
+                tok = s.sample(smp)
+                if s.is_eog(tok):
+                    break
+                pieces.append(s.piece(tok))
+                s.decode([tok])
+        return b"".join(pieces).decode("utf-8", errors="replace"), len(pieces)
+    finally:
+        s.close()
+
+
 def test_generate_json(tiny_model: Path, pack: Path) -> None:
     proc = run_cli("generate", str(tiny_model), "--pack", str(pack), "--prompt", "hello", "-n", "6", "--json",
                    "--threads", "2", "--n-ctx", "512")
@@ -32,7 +53,24 @@ def test_generate_json(tiny_model: Path, pack: Path) -> None:
     d = json.loads(proc.stdout)
     for key in ("text", "steered", "gate_score", "expert_weights", "mode", "tokens", "seconds"):
         assert key in d
-    assert d["steered"] is True and d["mode"] == "exact" and d["tokens"] == 6 and len(d["expert_weights"]) == 4
+    # Reference apart from the CLI: the prompt's hidden states from a bare session, the pack's head on them,
+    # then the default (exact) mode's promise: the same text as stock decoding with that vector on throughout.
+    from finesteer_edge import SteeredLlama, SteeringPack
+
+    with SteeredLlama(tiny_model, None, n_threads=2, n_ctx=512) as plain:
+        prompt = plain.prompt_tokens([{"role": "user", "content": "hello"}])
+        unsteered = plain.generate("hello", max_tokens=6).text
+    sp = SteeringPack.load(pack)
+    g, st = sp.manifest.gate_layer, sp.manifest.steer_layer
+    s = LlamaSession(tiny_model, ContextSettings(n_ctx=512, n_threads=2), tap_layers=(g, st))
+    s.decode(prompt, capture=True)
+    head = sp.evaluate(s.hidden(g).copy(), s.hidden(st).copy())
+    s.close()
+    assert d["gate_score"] == pytest.approx(head.gate_score, rel=1e-5, abs=1e-7)
+    np.testing.assert_allclose(d["expert_weights"], head.expert_weights, atol=1e-6)
+    assert d["steered"] is (head.gate_score >= sp.manifest.tau)
+    text, n = _greedy_with_vector(tiny_model, prompt, st, head.vector, 6)
+    assert (d["text"], d["tokens"]) == (text, n) and text != unsteered
 
 
 def test_generate_streams_text_and_no_pack(tiny_model: Path, pack: Path) -> None:
@@ -54,9 +92,25 @@ def test_chat_session(tiny_model: Path, pack: Path) -> None:
 
 
 def test_inspect_and_verify(tiny_model: Path, pack: Path) -> None:
+    import hashlib
+
+    import gguf
+    import onnx
+
     ins = run_cli("inspect", str(pack), "--json")
     d = json.loads(ins.stdout)
-    assert (d["gate_layer"], d["steer_layer"], d["experts"], d["model"]["n_embd"]) == (1, 2, 4, 256)
+    # every figure against its source: the files on disk, the GGUF's metadata, the ONNX graph's output shape
+    for name, f in d["files"].items():
+        data = (pack / name).read_bytes()
+        assert f == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}, name
+    assert d["total_bytes"] == sum(p.stat().st_size for p in pack.iterdir() if p.name != "manifest.json")
+    meta = gguf.GGUFReader(str(tiny_model)).fields
+    assert d["model"]["n_embd"] == int(meta["llama.embedding_length"].parts[-1][0])
+    assert d["model"]["n_layer"] == int(meta["llama.block_count"].parts[-1][0])
+    outs = {o.name: o for o in onnx.load(str(pack / "head.onnx")).graph.output}
+    assert d["experts"] == outs["expert_weights"].type.tensor_type.shape.dim[-1].dim_value
+    manifest = json.loads((pack / "manifest.json").read_text())
+    assert (d["gate_layer"], d["steer_layer"]) == (manifest["layers"]["gate"], manifest["layers"]["steer"])
     ver = run_cli("verify", str(pack), "--model", str(tiny_model), "--json")
     assert ver.returncode == 0, ver.stderr
     assert json.loads(ver.stdout)["selftest"]["tap_method"] == "layer_inp"

@@ -12,7 +12,6 @@ import pytest
 from finesteer_edge import SteeredLlama, SteeringPack
 from finesteer_edge.evaluation.mc import (
     MCItem,
-    continuation_tokens,
     log_softmax,
     mc_items_from_truthfulqa,
     score_continuations,
