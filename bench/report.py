@@ -208,6 +208,10 @@ def section_torch(tr: dict[str, Any] | None) -> str:
                    f"{f(s.get('cpu_speedup_decode_plain'), 1, 'x')}, steered "
                    f"{f(s.get('cpu_speedup_decode_steered'), 1, 'x')}); steered TTFT speed-up "
                    f"{f(s['speedup_ttft_steered'], 2, 'x')}.\n")
+        if s.get("decode_tps_ours_plain_q4_0") and s.get("ttft_ms_ours_plain_q4_0"):
+            out.append(f"Same weights requantized to Q4_0 vs the Q4_1 file: decode "
+                       f"{f(s['decode_tps_ours_plain_q4_0'] / s['decode_tps_ours_plain'], 2, 'x')} faster, time to "
+                       f"first token {f(s['ttft_ms_ours_plain'] / s['ttft_ms_ours_plain_q4_0'], 2, 'x')} shorter.\n")
     return "\n".join(out) + "\n"
 
 
@@ -247,6 +251,52 @@ def section_scaling(sc: dict[str, Any] | None, dec: dict[str, Any] | None, head:
         out.append(_md(["d", "n_layer", "model MB", "prefill ms", "tap extra ms", "token ms", "token ms, vector on",
                         "decode ratio", "cvec set: extra ms", "cvec clear: extra ms"], rows))
     out.append("\n" + eight_b(sc, dec, head, mem))
+    return "\n".join(out)
+
+
+def section_probes(pr: dict[str, Any] | None) -> str:
+    """Small probes (bench/probes.py) that the analysis quotes: each cheap to re-run."""
+    out = ["## 7. Small probes behind the analysis\n"]
+    if pr is None:
+        return "\n".join(out) + missing("probes.py")
+    e = pr["env"]
+    out.append(f"Measured {env_line(e)}, 1 llama.cpp thread, {f(pr.get('seconds'), 0)} s in all. Each probe is "
+               "one short measurement, so its absolute numbers carry the machine's load at the time (above).\n")
+    kv = pr.get("kv_clear") or []
+    if kv:
+        out.append("**KV cache clear** (SmolLM2; `reset()` uses *no zeroing*), median ms per clear over "
+                   f"{kv[0]['rounds']} interleaved calls:\n")
+        out.append(_md(["n_ctx", "zeroing: wall ms", "zeroing: CPU ms", "no zeroing: wall ms", "no zeroing: CPU ms"],
+                       [[k["n_ctx"], f(k["zeroing_wall_ms"], 3), f(k["zeroing_cpu_ms"], 3),
+                         f(k["no_zeroing_wall_ms"], 3), f(k["no_zeroing_cpu_ms"], 3)] for k in kv]))
+        out.append("")
+    ss = pr.get("session")
+    if ss:
+        out.append(f"**SmolLM2 at the session level** ({ss['prompt_tokens']}-token random prompt, 1 thread, "
+                   f"{e.get('rounds')} interleaved rounds; columns as in section 6's model-shape table):\n")
+        out.append(_md(["prefill ms", "tap extra ms", "token ms", "token ms, vector on", "decode ratio",
+                        "cvec set: extra ms", "cvec clear: extra ms"],
+                       [[f(ss["prefill_plain_ms"], 1), f(ss["tap_extra_ms"], 2), f(ss["token_plain_ms"], 2),
+                         f(ss["token_cvec_ms"], 2), f(ss["decode_ratio_cvec"], 3), f(ss["cvec_change_ms"], 2),
+                         f(ss["cvec_clear_first_ms"] - ss["token_plain_ms"], 2)]]))
+        out.append("")
+    h = pr.get("head_576")
+    if h:
+        out.append(f"**Head at d = 576 on its own** (MLP hidden = d; outputs checked, max rel. err "
+                   f"{h['max_rel_err']:.1e}): ONNX folded {f(h['onnx_folded']['median_ms'], 3)} ms "
+                   f"[{f(h['onnx_folded']['min_ms'], 3)}-{f(h['onnx_folded']['max_ms'], 3)}], `HeadRunner.run` "
+                   f"{f(h['runtime']['median_ms'], 3)} ms [{f(h['runtime']['min_ms'], 3)}-"
+                   f"{f(h['runtime']['max_ms'], 3)}], {h['runtime']['n']} calls each.\n")
+    mv = pr.get("matvec_4096")
+    if mv:
+        out.append(f"**A bare 4096 x 4096 float32 numpy mat-vec** ({mv['bytes'] / 2**20:.0f} MiB of weights): "
+                   f"{f(mv['median_ms'], 2)} ms [{f(mv['min_ms'], 2)}-{f(mv['max_ms'], 2)}] = "
+                   f"{f(mv['gb_per_s'], 1)} GB/s at the median, {f(mv['bytes'] / mv['min_ms'] / 1e6, 1)} GB/s at "
+                   "the fastest call.\n")
+    go = pr.get("gate_only_4096")
+    if go:
+        out.append(f"**onnxruntime asked for `gate_score` alone** (d = 4096 head): {f(go['gate_score_only_ms'], 2)} ms "
+                   f"vs {f(go['all_outputs_ms'], 2)} ms for all three outputs (ratio {f(go['ratio'], 2)}).\n")
     return "\n".join(out)
 
 
@@ -392,9 +442,9 @@ OPENBLAS_NUM_THREADS=1 python bench/run_all.py
 
 `python bench/run_all.py --quick` checks that every script runs (a few minutes; its numbers are noise).
 Single parts: `python bench/decode.py`, `bench/head.py`, `bench/memory.py`, `bench/torch_ref.py`,
-`bench/scaling.py`; each writes `bench/results/<name>.json` and re-renders this file (`python
-bench/report.py` re-renders without measuring). The quick per-user version is
-`finesteer-edge bench [MODEL] [--pack P] [--json]`.
+`bench/scaling.py`, `bench/probes.py` (1-2 minutes); each writes `bench/results/<name>.json` and
+re-renders this file (`python bench/report.py` re-renders without measuring). The quick per-user version
+is `finesteer-edge bench [MODEL] [--pack P] [--json]`.
 
 This file is generated by `bench/report.py` from `bench/results/*.json`; edit the scripts, not this file.
 How we measure: A/B variants run interleaved round by round (rotated order) in one process, every turn
@@ -408,7 +458,7 @@ every graph barrier.
 
 def render(results: Path, doc: Path) -> str:
     dec, head, mem = load(results, "decode"), load(results, "head"), load(results, "memory")
-    tr, sc = load(results, "torch_ref"), load(results, "scaling")
+    tr, sc, pr = load(results, "torch_ref"), load(results, "scaling"), load(results, "probes")
     notes = load_notes()
     parts = [
         HEADER,
@@ -420,6 +470,7 @@ def render(results: Path, doc: Path) -> str:
         section_memory(mem),
         section_torch(tr),
         section_scaling(sc, dec, head, mem),
+        section_probes(pr),
     ]
     text = "\n".join(p.rstrip() + "\n" for p in parts if p)
     doc.parent.mkdir(parents=True, exist_ok=True)

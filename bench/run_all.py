@@ -19,7 +19,7 @@ from pathlib import Path
 import _util
 import report
 
-SCRIPTS = ("head", "memory", "decode", "scaling", "torch_ref")
+SCRIPTS = ("head", "memory", "decode", "scaling", "torch_ref", "probes")
 
 
 def main() -> None:
