@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -76,9 +77,25 @@ def test_pack_verifies_and_generates(pipeline: dict[str, Path], tiny_model: Path
     r = run_cli("generate", str(tiny_model), "--pack", str(pipeline["pack"]), "--prompt", "hi", "-n", "4", "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    assert d["gate_score"] is not None and len(d["expert_weights"]) >= 4
+    # the CLI's gate score and expert weights are the pack's head on the prompt's states from a bare session
+    from finesteer_edge import SteeredLlama, SteeringPack
+    from finesteer_edge.llama.session import ContextSettings, LlamaSession
+
+    pack = SteeringPack.load(pipeline["pack"])
+    with SteeredLlama(tiny_model, None, n_threads=2, n_ctx=512) as plain:
+        prompt = plain.prompt_tokens([{"role": "user", "content": "hi"}])
+    g, st = pack.manifest.gate_layer, pack.manifest.steer_layer
+    s = LlamaSession(tiny_model, ContextSettings(n_ctx=512, n_threads=2), tap_layers=(g, st))
+    s.decode(prompt, capture=True)
+    head = pack.evaluate(s.hidden(g).copy(), s.hidden(st).copy())
+    s.close()
+    assert d["gate_score"] == pytest.approx(head.gate_score, rel=1e-5, abs=1e-7)
+    np.testing.assert_allclose(d["expert_weights"], head.expert_weights, atol=1e-6)
+    assert d["steered"] is (head.gate_score >= pack.manifest.tau)
+    # provenance names the very activations file it was trained on
     m = json.loads((pipeline["pack"] / "manifest.json").read_text())
-    assert m["provenance"]["training"]["provenance"]["activations_sha256"]
+    want = hashlib.sha256(pipeline["acts"].read_bytes()).hexdigest()
+    assert m["provenance"]["training"]["provenance"]["activations_sha256"] == want
     assert m["provenance"]["fold_max_rel_error"] <= 1e-5
 
 

@@ -240,7 +240,7 @@ class LlamaSession:
 
     def reset(self) -> None:
         # data=False: mark every cell free without zeroing the KV buffers. Zeroing costs O(n_ctx), not
-        # O(prompt) (a memset of the whole cache: ~2.5 ms CPU for SmolLM2 at n_ctx 4096, ~0.5 GB for an 8B),
+        # O(prompt) (a memset of the whole cache, timed by bench/probes.py; ~0.5 GiB at n_ctx 4096 for an 8B),
         # and generate() resets once per turn, exact mode twice. Free cells are masked out of attention,
         # exactly as the stale cells truncate() leaves behind with llama_memory_seq_rm.
         llama_cpp.llama_memory_clear(self._mem, False)
