@@ -275,17 +275,35 @@ def test_eval_cli_safety_tiny(tiny_model: Path, eval_setup: dict[str, Path], tmp
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_eval_cli_truthfulqa_tiny(tiny_model: Path, eval_setup: dict[str, Path]) -> None:
+def test_eval_cli_truthfulqa_tiny(tiny_model: Path, eval_setup: dict[str, Path], tmp_path: Path) -> None:
     f = eval_setup
     r = run_cli("eval", str(tiny_model), "--suite", "truthfulqa", "--pack", str(f["pack"]), "--mc", str(f["mc"]),
                 "--val", str(f["mc"]), "--benign", str(f["benign"]), "--method", "base", "--method", "finesteer",
-                "--strengths", "0.5,1", "--threads", "1", "--json")
+                "--strengths", "0.5,1", "--threads", "1", "--json", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert list(res["methods"]) == ["base", "finesteer", "finesteer_fast"]
     for m in res["methods"].values():
         assert {"mc1", "mc1_base", "gate_rate", "n_items", "strength"} <= set(m)
         assert m["n_items"] == 4 and m["mc1_base"] == res["methods"]["base"]["mc1"]
+    # base MC1 recomputed apart from the suite: teacher-forced log-probs of every choice on a bare session
+    rows = [json.loads(x) for x in f["mc"].read_text().splitlines()]
+    with SteeredLlama(tiny_model, **KW) as llm:
+        prompts = [llm.prompt_tokens([{"role": "user", "content": r["question"]}]) for r in rows]
+    ref = LlamaSession(tiny_model, ContextSettings(**KW))
+    base_rows = {x["id"]: x for x in map(json.loads, (tmp_path / "generations.jsonl").read_text().splitlines())
+                 if x["method"] == "base" and x["split"] == "test"}
+    correct = []
+    for row, prompt in zip(rows, prompts, strict=True):
+        text = "".join(ref.token_text(t) for t in prompt)
+        sums = [_manual_logprobs(tiny_model, prompt, ref.tokenize(text + c, parse_special=True)[len(prompt):], None,
+                                 steer_prompt=False).sum() for c in row["choices"]]
+        got = base_rows[row["id"]]
+        np.testing.assert_allclose(got["logprob_sum"], sums, atol=5e-3)
+        assert got["pred"] == int(np.argmax(sums)) and got["text"] == row["choices"][got["pred"]]
+        correct.append(int(np.argmax(sums)) == row["label"])
+    ref.close()
+    assert res["methods"]["base"]["mc1"] == pytest.approx(sum(correct) / len(correct))
     assert res["gate"]["open_rate"]["benign"] is not None and res["reuse_check"]["ok"]
 
 
