@@ -67,3 +67,24 @@ def test_the_checker_catches_an_unsourced_number() -> None:
     assert not appears("8%", "| 8 | 98.1% |")
     assert not appears("0.95", "0.952 ms") and appears("0.95", "0.95 ms")
     assert not appears("75", "75.0%") and appears("75", "75%") and appears("3,534", "3,534 generations")
+
+
+def test_results_md_is_rendered_from_results_json() -> None:
+    """docs/RESULTS.md is results.json rendered (plus the analysis), byte for byte: no number typed in."""
+    import json
+
+    from finesteer_edge.evaluation.report import render_markdown
+
+    report = json.loads((ROOT / "docs" / "results.json").read_text(encoding="utf-8"))
+    analysis = (ROOT / "bench" / "eval_notes.md").read_text(encoding="utf-8")
+    assert render_markdown(report, analysis) == (ROOT / "docs" / "RESULTS.md").read_text(encoding="utf-8")
+
+
+def test_benchmarks_md_is_rendered_from_the_results_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/BENCHMARKS.md is bench/results/*.json rendered (plus the analysis), byte for byte."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import report  # bench/report.py
+
+    out = tmp_path / "BENCHMARKS.md"
+    report.render(ROOT / "bench" / "results", out)
+    assert out.read_text() == (ROOT / "docs" / "BENCHMARKS.md").read_text()

@@ -1,4 +1,4 @@
-"""extract -> train -> convert -> verify -> generate on the real SmolLM2 with a slice of ../shared/data (slow),
+"""extract -> train -> convert -> verify -> generate on the real SmolLM2 with a slice of the packaged data (slow),
 and the packs bundled for SmolLM2: they load, fit the model, pass the self-test and gate as trained."""
 
 from __future__ import annotations
