@@ -79,8 +79,12 @@ def test_bench_given_pack_is_forced_closed_and_open(tiny_model: Path, tmp_path: 
     d = json.loads(proc.stdout)
     assert d["random_pack"] is False and d["note"] is None and d["pack"] == str(pack)
     assert d["pack_bytes"] == sum(p.stat().st_size for p in pack.iterdir())
-    assert d["interleaved"] is False and "decode_tps_stock" not in d
+    assert "decode_tps_stock" not in d
     assert d["checks"] == {"gate_closed_never_steered": True, "gate_open_always_steered": True}
+    # the checks agree with the raw turns: the policy forced the pack's gate both ways, whatever its tau says
+    assert [r["steered"] for r in d["runs"]["gate_closed"]] == [False]
+    assert [r["steered"] for r in d["runs"]["gate_open_fast"] + d["runs"]["gate_open_exact"]] == [True, True]
+    assert [r["steered"] for r in d["runs"]["plain"]] == [None]
 
 
 def test_bench_human_output(tiny_model: Path) -> None:
