@@ -209,3 +209,27 @@ def test_bench_script_writes_results_and_report(tmp_path: Path) -> None:
     assert text.startswith("# Benchmarks") and "python bench/run_all.py" in text
     assert "## 2. Steering head latency" in text and "| 64 |" in text
     assert "Not measured yet: run `python bench/decode.py`" in text  # missing parts degrade to a note
+
+
+@pytest.mark.slow
+def test_probes_script_on_smollm2(smollm2: Path, tmp_path: Path) -> None:
+    """bench/probes.py runs, records what the analysis quotes, and its KV-clear probe sees the memset."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    doc = tmp_path / "BENCH.md"
+    proc = subprocess.run(
+        [sys.executable, str(repo / "bench" / "probes.py"), "--quick", "--results-dir", str(tmp_path),
+         "--doc", str(doc)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "probes.json").read_text())
+    kv = {k["n_ctx"]: k for k in data["kv_clear"]}
+    # zeroing writes the whole cache (SmolLM2 at n_ctx 8192: 2 x 30 layers x 8192 x 192 x 2 bytes = 189 MB);
+    # not zeroing only marks cells free: orders of magnitude apart in CPU time, whatever the load
+    assert kv[8192]["zeroing_cpu_ms"] > 10 * kv[8192]["no_zeroing_cpu_ms"]
+    assert data["session"]["d"] == 576 and data["session"]["n_layer"] == 30
+    assert data["head_576"]["max_rel_err"] < 1e-5 and data["matvec_4096"]["bytes"] == 4096 * 4096 * 4
+    assert "## 7. Small probes behind the analysis" in doc.read_text()
