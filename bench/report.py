@@ -434,7 +434,8 @@ def _md(headers: list[str], rows: list[list[Any]]) -> str:
 
 HEADER = """# Benchmarks
 
-Re-run everything (about 25-35 minutes on 2 cores; run it when the machine is otherwise idle):
+Re-run everything (tens of minutes on 2 cores: `run_all.py` prints each part's time and the total; run it
+when the machine is otherwise idle):
 
 ```sh
 OPENBLAS_NUM_THREADS=1 python bench/run_all.py

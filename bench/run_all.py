@@ -1,6 +1,6 @@
 """Run every benchmark (each in a fresh process) and render docs/BENCHMARKS.md.
 
-    OPENBLAS_NUM_THREADS=1 python bench/run_all.py           # full run, ~25-35 min on 2 idle cores
+    OPENBLAS_NUM_THREADS=1 python bench/run_all.py           # full run: tens of minutes (times printed)
     python bench/run_all.py --quick                          # check everything runs (numbers are noise)
     python bench/run_all.py --only decode head               # a subset
 
