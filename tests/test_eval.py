@@ -447,3 +447,23 @@ def test_eval_cli_smollm2_slice(smollm2: Path, smol_pack: Path, shared_data: Pat
     assert res["methods"]["base"]["n_harmful"] == 3 and res["reuse_check"]["ok"]
     rows = [json.loads(x) for x in (tmp_path / "generations.jsonl").read_text().splitlines()]
     assert all(x["text"].strip() for x in rows if x["method"] == "base")  # SmolLM2 answers in words
+
+
+def test_report_shows_packaged_data_and_packs_relative_to_the_package(tmp_path: Path) -> None:
+    """A data file or bundled pack is shown at its packaged path only when its sha256 proves it is that file."""
+    import hashlib
+
+    from finesteer_edge.evaluation.datasets import PACKAGED_DATA
+    from finesteer_edge.evaluation.report import display_data_path, display_pack_path
+
+    real = hashlib.sha256((PACKAGED_DATA / "safety" / "harmful_test.jsonl").read_bytes()).hexdigest()
+    elsewhere = "/somewhere/else/data/safety/harmful_test.jsonl"
+    assert display_data_path(elsewhere, real) == "finesteer_edge/datasets/safety/harmful_test.jsonl"
+    assert display_data_path(elsewhere, "0" * 64) == elsewhere  # other bytes under the same name: as recorded
+    mine = tmp_path / "mine.jsonl"
+    assert display_data_path(str(mine), real) == str(mine)  # same bytes, a name the package does not have
+    bundled = Path(__file__).resolve().parents[1] / "finesteer_edge" / "packs" / "smollm2-135m-instruct-safety"
+    sha = hashlib.sha256((bundled / "manifest.json").read_bytes()).hexdigest()
+    assert display_pack_path("/old/checkout/packs/smollm2-135m-instruct-safety", sha) == (
+        "finesteer_edge/packs/smollm2-135m-instruct-safety")
+    assert display_pack_path("/old/checkout/packs/smollm2-135m-instruct-safety", "0" * 64).startswith("/old/")
