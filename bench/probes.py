@@ -26,7 +26,7 @@ import _util  # noqa: F401  (sets OPENBLAS_NUM_THREADS before numpy loads)
 import numpy as np
 from _util import base_parser, save, smollm2
 
-from finesteer_edge.bench.common import environment, interleaved, loadavg, median, spread, text_table
+from finesteer_edge.measure.common import environment, interleaved, loadavg, median, spread, text_table
 
 
 def kv_clear(model: Any, n_ctx: int, rounds: int) -> dict[str, Any]:
@@ -55,7 +55,7 @@ def kv_clear(model: Any, n_ctx: int, rounds: int) -> dict[str, Any]:
 
 
 def head_576(rounds: int, budget_s: float) -> dict[str, Any]:
-    from finesteer_edge.bench.head import head_latency
+    from finesteer_edge.measure.head import head_latency
 
     r = head_latency(576, rounds=rounds, budget_s=budget_s, variants=("onnx_folded", "runtime"))
     return {"d": 576, **{v: r[v] for v in ("onnx_folded", "runtime")}, "max_rel_err": r["max_rel_err"]}
@@ -76,8 +76,8 @@ def matvec_4096(iters: int) -> dict[str, Any]:
 
 
 def gate_only_4096(iters: int) -> dict[str, Any]:
-    from finesteer_edge.bench.head import ort_session, random_unfolded_head
     from finesteer_edge.converters.onnx_head import build_head_onnx
+    from finesteer_edge.measure.head import ort_session, random_unfolded_head
 
     s = ort_session(build_head_onnx(random_unfolded_head(4096).fold()))
     rng = np.random.default_rng(1)

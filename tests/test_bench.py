@@ -157,8 +157,8 @@ def test_head_latency_and_pack_size_mechanics() -> None:
 
 def test_head_check_refuses_a_wrong_head() -> None:
     """The benchmark must not time a head that computes something else: one wrong output is an error."""
-    from finesteer_edge.measure.head import check_outputs, random_unfolded_head
     from finesteer_edge.converters.onnx_head import build_head_onnx
+    from finesteer_edge.measure.head import check_outputs, random_unfolded_head
     from finesteer_edge.pack.head import HeadRunner
 
     d = 32

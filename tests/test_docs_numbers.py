@@ -1,6 +1,6 @@
 """Every number in the hand-written analyses of docs/RESULTS.md and docs/BENCHMARKS.md is in their generated part.
 
-The analyses (``bench/eval_notes.md``, ``bench/notes.md``) are pasted into the rendered documents, whose
+The analyses (``scripts/eval_notes.md``, ``bench/notes.md``) are pasted into the rendered documents, whose
 other sections are rendered from results files by scripts. Their headers promise that every number they
 quote is in those sections; this test holds them to it. A figure that no script produces may appear only
 inside a parenthesis that says so: ``(arithmetic: ...)`` with its inputs (an ``=``), or ``(one-off: ...)``
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [("bench/eval_notes.md", "docs/RESULTS.md"), ("bench/notes.md", "docs/BENCHMARKS.md")]
+DOCS = [("scripts/eval_notes.md", "docs/RESULTS.md"), ("bench/notes.md", "docs/BENCHMARKS.md")]
 
 UNIT = r"(?:%|x\b|\s?(?:ms|s|min|MB|MiB|GB|GiB|GB/s|tok/s)\b)"
 NUMBER = re.compile(rf"(?<![\w.,/-])(\d[\d,]*\.\d+%?|\d[\d,]*%|\d[\d,]*(?={UNIT}))")
@@ -76,7 +76,7 @@ def test_results_md_is_rendered_from_results_json() -> None:
     from finesteer_edge.evaluation.report import render_markdown
 
     report = json.loads((ROOT / "docs" / "results.json").read_text(encoding="utf-8"))
-    analysis = (ROOT / "bench" / "eval_notes.md").read_text(encoding="utf-8")
+    analysis = (ROOT / "scripts" / "eval_notes.md").read_text(encoding="utf-8")
     assert render_markdown(report, analysis) == (ROOT / "docs" / "RESULTS.md").read_text(encoding="utf-8")
 
 
