@@ -233,3 +233,24 @@ def test_probes_script_on_smollm2(smollm2: Path, tmp_path: Path) -> None:
     assert data["session"]["d"] == 576 and data["session"]["n_layer"] == 30
     assert data["head_576"]["max_rel_err"] < 1e-5 and data["matvec_4096"]["bytes"] == 4096 * 4096 * 4
     assert "## 7. Small probes behind the analysis" in doc.read_text()
+
+
+def test_profile_summary_counts_each_sample_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/profile_turns.py --summarize: exclusive parts, in order, from py-spy's collapsed stacks."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    import profile_turns
+
+    raw = tmp_path / "prof.txt"
+    raw.write_text(
+        "<module> (x.py:1);SteeredLlama.generate (/r/finesteer_edge/steered.py:9);llama_decode (libllama.so) 6\n"
+        "<module> (x.py:1);SteeredLlama.generate (/r/finesteer_edge/steered.py:9);HeadRunner.run "
+        "(/r/finesteer_edge/pack/head.py:3) 1\n"
+        "<module> (x.py:1);SteeredLlama.generate (/r/finesteer_edge/steered.py:9);llama_sampler_sample (l.so) 1\n"
+        "<module> (x.py:1);SteeredLlama.generate (/r/finesteer_edge/steered.py:9) 1\n"
+        "<module> (x.py:1);SteeredLlama.__init__ (/r/finesteer_edge/steered.py:2);read (libc.so.6) 1\n"
+        "not a sample line\n"
+    )
+    got = profile_turns.summarize(raw)
+    assert got == pytest.approx({"llama_decode": 0.6, "head (onnxruntime)": 0.1, "sampling": 0.1,
+                                 "our generation loop (rest of generate)": 0.1,
+                                 "other (start-up: imports, model load, self-test)": 0.1})
