@@ -19,7 +19,7 @@ except ImportError:  # pragma: no cover - typer on plain click
 
 from finesteer_edge.errors import FinesteerError
 
-from . import bench_cmds, eval_cmds, model_cmds, pack_cmds, run_cmds, train_cmds
+from . import bench_cmds, eval_cmds, model_cmds, pack_cmds, run_cmds, serve_cmds, train_cmds
 
 app = typer.Typer(
     name="finesteer-edge",
@@ -51,6 +51,7 @@ pack_cmds.register(app)
 bench_cmds.register(app)
 train_cmds.register(app)
 eval_cmds.register(app)
+serve_cmds.register(app)
 
 
 def error(message: str) -> None:

@@ -1,0 +1,93 @@
+"""The slot pool: N llama.cpp contexts on one loaded model, each request holding one slot at a time.
+
+A slot has one :class:`SteeredLlama` per loaded pack (or one plain instance without packs), all on the
+same :class:`LlamaModel`, so weights are in memory once and every context has its own KV cache and
+control vector: concurrent requests never see each other's steering. A request owns its slot for the
+whole turn; the generation thread hands it back when the turn ends (normally, on error, or when the
+client went away). Waiting requests queue up to ``max_queue``; beyond that, or after ``queue_timeout``
+seconds, the server answers 503 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+from ..steered import SteeredLlama
+from .errors import APIError
+from .steering import InstanceDefaults
+
+
+@dataclass
+class Slot:
+    index: int
+    instances: dict[str | None, SteeredLlama]
+    """Pack name -> its instance; ``None`` -> a plain instance (only when no pack is loaded)."""
+    defaults: dict[str | None, InstanceDefaults] = field(default_factory=dict)
+
+    def pick(self, pack: str | None) -> tuple[SteeredLlama, InstanceDefaults]:
+        """The instance for ``pack``; for no steering, a plain one or any pack's (its gate is then forced
+        shut, which is bit-identical to running without the pack)."""
+        key = pack if pack is not None else (None if None in self.instances else next(iter(self.instances)))
+        return self.instances[key], self.defaults[key]
+
+    def close(self) -> None:
+        for llm in self.instances.values():
+            llm.close()
+
+
+class SlotPool:
+    """Async hand-out of idle slots with a bounded wait queue; release is safe from any thread."""
+
+    def __init__(self, slots: list[Slot], *, max_queue: int, queue_timeout: float, retry_after: int = 1) -> None:
+        self.slots = slots
+        self.max_queue = max_queue
+        self.queue_timeout = queue_timeout
+        self.retry_after = retry_after
+        self._idle: asyncio.Queue[Slot] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.waiting = 0
+
+    def _queue(self) -> asyncio.Queue[Slot]:
+        loop = asyncio.get_running_loop()
+        if self._idle is None or self._loop is not loop:
+            self._loop = loop
+            self._idle = asyncio.Queue()
+            for s in self.slots:
+                self._idle.put_nowait(s)
+        return self._idle
+
+    @property
+    def idle(self) -> int:
+        return self._idle.qsize() if self._idle is not None else len(self.slots)
+
+    def _busy(self, why: str) -> APIError:
+        return APIError(503, f"all {len(self.slots)} slot(s) are busy ({why}); retry later or start the server "
+                        "with a larger --parallel/--max-queue", code="server_busy",
+                        headers={"Retry-After": str(self.retry_after)})
+
+    async def acquire(self) -> Slot:
+        q = self._queue()
+        if not q.empty():
+            return q.get_nowait()
+        if self.waiting >= self.max_queue:
+            raise self._busy(f"{self.waiting} request(s) already waiting")
+        self.waiting += 1
+        try:
+            return await asyncio.wait_for(q.get(), self.queue_timeout)
+        except asyncio.TimeoutError:
+            raise self._busy(f"waited {self.queue_timeout:g} s") from None
+        finally:
+            self.waiting -= 1
+
+    def release(self, slot: Slot) -> None:
+        """Give ``slot`` back; may be called from the generation thread."""
+        loop, q = self._loop, self._idle
+        assert loop is not None and q is not None
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the server is shutting down
+            loop.call_soon_threadsafe(q.put_nowait, slot)
+
+    def close(self) -> None:
+        for s in self.slots:
+            s.close()

@@ -1,0 +1,90 @@
+"""One request's turn in its own thread, its text pieces handed to the event loop through a queue.
+
+llama.cpp calls block, so a turn runs in a thread that owns the request's slot until the turn ends and
+then gives it back. The route awaits pieces from the queue. When the client goes away the route sets
+``cancel``; the thread checks it after every piece and closes the generator, so generation stops
+within a token and the slot is free again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from starlette.requests import Request
+
+from ..result import GenerationResult
+from .slots import Slot, SlotPool
+from .steering import SteeringChoice, apply, report
+
+DONE = object()
+"""Queue item after the GenerationResult: the turn is over."""
+
+_POLL = 0.25
+"""Seconds between disconnect checks while a non-streaming request waits."""
+
+
+class ClientGone(Exception):
+    """The client closed the connection; the turn was cancelled."""
+
+
+class Turn:
+    def __init__(self, pool: SlotPool, slot: Slot, choice: SteeringChoice, messages: Sequence[dict[str, str]],
+                 sampling: dict[str, Any]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self.cancel = threading.Event()
+        self.steering: dict[str, object] | None = None
+        self._thread = threading.Thread(target=self._work, args=(pool, slot, choice, list(messages), sampling),
+                                        name=f"finesteer-slot-{slot.index}", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the event loop closed under us: shutting down
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    def _work(self, pool: SlotPool, slot: Slot, choice: SteeringChoice, messages: list[dict[str, str]],
+              sampling: dict[str, Any]) -> None:
+        it = None
+        try:
+            llm, own = slot.pick(choice.pack)
+            apply(choice, llm, own)
+            # A fresh KV cache per request: the last request's cache may hold steered keys and values.
+            llm.reset()
+            it = llm.chat(messages, stream=True, **sampling)
+            for item in it:  # type: ignore[union-attr]
+                if isinstance(item, GenerationResult):
+                    self.steering = report(choice, item, llm.vector_source)
+                self._put(item)
+                if self.cancel.is_set():
+                    break
+        except BaseException as exc:  # handed to the route, which maps it to an API error
+            self._put(exc)
+        else:
+            self._put(DONE)
+        finally:
+            if it is not None:
+                it.close()  # type: ignore[union-attr]
+            pool.release(slot)
+
+    async def next(self, request: Request | None = None) -> object:
+        """The next item: a text piece, the GenerationResult, an exception, or DONE. With ``request``, a
+        client that disconnects while we wait cancels the turn (raises :class:`ClientGone`)."""
+        while True:
+            try:
+                return await asyncio.wait_for(self._queue.get(), _POLL if request is not None else None)
+            except asyncio.TimeoutError:
+                assert request is not None
+                if await request.is_disconnected():
+                    self.cancel.set()
+                    raise ClientGone() from None
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
