@@ -24,7 +24,8 @@ def test_runtime_import_pulls_no_torch_or_onnx() -> None:
         "import sys, finesteer_edge\n"
         "from finesteer_edge import SteeredLlama, SteeringPack\n"
         "import finesteer_edge.cli.app\n"
-        "bad = [m for m in ('torch', 'onnx', 'sklearn', 'transformers') if m in sys.modules]\n"
+        "bad = [m for m in ('torch', 'onnx', 'sklearn', 'transformers', 'fastapi', 'uvicorn', 'sse_starlette',\n"
+        "                   'starlette') if m in sys.modules]\n"
         "print(','.join(bad))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -101,6 +101,13 @@ def as_api_error(exc: BaseException) -> APIError:
 
 def create_app(engine: Engine) -> FastAPI:
     active: set[Turn] = set()
+    stats: dict[str, Any] = {"turns": 0, "cancelled": 0, "last_cancelled": None}
+
+    def ended(turn: Turn) -> None:  # runs in the turn's thread, after its slot is back
+        stats["turns"] += 1
+        if turn.cancelled:
+            stats["cancelled"] += 1
+            stats["last_cancelled"] = {"pieces": turn.pieces, "pieces_after_cancel": turn.pieces_after_cancel}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -124,7 +131,7 @@ def create_app(engine: Engine) -> FastAPI:
         sampling = dict(max_tokens=engine.config.n_ctx if limit is None else limit, temperature=req.temperature,
                         top_p=req.top_p, top_k=req.top_k, min_p=req.min_p, seed=req.seed, stop=req.stops())
         slot = await engine.pool.acquire()
-        turn = Turn(engine.pool, slot, choice, messages, sampling)
+        turn = Turn(engine.pool, slot, choice, messages, sampling, on_end=ended)
         active.add(turn)
         try:
             first = await turn.next(request)
@@ -229,7 +236,7 @@ def create_app(engine: Engine) -> FastAPI:
         return {
             "status": "ok", "model": engine.model_id,
             "slots": {"total": len(engine.pool.slots), "idle": engine.pool.idle, "waiting": engine.pool.waiting},
-            "packs": packs, "unavailable_packs": engine.failed,
+            "packs": packs, "unavailable_packs": engine.failed, "stats": stats,
             "defaults": {"packs": list(d.packs), "strength": d.strength, "mode": d.mode, "gate": d.gate,
                          "vector": d.vector},
         }

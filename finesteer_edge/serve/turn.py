@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from starlette.requests import Request
@@ -33,11 +33,18 @@ class ClientGone(Exception):
 
 class Turn:
     def __init__(self, pool: SlotPool, slot: Slot, choice: SteeringChoice, messages: Sequence[dict[str, str]],
-                 sampling: dict[str, Any]) -> None:
+                 sampling: dict[str, Any], on_end: Callable[[Turn], None] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self.cancel = threading.Event()
         self.steering: dict[str, object] | None = None
+        self.pieces = 0
+        """Text pieces generated so far."""
+        self.pieces_after_cancel = 0
+        """Pieces generated after ``cancel`` was set (at most one: the check follows every piece)."""
+        self.cancelled = False
+        """The turn ended because it was cancelled (client gone, shutdown), not by itself."""
+        self._on_end = on_end
         self._thread = threading.Thread(target=self._work, args=(pool, slot, choice, list(messages), sampling),
                                         name=f"finesteer-slot-{slot.index}", daemon=True)
         self._thread.start()
@@ -58,8 +65,12 @@ class Turn:
             for item in it:  # type: ignore[union-attr]
                 if isinstance(item, GenerationResult):
                     self.steering = report(choice, item, llm.vector_source)
+                else:
+                    self.pieces += 1
+                    self.pieces_after_cancel += self.cancel.is_set()
                 self._put(item)
-                if self.cancel.is_set():
+                if self.cancel.is_set() and not isinstance(item, GenerationResult):
+                    self.cancelled = True
                     break
         except BaseException as exc:  # handed to the route, which maps it to an API error
             self._put(exc)
@@ -69,6 +80,8 @@ class Turn:
             if it is not None:
                 it.close()  # type: ignore[union-attr]
             pool.release(slot)
+            if self._on_end is not None:
+                self._on_end(self)
 
     async def next(self, request: Request | None = None) -> object:
         """The next item: a text piece, the GenerationResult, an exception, or DONE. With ``request``, a

@@ -1,0 +1,378 @@
+"""``finesteer-edge serve``: the real server (subprocess, 127.0.0.1) on the tiny model, driven by the official
+``openai`` client. Packs: ``open`` (tau 0: its gate opens on every prompt) and ``shut`` (tau 2: never)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+from finesteer_edge import SteeredLlama
+from finesteer_edge.testing.packs import make_random_pack
+from finesteer_edge.testing.servers import finesteer_serve_cmd, free_port, running
+
+KEY = "sk-test-key"
+N_CTX = 1024
+THREADS = "1"
+MSG = [{"role": "user", "content": "hello there"}]
+LONG = dict(temperature=1.0, top_p=1.0, seed=22)
+"""Sampling under which the tiny model's answer to MSG fills the context (no early EOS)."""
+
+
+@pytest.fixture(scope="module")
+def packs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("serve_packs")
+    return {"open": make_random_pack(tiny_model, d / "open", tau=0.0, name="open"),
+            "shut": make_random_pack(tiny_model, d / "shut", tau=2.0, seed=1, name="shut")}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model: Path, packs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    port = free_port()
+    cmd = finesteer_serve_cmd(str(tiny_model), "--pack", str(packs["open"]), "--pack", str(packs["shut"]),
+                              "--port", str(port), "--parallel", "2", "--threads", THREADS, "--n-ctx", str(N_CTX),
+                              "--api-key", KEY, "--max-body-bytes", "65536")
+    with running(cmd, port, tmp_path_factory.mktemp("serve_log") / "server.log") as s:
+        yield s
+
+
+@pytest.fixture
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_model: Path):
+    """A no-pack run on the same file and settings: what an unsteered request must reproduce exactly."""
+    with SteeredLlama(tiny_model, None, n_ctx=N_CTX, n_threads=int(THREADS)) as llm:
+        yield llm
+
+
+def chat(client: openai.OpenAI, steering: object = "default", **kw):
+    extra = {} if steering == "default" else {"extra_body": {"steering": steering}}
+    kw.setdefault("max_tokens", 24)
+    kw.setdefault("temperature", 0)
+    return client.chat.completions.create(model="tiny", messages=MSG, **extra, **kw)
+
+
+def stream_text(client: openai.OpenAI, steering: object = "default", **kw) -> tuple[str, dict]:
+    chunks = list(chat(client, steering, stream=True, **kw))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finals) == 1
+    return text, finals[0].model_extra["steering"]
+
+
+class Raw:
+    """Plain HTTP for what the openai client will not send (bad JSON, chunked bodies, no key)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def __call__(self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None,
+                 key: str | None = KEY) -> tuple[int, dict]:
+        auth = {"Authorization": f"Bearer {key}"} if key else {}
+        h = {"Content-Type": "application/json", **auth, **(headers or {})}
+        if isinstance(body, dict):
+            body = json.dumps(body).encode()
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            conn.request(method, path, body=body, headers=h)  # an iterator body goes out chunked
+            r = conn.getresponse()
+            return r.status, json.loads(r.read() or b"{}")
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def raw(server) -> Raw:
+    return Raw(server.port)
+
+
+# ---------------------------------------------------------------------- endpoints
+def test_models_and_health(raw: Raw, client: openai.OpenAI) -> None:
+    models = client.models.list().data
+    assert [m.id for m in models] == ["tiny"]
+    assert models[0].model_extra["packs"] == ["open", "shut"]
+    assert client.models.retrieve("tiny").id == "tiny"
+    status, h = raw("GET", "/health", key=None)  # no key needed for the health check
+    assert status == 200
+    assert h["status"] == "ok" and h["slots"]["total"] == 2
+    assert h["defaults"]["packs"] == ["open"] and set(h["packs"]) == {"open", "shut"}
+
+
+def test_default_request_is_steered_by_the_first_pack(client: openai.OpenAI, plain: SteeredLlama) -> None:
+    r = chat(client)
+    st = r.model_extra["steering"]
+    assert st["steered"] is True and st["mode"] == "exact" and st["gate"] == "pack" and st["vector"] == "head"
+    (p,) = st["packs"]
+    assert p["name"] == "open" and p["steered"] and p["gate_score"] >= p["threshold"] == 0.0
+    assert len(p["expert_weights"]) == 4 and abs(sum(p["expert_weights"]) - 1) < 1e-4 and p["strength"] == 1.0
+    assert r.usage.completion_tokens == 24 and r.choices[0].finish_reason == "length"
+    # steering changes this model's answer (else the identity tests below would prove nothing)
+    assert r.choices[0].message.content != plain.generate(MSG, max_tokens=24).text
+
+
+def test_streaming_equals_non_streaming_with_steering_in_the_final_chunk(client: openai.OpenAI) -> None:
+    r = chat(client)
+    text, st = stream_text(client)
+    assert text == r.choices[0].message.content
+    assert st == r.model_extra["steering"]
+
+
+def test_steering_null_is_identical_to_a_no_pack_run(client: openai.OpenAI, plain: SteeredLlama) -> None:
+    ref = plain.generate(MSG, max_tokens=24)
+    r = chat(client, None)
+    assert r.choices[0].message.content == ref.text
+    assert r.model_extra["steering"] == {"steered": False, "packs": [], "mode": None, "gate": None, "vector": None}
+    assert stream_text(client, None)[0] == ref.text
+    assert chat(client, {"packs": []}).choices[0].message.content == ref.text
+
+
+def test_closed_gate_and_zero_strength_leave_the_answer_unsteered(client: openai.OpenAI, plain: SteeredLlama) -> None:
+    ref = plain.generate(MSG, max_tokens=24).text
+    r = chat(client, {"packs": ["shut"]})
+    (p,) = r.model_extra["steering"]["packs"]
+    assert p["name"] == "shut" and not p["steered"] and p["gate_score"] < p["threshold"]
+    assert r.choices[0].message.content == ref
+    forced = chat(client, {"packs": ["shut"], "gate": "always", "strength": 0.0})
+    assert forced.model_extra["steering"]["steered"] is True
+    assert forced.choices[0].message.content == ref  # a zero vector adds nothing
+    never = chat(client, {"gate": "never"})
+    assert never.model_extra["steering"]["steered"] is False and never.choices[0].message.content == ref
+
+
+def test_per_request_mode_vector_and_strength_are_applied_and_reported(client: openai.OpenAI) -> None:
+    base = chat(client).choices[0].message.content
+    r = chat(client, {"mode": "fast", "vector": "mean", "strength": 2.0})
+    st = r.model_extra["steering"]
+    assert (st["mode"], st["vector"], st["packs"][0]["strength"]) == ("fast", "mean", 2.0)
+    assert r.choices[0].message.content != base
+    # nothing leaks into the next request on the same slots
+    assert chat(client).model_extra["steering"]["mode"] == "exact"
+    assert chat(client).choices[0].message.content == base
+
+
+def test_completions_endpoint(client: openai.OpenAI, plain: SteeredLlama) -> None:
+    r = client.completions.create(model="tiny", prompt="hello there", max_tokens=24, temperature=0,
+                                  extra_body={"steering": None})
+    assert r.object == "text_completion" and r.choices[0].text == plain.generate(MSG, max_tokens=24).text
+    s = list(client.completions.create(model="tiny", prompt="hello there", max_tokens=24, temperature=0,
+                                       stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].text for c in s if c.choices)
+    assert text == client.completions.create(model="tiny", prompt="hello there", max_tokens=24,
+                                             temperature=0).choices[0].text
+    assert [c.model_extra["steering"]["steered"] for c in s if c.choices and c.choices[0].finish_reason] == [True]
+    assert s[-1].usage.completion_tokens == 24
+
+
+def test_content_parts_and_developer_role(client: openai.OpenAI) -> None:
+    a = client.chat.completions.create(model="tiny", max_tokens=8, temperature=0, messages=[
+        {"role": "developer", "content": "be brief"}, {"role": "user", "content": [{"type": "text", "text": "hi"}]}])
+    b = client.chat.completions.create(model="tiny", max_tokens=8, temperature=0, messages=[
+        {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
+    assert a.choices[0].message.content == b.choices[0].message.content
+
+
+# ---------------------------------------------------------------------- errors
+def _err(excinfo: pytest.ExceptionInfo) -> dict:
+    body = excinfo.value.response.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"} and body["error"]["message"]
+    return body["error"]
+
+
+@pytest.mark.parametrize("steering, param, code", [
+    ({"packs": ["nope"]}, "steering.packs", "unknown_pack"),
+    ({"packs": ["open", "shut"]}, "steering.packs", "too_many_packs"),
+    ({"strength": 100}, "steering.strength", "invalid_strength"),
+    ({"strength": "strong"}, "steering.strength", "invalid_request"),
+    ({"mode": "slow"}, "steering.mode", "invalid_request"),
+    ({"gate": "sometimes"}, "steering.gate", "invalid_request"),
+    ({"pack": ["open"]}, "steering.pack", "invalid_request"),  # a typo is an error, not silently unsteered
+])
+def test_bad_steering_is_a_400(client: openai.OpenAI, steering: dict, param: str, code: str) -> None:
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as ei:
+            chat(client, steering, stream=stream)
+        e = _err(ei)
+        assert (e["param"], e["code"], e["type"]) == (param, code, "invalid_request_error")
+
+
+def test_non_finite_strength_is_a_400(raw: Raw) -> None:
+    body = b'{"model":"tiny","messages":[{"role":"user","content":"hi"}],"steering":{"strength":NaN}}'
+    status, r = raw("POST", "/v1/chat/completions", body)
+    assert status == 400 and r["error"]["type"] == "invalid_request_error"
+
+
+def test_prompt_over_the_context_is_a_400_not_a_stream(client: openai.OpenAI) -> None:
+    long = [{"role": "user", "content": "hello " * 1500}]
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as ei:
+            client.chat.completions.create(model="tiny", messages=long, max_tokens=4, stream=stream)
+        e = _err(ei)
+        assert e["code"] == "context_length_exceeded" and str(N_CTX) in e["message"]
+
+
+def test_body_over_the_limit_is_a_413(client: openai.OpenAI, raw: Raw) -> None:
+    with pytest.raises(openai.APIStatusError) as ei:
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x" * 70000}])
+    assert ei.value.status_code == 413 and _err(ei)["code"] == "request_too_large"
+    # chunked, without Content-Length: counted while read
+    big = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "x" * 70000}]}).encode()
+    status, r = raw("POST", "/v1/chat/completions", iter([big[:1000], big[1000:]]))
+    assert status == 413 and r["error"]["code"] == "request_too_large"
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"model": "tiny", "messages": []}, "messages"),
+    ({"model": "tiny", "messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": 3}, "temperature"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}, "max_tokens"),
+])
+def test_malformed_requests_are_400(raw: Raw, body: dict, param: str) -> None:
+    status, r = raw("POST", "/v1/chat/completions", body)
+    assert status == 400, r
+    assert r["error"]["param"] == param
+
+
+def test_invalid_json_unknown_route_and_model(raw: Raw, client: openai.OpenAI) -> None:
+    status, r = raw("POST", "/v1/chat/completions", b"{not json")
+    assert status == 400 and r["error"]["type"] == "invalid_request_error"
+    status, r = raw("GET", "/v1/nowhere")
+    assert status == 404 and r["error"]["code"] == "not_found"
+    with pytest.raises(openai.NotFoundError) as ei:
+        client.models.retrieve("gpt-4")
+    assert _err(ei)["code"] == "model_not_found"
+
+
+def test_api_key_is_enforced(server, raw: Raw) -> None:
+    bad = openai.OpenAI(base_url=server.base_url, api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as ei:
+        bad.chat.completions.create(model="tiny", messages=MSG, max_tokens=2)
+    assert _err(ei)["code"] == "invalid_api_key"
+    for key in (None, "wrong"):
+        status, r = raw("GET", "/v1/models", key=key)
+        assert status == 401 and r["error"]["code"] == "invalid_api_key"
+    assert raw("GET", "/health", key=None)[0] == 200
+
+
+# ---------------------------------------------------------------------- concurrency
+def test_two_concurrent_streams_do_not_see_each_others_steering(client: openai.OpenAI, plain: SteeredLlama) -> None:
+    ref_plain = plain.generate(MSG, max_tokens=200, **LONG).text
+    ref_steered = stream_text(client, max_tokens=200, **LONG)[0]
+    assert ref_steered != ref_plain
+    out: dict[str, tuple[str, dict]] = {}
+    start = threading.Barrier(2)
+
+    def run(name: str, steering: object) -> None:
+        start.wait()
+        out[name] = stream_text(client, steering, max_tokens=200, **LONG)
+
+    threads = [threading.Thread(target=run, args=("steered", "default")),
+               threading.Thread(target=run, args=("plain", None))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert out["plain"][0] == ref_plain and out["plain"][1]["steered"] is False
+    assert out["steered"][0] == ref_steered and out["steered"][1]["steered"] is True
+
+
+def _health(server) -> dict:
+    return Raw(server.port)("GET", "/health", key=None)[1]
+
+
+def _wait_idle(server, slots: int, cancelled: int, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        h = _health(server)
+        if h["slots"]["idle"] == slots and h["stats"]["cancelled"] >= cancelled:
+            return h
+        assert time.monotonic() < deadline, h
+        time.sleep(0.02)
+
+
+def test_client_disconnect_stops_generation(server, client: openai.OpenAI, plain: SteeredLlama) -> None:
+    full = plain.generate(MSG, max_tokens=N_CTX, **LONG)
+    assert full.tokens > 500  # the uncancelled answer is long
+    before = _health(server)["stats"]["cancelled"]
+    s = chat(client, None, stream=True, max_tokens=N_CTX, **LONG)
+    next(iter(s))
+    s.close()  # the client goes away after the first chunk
+    h = _wait_idle(server, 2, before + 1)
+    last = h["stats"]["last_cancelled"]
+    assert last["pieces_after_cancel"] <= 1
+    assert last["pieces"] < full.tokens
+
+
+def test_full_queue_is_a_503_with_retry_after(tiny_model: Path, tmp_path: Path, plain: SteeredLlama) -> None:
+    port = free_port()
+    cmd = finesteer_serve_cmd(str(tiny_model), "--no-pack", "--port", str(port), "--parallel", "1",
+                              "--max-queue", "0", "--threads", THREADS, "--n-ctx", str(N_CTX))
+    with running(cmd, port, tmp_path / "server.log") as srv:
+        c = openai.OpenAI(base_url=srv.base_url, api_key="none", max_retries=0, timeout=120)
+        long = c.chat.completions.create(model="tiny", messages=MSG, max_tokens=N_CTX, stream=True, **LONG)
+        next(iter(long))  # the only slot is now busy for ~900 more tokens
+        with pytest.raises(openai.APIStatusError) as ei:
+            c.chat.completions.create(model="tiny", messages=MSG, max_tokens=2)
+        assert ei.value.status_code == 503 and ei.value.response.headers["Retry-After"] == "1"
+        assert _err(ei)["code"] == "server_busy"
+        long.close()
+        _wait_idle(srv, 1, 1)
+        r = c.chat.completions.create(model="tiny", messages=MSG, max_tokens=24, temperature=0)
+        assert r.choices[0].message.content == plain.generate(MSG, max_tokens=24).text
+
+
+def _broken_copy(pack: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(pack, dest)
+    head = dest / "head.onnx"
+    data = bytearray(head.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    head.write_bytes(bytes(data))
+    return dest
+
+
+def test_a_failing_pack_stops_the_server(tiny_model: Path, tiny_model_other: Path, packs: dict[str, Path],
+                                         tmp_path: Path) -> None:
+    from .conftest import run_cli
+
+    broken = _broken_copy(packs["open"], tmp_path / "broken")
+    other = make_random_pack(tiny_model_other, tmp_path / "other", name="other")
+    for bad, words in ((broken, "sha256"), (other, "does not fit")):
+        proc = run_cli("serve", str(tiny_model), "--pack", str(packs["shut"]), "--pack", str(bad),
+                       "--port", str(free_port()), "--threads", THREADS, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert lines[-1].startswith("error: ") and words in lines[-1], proc.stderr
+        assert not any("Traceback" in ln for ln in lines)
+
+
+def test_allow_unsteered_serves_without_the_failing_pack_and_says_so(tiny_model: Path, packs: dict[str, Path],
+                                                                     tmp_path: Path, plain: SteeredLlama) -> None:
+    broken = _broken_copy(packs["open"], tmp_path / "broken")
+    port = free_port()
+    cmd = finesteer_serve_cmd(str(tiny_model), "--pack", str(broken), "--pack", str(packs["shut"]),
+                              "--allow-unsteered", "--port", str(port), "--threads", THREADS, "--n-ctx", str(N_CTX))
+    with running(cmd, port, tmp_path / "server.log") as srv:
+        assert "STEERING DISABLED" in srv.log_text()
+        c = openai.OpenAI(base_url=srv.base_url, api_key="none", max_retries=0, timeout=120)
+        r = c.chat.completions.create(model="tiny", messages=MSG, max_tokens=24, temperature=0)
+        st = r.model_extra["steering"]
+        assert st["steered"] is False and "sha256" in st["unsteered_reason"]
+        assert r.choices[0].message.content == plain.generate(MSG, max_tokens=24).text
+        with pytest.raises(openai.BadRequestError) as ei:
+            c.chat.completions.create(model="tiny", messages=MSG, max_tokens=2, extra_body={"steering": {
+                "packs": ["broken"]}})
+        assert _err(ei)["code"] == "pack_unavailable"
+        ok = c.chat.completions.create(model="tiny", messages=MSG, max_tokens=2,
+                                       extra_body={"steering": {"packs": ["shut"]}})
+        assert ok.model_extra["steering"]["packs"][0]["name"] == "shut"
