@@ -52,7 +52,8 @@ def make_random_pack(model_path: str | Path, out: str | Path, *, gate_layer: int
                      tau: float = 0.0, alpha: float = 1.0, gate_kind: str = "scs", n_experts: int = 4,
                      basis_rank: int = 3, vector_norm: float = 4.0, mode: str = "exact", seed: int = 0,
                      overwrite: bool = True, name: str = "random-test-pack") -> Path:
-    """A valid pack for ``model_path`` (``name``: its manifest name, which a server's requests use). ``tau <= 0`` opens the SCS gate for every prompt; ``tau > 1``
+    """A valid pack for ``model_path`` (``name``: its manifest name, which a server's requests use).
+    ``tau <= 0`` opens the SCS gate for every prompt; ``tau > 1``
     closes it for every prompt (the energy ratio lies in [0, 1])."""
     from ..converters.pack_writer import write_pack
 
