@@ -376,3 +376,44 @@ def test_allow_unsteered_serves_without_the_failing_pack_and_says_so(tiny_model:
         ok = c.chat.completions.create(model="tiny", messages=MSG, max_tokens=2,
                                        extra_body={"steering": {"packs": ["shut"]}})
         assert ok.model_extra["steering"]["packs"][0]["name"] == "shut"
+
+
+@pytest.mark.slow  # ~20 s on 2 cores
+def test_bounded_load_no_failures_and_flat_rss(server, client: openai.OpenAI, plain: SteeredLlama) -> None:
+    """200 requests from 8 client threads (steered and not, streaming and not) on 2 slots: every one
+    answers 200 with the exact text a sequential run gives, and the server's RSS and threads stay flat."""
+    import concurrent.futures
+
+    import psutil
+
+    prompts = ["hello there", "what is a cat", "tell me a story", "count to five"]
+    ref = {(p, False): plain.generate([{"role": "user", "content": p}], max_tokens=12).text for p in prompts}
+    for p in prompts:
+        r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": p}], max_tokens=12,
+                                           temperature=0)
+        assert r.model_extra["steering"]["steered"]
+        ref[(p, True)] = r.choices[0].message.content
+    proc = psutil.Process(server.proc.pid)
+
+    def one(i: int) -> bool:
+        p, steered, stream = prompts[i % 4], bool(i % 3), bool(i % 2)
+        kw = dict(model="tiny", messages=[{"role": "user", "content": p}], max_tokens=12, temperature=0)
+        if not steered:
+            kw["extra_body"] = {"steering": None}
+        if stream:
+            text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **kw)
+                           if c.choices)
+        else:
+            text = client.chat.completions.create(**kw).choices[0].message.content
+        return text == ref[(p, steered)]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        warm = list(pool.map(one, range(40)))
+        rss0, threads0 = proc.memory_info().rss, proc.num_threads()
+        rest = list(pool.map(one, range(40, 200), timeout=300))
+    rss1, threads1 = proc.memory_info().rss, proc.num_threads()
+    assert all(warm) and all(rest), f"{(warm + rest).count(False)} answers differ from the sequential run"
+    assert rss1 - rss0 < 16 << 20, f"RSS grew {(rss1 - rss0) >> 20} MiB over 160 requests"
+    assert threads1 <= threads0 + 2
+    h = _health(server)
+    assert h["slots"]["idle"] == 2 and h["slots"]["waiting"] == 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..steered import SteeredLlama
@@ -48,6 +49,8 @@ class SlotPool:
         self._idle: asyncio.Queue[Slot] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.waiting = 0
+        self.executor = ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="finesteer-slot")
+        """Where turns run: one worker per slot, so a turn that got a slot never waits for a thread."""
 
     def _queue(self) -> asyncio.Queue[Slot]:
         loop = asyncio.get_running_loop()
@@ -89,5 +92,6 @@ class SlotPool:
             loop.call_soon_threadsafe(q.put_nowait, slot)
 
     def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
         for s in self.slots:
             s.close()

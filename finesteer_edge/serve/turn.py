@@ -1,9 +1,10 @@
 """One request's turn in its own thread, its text pieces handed to the event loop through a queue.
 
-llama.cpp calls block, so a turn runs in a thread that owns the request's slot until the turn ends and
-then gives it back. The route awaits pieces from the queue. When the client goes away the route sets
-``cancel``; the thread checks it after every piece and closes the generator, so generation stops
-within a token and the slot is free again.
+llama.cpp calls block, so a turn runs in a worker thread of the pool (one per slot, reused: a thread
+per request makes the allocator's per-thread arenas, and so the RSS, grow). The turn owns the request's
+slot until it ends and then gives it back. The route awaits pieces from the queue. When the client
+goes away the route sets ``cancel``; the thread checks it after every piece and closes the generator,
+so generation stops within a token and the slot is free again.
 """
 
 from __future__ import annotations
@@ -45,9 +46,7 @@ class Turn:
         self.cancelled = False
         """The turn ended because it was cancelled (client gone, shutdown), not by itself."""
         self._on_end = on_end
-        self._thread = threading.Thread(target=self._work, args=(pool, slot, choice, list(messages), sampling),
-                                        name=f"finesteer-slot-{slot.index}", daemon=True)
-        self._thread.start()
+        self._future = pool.executor.submit(self._work, pool, slot, choice, list(messages), sampling)
 
     def _put(self, item: object) -> None:
         with contextlib.suppress(RuntimeError):  # the event loop closed under us: shutting down
@@ -96,8 +95,5 @@ class Turn:
                     raise ClientGone() from None
 
     def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
+        with contextlib.suppress(Exception):  # its outcome went to the queue already
+            self._future.result(timeout)
