@@ -19,7 +19,7 @@ from pathlib import Path
 import _util
 import report
 
-SCRIPTS = ("head", "memory", "decode", "scaling", "torch_ref", "probes")
+SCRIPTS = ("head", "memory", "decode", "scaling", "torch_ref", "probes", "serve")
 
 
 def main() -> None:
