@@ -29,8 +29,8 @@ from typing import Any
 import _util  # noqa: F401  (sets OPENBLAS_NUM_THREADS before numpy loads)
 from _util import base_parser, save, smollm2
 
-from finesteer_edge.bench.common import environment, interleaved, loadavg, median, ratio, spread, text_table
-from finesteer_edge.bench.prompts import SHORT_PROMPT
+from finesteer_edge.measure.common import environment, interleaved, loadavg, median, ratio, spread, text_table
+from finesteer_edge.measure.prompts import SHORT_PROMPT
 from finesteer_edge.testing.servers import finesteer_serve_cmd, free_port, running
 
 N_CTX = 1024
