@@ -215,6 +215,12 @@ def section_torch(tr: dict[str, Any] | None) -> str:
     return "\n".join(out) + "\n"
 
 
+def _cmd(argv_tail: str) -> str:
+    """A recorded command line (interpreter dropped) as a user would type it."""
+    return (argv_tail.replace("-c from finesteer_edge.cli.app import main; main() ", "finesteer-edge ")
+            .replace("-m llama_cpp.server", "python -m llama_cpp.server"))
+
+
 def section_serve(sv: dict[str, Any] | None) -> str:
     out = ["## 8. The OpenAI-compatible server (`finesteer-edge serve`) vs `python -m llama_cpp.server`\n"]
     if sv is None:
@@ -223,21 +229,35 @@ def section_serve(sv: dict[str, Any] | None) -> str:
     e = sv["env"]
     out.append(f"Measured {env_line(e)}; SmolLM2-135M-Instruct Q4_1, {e['threads']} llama.cpp threads (2 slots: "
                f"{e['threads_per_slot_2']} each), n_ctx {e['n_ctx']}, greedy, {e['max_tokens']} tokens max, streamed "
-               f"with the openai client, every prompt distinct, {e['rounds']} interleaved rounds, medians "
+               f"with the openai client, every prompt distinct from its first message on (no cached prefix to reuse), "
+               f"{e['rounds']} interleaved rounds, medians "
                "[min-max]. *steered*: `gate: always` (every request steered by the safety pack); *gated (closed)*: "
                "the pack's own gate, closed on these benign prompts. Commands: "
-               + "; ".join(f"`{v}`" for v in e["commands"].values()) + ".\n")
+               + "; ".join(f"`{_cmd(v)}`" for v in e["commands"].values()) + ".\n")
 
     def mr(d: dict[str, Any], k: str, scale: float = 1.0, digits: int = 1) -> str:
         lo, hi = d[k + "_range"]
         return f"{f(d[k] * scale, digits)} [{f(lo * scale, digits)}-{f(hi * scale, digits)}]"
 
-    rows = [[k, mr(v, "ttft_s", 1000), mr(v, "tps"), f(v["tokens"], 0)] for k, v in sv["single"].items()]
+    def steered(v: dict[str, Any]) -> str:
+        flags = [x for smp in v["samples"] for x in (smp["steered"] if isinstance(smp["steered"], list)
+                                                     else [smp["steered"]])]
+        return "-" if all(x is None for x in flags) else f"{sum(bool(x) for x in flags)}/{len(flags)}"
+
+    rows = [[k, mr(v, "ttft_s", 1000), mr(v, "tps"), f(v["tokens"], 0), steered(v)] for k, v in sv["single"].items()]
     out.append("**One client**\n")
-    out.append(_md(["server", "TTFT ms", "decode tok/s", "tokens"], rows))
-    rows = [[k, mr(v, "agg_tps"), mr(v, "ttft_s", 1000)] for k, v in sv["pair"].items()]
+    out.append(_md(["server", "TTFT ms", "decode tok/s", "tokens", "steered"], rows))
+    rows = [[k, mr(v, "agg_tps"), mr(v, "ttft_s", 1000), steered(v)] for k, v in sv["pair"].items()]
     out.append("\n**Two clients at once**\n")
-    out.append(_md(["server", "aggregate tok/s", "TTFT ms"], rows))
+    out.append(_md(["server", "aggregate tok/s", "TTFT ms", "steered"], rows))
+    out.append("\nHow to read it: a steered request in `exact` mode (the pack's default) prefills its prompt twice "
+               "(once to gate, once with the vector on), so its TTFT is about twice the unsteered one by design; "
+               "decode speed is the steering target. Every request of `serve` starts on a fresh KV cache (a cached "
+               "prefix could hold another request's steering), while llama_cpp.server reuses the previous prompt's "
+               "longest common prefix, which helps it on multi-turn chats; these prompts share no prefix. A load "
+               "average above 2 means other jobs shared the 2 cores: compare ratios, not absolute numbers. The "
+               "aggregate tok/s of two clients counts wall time including the prefills, so steered (exact) pairs "
+               "pay the second prefill there too.\n")
     r = sv["ratios"]
     out.append("\n**Ratios** (target: unsteered >= 0.95x llama_cpp.server, steered >= 0.95x unsteered)\n")
     out.append(_md(["ratio", "value"], [[k, f(v, 3)] for k, v in r.items()]))

@@ -4,8 +4,9 @@ Three servers run side by side on 127.0.0.1, each idle while another is measured
 defaults, except threads, n_ctx, flash attention + ``logits_all`` set like our contexts, and
 ``interrupt_requests`` off so a second client queues instead of cutting the first one off), ``serve``
 with 1 slot (same threads) and ``serve`` with 2 slots (1 thread each: the same 2 cores). Requests are
-streamed with the official ``openai`` client, greedy, a bounded number of tokens, every prompt distinct
-(no server may answer from a cached prompt) and rounds interleaved (rotated order); we quote medians.
+streamed with the official ``openai`` client, greedy, a bounded number of tokens, every prompt distinct from its
+first message on (no server may answer from a cached prompt prefix) and rounds interleaved (rotated
+order); we quote medians.
 
 * 1 client: time to first token (first content chunk) and decode tokens/s of one request
   ((chunks - 1) / (last chunk - first chunk); both servers send one token per chunk).
@@ -14,13 +15,15 @@ streamed with the official ``openai`` client, greedy, a bounded number of tokens
 Variants of ``serve``: ``"steering": null`` (unsteered), the bundled safety pack with its gate (these
 benign prompts: gate closed, so this is the gate's cost), and ``gate: always`` (every request steered).
 
-    python bench/serve.py            # ~2-3 minutes on 2 cores
+    python bench/serve.py            # ~5 minutes on 2 cores
+    python bench/serve.py --threads 1   # when other jobs share the cores (2 spinning threads stall)
 """
 
 from __future__ import annotations
 
 import itertools
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -44,12 +47,15 @@ def one(base_url: str, max_tokens: int, steering: object = NULL) -> dict[str, An
 
     c = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=300)
     extra = {} if steering is NULL else {"extra_body": {"steering": steering}}
-    prompt = f"{SHORT_PROMPT} (Request {next(_ids)}.)"
+    # The request number comes first (a system message), so no server can reuse a cached prompt prefix:
+    # llama_cpp.server keeps the longest common prefix of the previous prompt, ours starts every request
+    # on a fresh KV cache (see docs/SERVE.md).
+    messages = [{"role": "system", "content": f"Request {next(_ids)}."}, {"role": "user", "content": SHORT_PROMPT}]
     t0 = time.perf_counter()
     first = last = None
     chunks = 0
     steered = None
-    for ch in c.chat.completions.create(model="m", messages=[{"role": "user", "content": prompt}], stream=True,
+    for ch in c.chat.completions.create(model="m", messages=messages, stream=True,
                                         max_tokens=max_tokens, temperature=0, **extra):
         if ch.choices and ch.choices[0].delta.content:
             last = time.perf_counter()
@@ -107,8 +113,7 @@ def main() -> None:
         args.rounds, args.max_tokens = 2, 16
     model = smollm2()
     t, t2 = args.threads, max(1, args.threads // 2)
-    logs = Path(args.results_dir) / "serve-logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    logs = Path(tempfile.mkdtemp(prefix="finesteer-serve-bench-"))  # server logs, if one fails to start
     ports = [free_port() for _ in range(3)]
     base = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--n_ctx", str(N_CTX), "--port"]
     cmds = {
