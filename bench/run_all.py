@@ -19,7 +19,7 @@ from pathlib import Path
 import _util
 import report
 
-SCRIPTS = ("head", "memory", "decode", "scaling", "torch_ref", "probes", "serve")
+SCRIPTS = ("head", "memory", "decode", "scaling", "torch_ref", "probes", "serve", "architectures")
 
 
 def main() -> None:

@@ -103,6 +103,9 @@ def eval_cmd(
                                 "beats 1 x 2 threads on a busy 2-core machine)."),
     n_ctx: int = typer.Option(2048, "--n-ctx", help="Context size."),
     seed: int = typer.Option(0, "--seed", help="Shuffle seed for validation MC items."),
+    chat_template: str = typer.Option(
+        None, "--chat-template", help="Prompt format: chatml, llama3, gemma, phi3, plain or a Jinja file "
+                                      "(default: the model's own; plain with a warning if it has none)."),
 ) -> None:
     """Evaluate a pack: base vs CAA vs CAST-style vs MoSE vs FineSteer on the same prompts."""
     from finesteer_edge.evaluation.datasets import default_data_dir, safety_paths, suite_dir
@@ -165,6 +168,7 @@ def eval_cmd(
         suite=suite, model=model_path, pack=pack_path, test=test_paths, val=val_paths, methods=methods,
         strengths=sweep, max_tokens=max_tokens, limit=limit, threads=threads, n_ctx=n_ctx, workers=workers,
         progress=not as_json, seed=seed, command="finesteer-edge " + " ".join(sys.argv[1:]),
+        chat_template=chat_template,
     )
     if not as_json:
         print(f"evaluating {pack_path.name} on {model_path.name} ({suite}; methods {', '.join(methods)}; "

@@ -26,6 +26,11 @@ VECTOR_OPT = typer.Option(
     None, "--vector",
     help="head (the pack's per-prompt vector) or mean (its static mean vector, still gated: CAST-style).",
 )
+TEMPLATE_OPT = typer.Option(
+    None, "--chat-template",
+    help="Prompt format: chatml, llama3, gemma, phi3, plain, or a Jinja file. Default: the model's own "
+         "(a model without one falls back to plain, with a warning).",
+)
 ALLOW_OPT = typer.Option(
     False, "--allow-unsteered",
     help="If the pack cannot be applied, continue WITHOUT steering (loud). Default: stop with an error.",
@@ -39,7 +44,8 @@ def register(app: typer.Typer) -> None:
 
 def open_llm(model: str | None, pack: str | None, no_pack: bool, *, mode: str | None, threads: int | None,
              n_ctx: int, strength: float, allow_unsteered: bool, quiet: bool = False,
-             context_policy: str = "error", vector: str | None = None):  # type: ignore[no-untyped-def]
+             context_policy: str = "error", vector: str | None = None,
+             chat_template: str | None = None):  # type: ignore[no-untyped-def]
     from finesteer_edge.steered import SteeredLlama
 
     if pack and no_pack:
@@ -61,7 +67,7 @@ def open_llm(model: str | None, pack: str | None, no_pack: bool, *, mode: str | 
                   file=sys.stderr)
     return SteeredLlama(model_path, pack_path, mode=mode, n_threads=threads, n_ctx=n_ctx, strength=strength,
                         allow_unsteered=allow_unsteered, context_policy=context_policy,
-                        vector_source=vector), model_path, pack_path
+                        vector_source=vector, chat_template=chat_template), model_path, pack_path
 
 
 def generate_cmd(
@@ -80,12 +86,13 @@ def generate_cmd(
     strength: float = STRENGTH_OPT,
     vector: str = VECTOR_OPT,
     allow_unsteered: bool = ALLOW_OPT,
+    chat_template: str = TEMPLATE_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the result."),
 ) -> None:
     """Answer one prompt; the gate decides whether this turn is steered."""
     llm, model_path, pack_path = open_llm(model, pack, no_pack, mode=mode, threads=threads, n_ctx=n_ctx,
                                           strength=strength, allow_unsteered=allow_unsteered, quiet=as_json,
-                                          vector=vector)
+                                          vector=vector, chat_template=chat_template)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     kwargs = dict(max_tokens=max_tokens, temperature=temperature, seed=seed, stop=stop or ())
     if as_json:
@@ -103,7 +110,8 @@ def generate_cmd(
     if as_json:
         d = result.to_dict()
         d.update(model=str(model_path), pack=str(pack_path) if llm.pack else None,
-                 threads=llm.n_threads, unsteered_reason=llm.unsteered_reason)
+                 threads=llm.n_threads, unsteered_reason=llm.unsteered_reason,
+                 chat_template=llm.chat_template.name)
         typer.echo(json.dumps(d))
     llm.close()
 
@@ -132,6 +140,7 @@ def chat_cmd(
     strength: float = STRENGTH_OPT,
     vector: str = VECTOR_OPT,
     allow_unsteered: bool = ALLOW_OPT,
+    chat_template: str = TEMPLATE_OPT,
     context_policy: str = typer.Option(
         "error", "--context-policy",
         help="When the conversation outgrows --n-ctx: error (report it; /reset to go on) or drop_oldest "
@@ -141,7 +150,8 @@ def chat_cmd(
     """Interactive chat. Commands: /reset (new conversation), /explain (gate decisions so far), /quit."""
     llm, model_path, pack_path = open_llm(model, pack, no_pack, mode=mode, threads=threads, n_ctx=n_ctx,
                                           strength=strength, allow_unsteered=allow_unsteered,
-                                          context_policy=context_policy, vector=vector)
+                                          context_policy=context_policy, vector=vector,
+                                          chat_template=chat_template)
     interactive = sys.stdin.isatty()
     base = [{"role": "system", "content": system}] if system else []
     messages = list(base)

@@ -51,6 +51,9 @@ def extract_cmd(
     own_tokens: int = typer.Option(48, "--own-tokens", min=1, help="Length of the model's own (undesired) answer."),
     threads: int = typer.Option(None, "--threads", "-t"),
     n_ctx: int = typer.Option(2048, "--n-ctx"),
+    chat_template: str = typer.Option(
+        None, "--chat-template", help="Prompt format: chatml, llama3, gemma, phi3, plain or a Jinja file "
+                                      "(default: the model's own; plain with a warning if it has none)."),
 ) -> None:
     """Record hidden states and target shifts of the GGUF model on training data (never reads *test* files)."""
     _need_extra("safetensors", "train")
@@ -60,7 +63,7 @@ def extract_cmd(
     path = extract(resolve_model(model), ExtractConfig(
         task=task, data=data, out=out, gate_layer=gate_layer, steer_layer=steer_layer,
         gate_layers=_layers(gate_layers), negatives=list(negatives or []), pairs_per_question=pairs_per_question,
-        limit=limit, own_tokens=own_tokens, n_ctx=n_ctx, threads=threads,
+        limit=limit, own_tokens=own_tokens, n_ctx=n_ctx, threads=threads, chat_template=chat_template,
     ))
     from finesteer_edge.train.activations import load_activations
 

@@ -12,12 +12,16 @@ Any failure raises :class:`SelfTestError`; the caller must not generate unsteere
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
+from .architectures import SUPPORTED_ARCHITECTURES
 from .errors import SelfTestError
 from .llama.session import LlamaSession
+
+log = logging.getLogger("finesteer_edge")
 
 PROBE_TEXT = "Steering self-test: the quick brown fox jumps over the lazy dog."
 
@@ -60,17 +64,24 @@ def run_selftest(session: LlamaSession, gate_layer: int, steer_layer: int,
             steered_logits, steered_h = _prefill(session, probe, layers)
         finally:
             session.clear_control()
+        arch = session.info.fingerprint.architecture
+        change = float(np.abs(steered_logits - base_logits).max())
+        if np.array_equal(steered_h[steer_layer], base_h[steer_layer]) and not change > 0:
+            raise SelfTestError(
+                f"the llama.cpp graph of architecture {arch!r} does not add control vectors (setting one changed "
+                f"neither layer {steer_layer} nor the logits): steering cannot work on it (unsupported architecture)"
+            )
         err = float(np.abs((steered_h[steer_layer] - base_h[steer_layer]) - v).max())
         tol = 1e-4 * float(np.abs(v).max() + np.abs(base_h[steer_layer]).max())
         if not err <= tol:
             raise SelfTestError(
                 f"a control vector at layer {steer_layer} did not appear as +v in the tap at layer {steer_layer} "
-                f"(max error {err:.3g}); taps and control vectors disagree on layer numbering"
+                f"(max error {err:.3g}); taps and control vectors disagree on layer numbering (architecture {arch!r}: "
+                "its control vector does not land on l_out-N)"
             )
         for layer in layers:
             if layer < steer_layer and not np.array_equal(steered_h[layer], base_h[layer]):
                 raise SelfTestError(f"a control vector at layer {steer_layer} changed the tap at earlier layer {layer}")
-        change = float(np.abs(steered_logits - base_logits).max())
         if not change > 0:
             raise SelfTestError("setting the control vector did not change the logits")
         cleared_logits, _ = _prefill(session, probe, layers)
@@ -79,6 +90,9 @@ def run_selftest(session: LlamaSession, gate_layer: int, steer_layer: int,
     finally:
         session.clear_control()
         session.reset()
+    if arch not in SUPPORTED_ARCHITECTURES:
+        log.warning("architecture %r is not among the tested ones (%s); the self-test passed on it, so steering "
+                    "is applied", arch, ", ".join(SUPPORTED_ARCHITECTURES))
     return SelfTestReport(
         tap_method=session.tap.method, cvec_api=session.cvec_api, steer_layer=steer_layer,
         gate_layer=gate_layer, max_tap_error=err, logit_change=change,

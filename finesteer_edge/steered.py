@@ -75,6 +75,9 @@ class SteeredLlama:
             ``min(max_tokens, n_ctx // 2)`` new tokens; the count is ``GenerationResult.dropped_turns``. The
             caller's message list is not changed (:func:`drop_oldest_turns` trims it the same way).
         tap_layers: extra layers whose hidden states the session reads (activation extraction).
+        chat_template: None (default): the GGUF's ``tokenizer.chat_template``; a model without one (or with
+            one the renderer cannot run) falls back to plain text with a warning. Or a built-in name
+            (``chatml``, ``llama3``, ``gemma``, ``phi3``, ``plain``), a Jinja file path, or Jinja source.
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class SteeredLlama:
         allow_unsteered: bool = False,
         context_policy: str = "error",
         tap_layers: Sequence[int] = (),
+        chat_template: str | None = None,
     ) -> None:
         if mode is not None and mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -105,6 +109,10 @@ class SteeredLlama:
             raise ValueError("strength must be finite")
         if context_policy not in CONTEXT_POLICIES:
             raise ValueError(f"context_policy must be one of {CONTEXT_POLICIES}, not {context_policy!r}")
+        if chat_template is not None:
+            from .llama.chat_template import resolve_template_choice
+
+            resolve_template_choice(chat_template)  # an unknown name or unreadable file fails before loading
         self.context_policy = context_policy
         self._lock = threading.Lock()
         self._owner: int | None = None
@@ -137,8 +145,8 @@ class SteeredLlama:
         self.strength = float(strength)
         self.gate = gate
         self.vector_source = vector_source or ("mean" if m and m.vector_source == "control" else "head")
-        self._template = ChatTemplate(
-            self._session.info.chat_template,
+        self._template = ChatTemplate.for_model(
+            self._session.info.chat_template, chat_template, model_name=self._session.info.path.name,
             bos_token=self._session.token_text(self._session.bos),
             eos_token=self._session.token_text(self._session.eos),
         )
@@ -168,6 +176,11 @@ class SteeredLlama:
     @property
     def model_info(self):  # type: ignore[no-untyped-def]
         return self._session.info
+
+    @property
+    def chat_template(self) -> ChatTemplate:
+        """The template turns are rendered with (``.name``: gguf, a built-in, a file name, or plain (fallback))."""
+        return self._template
 
     @property
     def threshold(self) -> float | None:
@@ -330,9 +343,10 @@ class SteeredLlama:
         try:
             if steered:
                 assert decision is not None
+                if self.mode == "exact":
+                    s.truncate(common)  # before the vector: a tap-context session then never computes them unsteered
                 s.set_control(*s.control_buffer(decision.vectors))
                 if self.mode == "exact":
-                    s.truncate(common)
                     s.decode(new)
             result = GenerationResult(
                 text="", steered=steered,

@@ -254,3 +254,26 @@ def test_profile_summary_counts_each_sample_once(tmp_path: Path, monkeypatch: py
     assert got == pytest.approx({"llama_decode": 0.6, "head (onnxruntime)": 0.1, "sampling": 0.1,
                                  "our generation loop (rest of generate)": 0.1,
                                  "other (start-up: imports, model load, self-test)": 0.1})
+
+
+@pytest.mark.slow
+def test_architectures_script_counts_no_callback_per_generated_token(tmp_path: Path) -> None:
+    """bench/architectures.py runs; on a tap_context architecture the generation context never calls the tap
+    callback (counted, so it holds under any load), while the old in-context cb_eval path calls it per node."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    doc = tmp_path / "BENCH.md"
+    proc = subprocess.run(
+        [sys.executable, str(repo / "bench" / "architectures.py"), "--quick", "--archs", "qwen2", "llama",
+         "--results-dir", str(tmp_path), "--doc", str(doc)],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    models = {m["model"]: m for m in json.loads((tmp_path / "architectures.json").read_text())["models"]}
+    assert models["qwen2"]["tap_method"] == "tap_context" and models["qwen2"]["callback_calls_per_token"] == 0
+    assert models["qwen2"]["callback_calls_per_token_cb_eval"] > 100  # one call per graph node
+    assert models["llama"]["tap_method"] == "layer_inp" and models["llama"]["callback_calls_per_token"] is None
+    assert all(m["summary"]["tokens_plain"] == 16 for m in models.values())  # endless tiny models: full turns
+    assert "## 9. Per architecture" in doc.read_text()

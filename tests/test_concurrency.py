@@ -42,7 +42,7 @@ def run_all(llm: SteeredLlama) -> list[tuple[list[int], bool]]:
     return out
 
 
-@pytest.mark.parametrize("setup", ["separate_packs", "shared_pack", "pack_and_plain", "cb_eval_tap"])
+@pytest.mark.parametrize("setup", ["separate_packs", "shared_pack", "pack_and_plain", "cb_eval_tap", "tap_context"])
 def test_two_instances_in_two_threads(tiny_model: Path, split_pack: Path, setup: str) -> None:
     shared = SteeringPack.load(split_pack)
     if setup == "separate_packs":
@@ -51,8 +51,10 @@ def test_two_instances_in_two_threads(tiny_model: Path, split_pack: Path, setup:
         a, b = SteeredLlama(tiny_model, shared, **KW), SteeredLlama(tiny_model, shared, **KW)
     elif setup == "pack_and_plain":
         a, b = SteeredLlama(tiny_model, split_pack, **KW), SteeredLlama(tiny_model, **KW)
-    else:  # the Python graph callback tap runs on ggml's threads and takes the GIL
+    elif setup == "cb_eval_tap":  # the Python graph callback tap runs on ggml's threads and takes the GIL
         a, b = (SteeredLlama(tiny_model, split_pack, tap_method="cb_eval", **KW) for _ in range(2))
+    else:  # two contexts per instance (tap + generation), four in all, on one model
+        a, b = (SteeredLlama(tiny_model, split_pack, tap_method="tap_context", **KW) for _ in range(2))
     sequential = [run_all(a), run_all(b)]
     assert {steered for _, steered in sequential[0]} == {True, False}  # both kinds of turn, concurrently
     concurrent: list[list[tuple[list[int], bool]] | None] = [None, None]

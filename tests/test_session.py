@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -51,10 +52,11 @@ def test_short_control_buffer_is_refused(tiny_model: Path) -> None:
         s.set_control(np.zeros((1, s.n_embd), np.float32), 1, 1)
 
 
-def test_cb_eval_tap_equals_layer_inp_tap(tiny_model: Path) -> None:
+@pytest.mark.parametrize("method", ["cb_eval", "tap_context"])
+def test_cb_eval_tap_equals_layer_inp_tap(tiny_model: Path, method: str) -> None:
     a = session(tiny_model, tap_method="layer_inp")
-    b = session(tiny_model, tap_method="cb_eval")
-    assert (a.tap.method, b.tap.method) == ("layer_inp", "cb_eval")  # type: ignore[union-attr]
+    b = session(tiny_model, tap_method=method)
+    assert (a.tap.method, b.tap.method) == ("layer_inp", method)  # type: ignore[union-attr]
     toks = a.tokenize(PROMPT * 3)
     for s in (a, b):
         s.decode(toks, capture=True)
@@ -123,7 +125,7 @@ def test_layer_convention_matches_hf_transformers(tiny_model: Path) -> None:
     assert np.abs(s.logits() - steered).max() > 1e-2
 
 
-@pytest.mark.parametrize("method", ["layer_inp", "cb_eval"])
+@pytest.mark.parametrize("method", ["layer_inp", "cb_eval", "tap_context"])
 def test_all_rows_capture_matches_one_token_at_a_time(tiny_model: Path, method: str) -> None:
     """Teacher forcing reads every response token's state; it must equal the states token by token."""
     s = LlamaSession(tiny_model, ContextSettings(n_ctx=256, n_batch=8, n_threads=2, strict=True, tap_method=method),
@@ -150,3 +152,58 @@ def test_all_logits_equal_one_token_at_a_time(tiny_model: Path) -> None:
     for i, tok in enumerate(toks):
         s.decode([tok])
         np.testing.assert_allclose(s.logits(), rows[i], rtol=1e-4, atol=1e-4)
+
+
+def test_tap_context_generation_equals_a_plain_context(tiny_model: Path) -> None:
+    """The two-context tap: captures in its own context, so the generation context is a plain one.
+
+    Tokens captured are computed in the generation context only when needed (logits, sampling, the next
+    decode, a control-vector change); a truncation first drops them uncomputed. Whatever the order, the
+    logits are bit-identical to a session without any tap.
+    """
+    plain = LlamaSession(tiny_model, ContextSettings(n_ctx=256, n_threads=2))
+    s = LlamaSession(tiny_model, ContextSettings(n_ctx=256, n_threads=2, tap_method="tap_context"), tap_layers=(1, 2))
+    toks = s.tokenize(PROMPT)
+    plain.decode(toks)
+    s.decode(toks, capture=True)
+    assert s.n_past == len(toks) and s._n_done == 0  # captured, not yet computed for generation
+    np.testing.assert_array_equal(s.logits(), plain.logits())
+    assert s._n_done == len(toks)
+    # steered: truncate, set the vector, re-decode (exact mode); pending tokens are never computed unsteered
+    v = np.random.default_rng(3).standard_normal(s.n_embd).astype(np.float32) * 5
+    s.decode([toks[0]], capture=True)
+    s.truncate(len(toks))
+    assert s._n_done == len(toks)
+    for sess in (s, plain):
+        sess.set_control(*sess.control_buffer({2: v}))
+        sess.decode(toks[:3])
+    np.testing.assert_array_equal(s.logits(), plain.logits())
+    # a capture under the vector reads it at its layer (the tap context follows the control vector)
+    s.reset()
+    s.decode(toks, capture=True)
+    h_steered = s.hidden(2).copy()
+    s.clear_control()
+    s.reset()
+    s.decode(toks, capture=True)
+    np.testing.assert_allclose(h_steered - s.hidden(2), v, atol=1e-4)
+    s.close()
+    plain.close()
+
+
+def test_tap_context_stops_the_graph_after_the_last_tap_layer(tiny_model: Path) -> None:
+    """The tap context computes blocks 0..max(tap layers) only: later l_out nodes are never reached."""
+    s = LlamaSession(tiny_model, ContextSettings(n_ctx=256, n_threads=2, tap_method="tap_context"), tap_layers=(1,))
+    seen: list[bytes] = []
+    tap = s.tap
+    real = tap._api.get_name  # type: ignore[union-attr]
+
+    def spy(t: int) -> bytes:
+        name = real(t)
+        if name.startswith(b"l_out-"):
+            seen.append(name)
+        return name
+
+    tap._api = dataclasses.replace(tap._api, get_name=spy)  # type: ignore[union-attr]
+    s.decode(s.tokenize(PROMPT), capture=True)
+    assert set(seen) <= {b"l_out-0", b"l_out-1"} and b"l_out-1" in seen
+    s.close()

@@ -71,14 +71,15 @@ class LocalExecutor:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(model: str, pack: str, n_threads: int, n_ctx: int, max_tokens: int) -> None:
+def _init_worker(model: str, pack: str, n_threads: int, n_ctx: int, max_tokens: int,
+                 chat_template: str | None = None) -> None:
     # An exception escaping a Pool initializer makes multiprocessing respawn the worker forever: keep it
     # and raise it from the first task instead, where the caller sees it.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         from ..steered import SteeredLlama
 
-        _WORKER["llm"] = SteeredLlama(model, pack, n_threads=n_threads, n_ctx=n_ctx)
+        _WORKER["llm"] = SteeredLlama(model, pack, n_threads=n_threads, n_ctx=n_ctx, chat_template=chat_template)
         _WORKER["max_tokens"] = max_tokens
     except Exception as exc:  # noqa: BLE001 - re-raised by _work
         _WORKER["error"] = exc
@@ -93,11 +94,12 @@ def _work(task: Task) -> Any:
 class PoolExecutor:
     """``workers`` spawned processes, each with its own SteeredLlama (``n_threads`` threads); order kept."""
 
-    def __init__(self, model: Path, pack: Path, *, workers: int, n_threads: int, n_ctx: int, max_tokens: int) -> None:
+    def __init__(self, model: Path, pack: Path, *, workers: int, n_threads: int, n_ctx: int, max_tokens: int,
+                 chat_template: str | None = None) -> None:
         self.workers = workers
         ctx = multiprocessing.get_context("spawn")  # never fork a process that holds llama.cpp threads
         self._pool = ctx.Pool(workers, initializer=_init_worker,
-                              initargs=(str(model), str(pack), n_threads, n_ctx, max_tokens))
+                              initargs=(str(model), str(pack), n_threads, n_ctx, max_tokens, chat_template))
 
     def imap(self, tasks: Iterable[Task]) -> Iterator[Any]:
         yield from self._pool.imap(_work, list(tasks), chunksize=1)

@@ -55,6 +55,8 @@ class SuiteConfig:
     workers: int = 1
     """Worker processes, each with its own model and ``threads`` threads (see executors.py)."""
     command: str = ""
+    chat_template: str | None = None
+    """None: the model's own; or a built-in name / Jinja file (SteeredLlama's ``chat_template``)."""
 
 
 def pack_identity(pack_dir: Path) -> dict[str, Any]:
@@ -100,12 +102,12 @@ def run_suite(cfg: SuiteConfig, *, generations_path: Path | None = None) -> dict
     if cfg.workers < 1:
         raise DataError("workers must be >= 1")
     threads = cfg.threads or (1 if cfg.workers > 1 else None)
-    llm = SteeredLlama(cfg.model, cfg.pack, n_threads=threads, n_ctx=cfg.n_ctx)
+    llm = SteeredLlama(cfg.model, cfg.pack, n_threads=threads, n_ctx=cfg.n_ctx, chat_template=cfg.chat_template)
     executor: PoolExecutor | None = None
     try:
         if cfg.workers > 1:
             executor = PoolExecutor(cfg.model, cfg.pack, workers=cfg.workers, n_threads=llm.n_threads,
-                                    n_ctx=cfg.n_ctx, max_tokens=cfg.max_tokens)
+                                    n_ctx=cfg.n_ctx, max_tokens=cfg.max_tokens, chat_template=cfg.chat_template)
         sweep = len(cfg.strengths) > 1
         if cfg.suite == "safety":
             test = _load_groups(cfg.test, "test", cfg.limit, data)

@@ -43,7 +43,9 @@ class ContextSettings:
     strict: bool = False
     """Flash attention off and an F32 KV cache: bit-stable numerics for exactness tests (slower)."""
     tap_method: str = "auto"
-    """How hidden states are read: ``auto``, ``layer_inp`` or ``cb_eval`` (see taps.py)."""
+    """How hidden states are read: ``auto`` (``layer_inp`` where the architecture has it, else ``tap_context``),
+    ``layer_inp``, ``tap_context`` (a second context with the callback, prefill only) or ``cb_eval`` (the callback
+    in the generation context itself: slower decode, kept for comparison). See taps.py."""
 
 
 class LlamaModel:
@@ -151,12 +153,46 @@ class LlamaSession:
         if tap_layers:
             if method == "auto":
                 usable = self.info.fingerprint.architecture in LAYER_INP_ARCHITECTURES
-                method = "layer_inp" if usable and bindings.layer_inp_api() is not None else "cb_eval"
-            if method == "cb_eval":
-                cb_tap = CbEvalTap(tap_layers, self.n_embd)
+                method = "layer_inp" if usable and bindings.layer_inp_api() is not None else "tap_context"
+            if method in ("cb_eval", "tap_context"):
+                cb_tap = CbEvalTap(tap_layers, self.n_embd, stop_after=method == "tap_context")
             elif method != "layer_inp":
                 raise ValueError(f"unknown tap method {method!r}")
+        self.tap_method = method if tap_layers else None
 
+        # The tap context (tap_context method): the same parameters plus the callback; the generation
+        # context never gets one, so generated tokens pay nothing for the tap.
+        self._tap_ctx = None
+        if method == "tap_context" and cb_tap is not None:
+            self._tap_ctx = llama_cpp.llama_init_from_model(self.model.handle, self._cparams(cb_tap))
+            if not self._tap_ctx:
+                self.close()
+                raise ModelFileError(f"llama.cpp could not create a tap context for {self.info.path}")
+        cparams = self._cparams(cb_tap if method == "cb_eval" else None)
+        ctx = llama_cpp.llama_init_from_model(self.model.handle, cparams)
+        if not ctx:
+            self.close()
+            raise ModelFileError(f"llama.cpp could not create a context for {self.info.path} (n_ctx={self.n_ctx})")
+        self._ctx = ctx
+        self._mem = llama_cpp.llama_get_memory(ctx)
+        self._tap_mem = llama_cpp.llama_get_memory(self._tap_ctx) if self._tap_ctx is not None else None
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        if tap_layers:
+            self.tap = cb_tap if cb_tap is not None else LayerInpTap(ctx, tap_layers, self.n_embd)
+        self.tokens: list[int] = []
+        """Tokens of the conversation, in order: in the KV cache, or (tap context) about to be."""
+        self._n_done = 0
+        """How many of ``tokens`` the generation context has computed (the rest is pending, tap context only)."""
+        self._tap_tokens: list[int] = []
+        """Tokens in the tap context's KV cache (blocks 0..max tap layer), computed under ``_tap_key``."""
+        self._cvec_name, self._cvec_fn = bindings.cvec_setter()
+        self._control_key: bytes | None = None
+        self._control_args: tuple[np.ndarray, int, int] | None = None
+        self._tap_key: bytes | None = None
+        self._logits_ready = False
+
+    def _cparams(self, cb_tap: CbEvalTap | None) -> llama_cpp.llama_context_params:
+        settings = self.settings
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = self.n_ctx
         cparams.n_batch = self.n_batch
@@ -172,20 +208,7 @@ class LlamaSession:
         if cb_tap is not None:
             cparams.cb_eval = cb_tap.callback
             cparams.cb_eval_user_data = None
-        ctx = llama_cpp.llama_init_from_model(self.model.handle, cparams)
-        if not ctx:
-            self.close()
-            raise ModelFileError(f"llama.cpp could not create a context for {self.info.path} (n_ctx={self.n_ctx})")
-        self._ctx = ctx
-        self._mem = llama_cpp.llama_get_memory(ctx)
-        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
-        if tap_layers:
-            self.tap = cb_tap if cb_tap is not None else LayerInpTap(ctx, tap_layers, self.n_embd)
-        self.tokens: list[int] = []
-        """Tokens whose keys/values are in the KV cache, in order."""
-        self._cvec_name, self._cvec_fn = bindings.cvec_setter()
-        self._control_key: bytes | None = None
-        self._logits_ready = False
+        return cparams
 
     # ----------------------------------------------------------------- vocabulary
     @property
@@ -245,6 +268,7 @@ class LlamaSession:
         # exactly as the stale cells truncate() leaves behind with llama_memory_seq_rm.
         llama_cpp.llama_memory_clear(self._mem, False)
         self.tokens = []
+        self._n_done = 0
         self._logits_ready = False
 
     def truncate(self, n: int) -> None:
@@ -254,10 +278,12 @@ class LlamaSession:
         if n <= 0:
             self.reset()
             return
-        ok = llama_cpp.llama_memory_seq_rm(self._mem, 0, n, -1)
-        if not ok:  # pragma: no cover - partial removal unsupported (recurrent models)
-            self.reset()
-            return
+        if n < self._n_done:  # pending tokens (tap context) were never computed: dropping them is free
+            ok = llama_cpp.llama_memory_seq_rm(self._mem, 0, n, -1)
+            if not ok:  # pragma: no cover - partial removal unsupported (recurrent models)
+                self.reset()
+                return
+            self._n_done = n
         del self.tokens[n:]
         self._logits_ready = False
 
@@ -283,42 +309,93 @@ class LlamaSession:
         tap = self.tap if capture else None
         if capture and tap is None:
             raise RuntimeError("this session has no hidden-state tap")
+        if tap is not None and self._tap_ctx is not None:
+            # Tap context: capture there; the generation context computes these tokens only when something
+            # needs it (logits, sampling, the next decode), so a steered exact-mode turn that truncates them
+            # first never computes them unsteered at all.
+            self._tap_decode(list(tokens), capture="all" if capture == "all" else "last")
+            self.tokens.extend(tokens)
+            self._logits_ready = True
+            if all_logits:
+                return self._gen_decode(all_logits=True)
+            return None
+        self.tokens.extend(tokens)
+        return self._gen_decode(all_logits=all_logits, tap=tap, capture_all=capture == "all")
+
+    def _gen_decode(self, *, all_logits: bool = False, tap: HiddenTap | None = None,
+                    capture_all: bool = False) -> np.ndarray | None:
+        """Compute ``tokens[_n_done:]`` in the generation context."""
+        todo = self.tokens[self._n_done:]
+        if not todo:
+            return None
         if tap is not None:
-            tap.start(all_rows=capture == "all")
-        batch = self._batch
-        rows: list[np.ndarray] = []
+            tap.start(all_rows=capture_all)
         try:
-            for start in range(0, len(tokens), self.n_batch):
-                chunk = tokens[start : start + self.n_batch]
-                last_chunk = start + self.n_batch >= len(tokens)
-                batch.n_tokens = len(chunk)
-                pos0 = self.n_past
-                for i, tok in enumerate(chunk):
-                    batch.token[i] = tok
-                    batch.pos[i] = pos0 + i
-                    batch.n_seq_id[i] = 1
-                    batch.seq_id[i][0] = 0
-                    batch.logits[i] = all_logits or (last_chunk and i == len(chunk) - 1)
-                rc = llama_cpp.llama_decode(self._ctx, batch)
-                if rc != 0:
-                    self._logits_ready = False
-                    raise RuntimeError(f"llama_decode failed with code {rc}")
-                self.tokens.extend(chunk)
-                if all_logits:
-                    ptr = llama_cpp.llama_get_logits(self._ctx)
-                    rows.append(np.ctypeslib.as_array(ptr, shape=(len(chunk), self.n_vocab)).copy())
-                if tap is not None:
-                    tap.after_decode(len(chunk))
+            rows = _run_batches(self, self._ctx, todo, self._n_done, all_logits=all_logits, tap=tap)
+        except BaseException:
+            # Chunks decoded before the failure are in the KV cache: drop them so it matches ``tokens``.
+            llama_cpp.llama_memory_seq_rm(self._mem, 0, self._n_done, -1)
+            del self.tokens[self._n_done:]
+            self._logits_ready = False
+            raise
         finally:
             if tap is not None:
                 tap.stop()
+        self._n_done = len(self.tokens)
         self._logits_ready = True
-        return np.concatenate(rows) if all_logits else None
+        return rows
+
+    def _flush(self) -> None:
+        """Let the generation context catch up with pending tokens (tap context only)."""
+        if self._n_done < len(self.tokens):
+            ready = self._logits_ready
+            self._gen_decode()
+            self._logits_ready = ready or self._logits_ready
+
+    def _tap_decode(self, new: list[int], *, capture: str) -> None:
+        """Capture ``new`` (appended to ``tokens``) in the tap context, reusing its cached prefix.
+
+        The tap context holds the conversation as computed under the control vector of the moment it was
+        tapped; if that vector changed since, its cache is dropped. SteeredLlama taps with the vector
+        cleared, so its gate reads the conversation as the unsteered model computes it.
+        """
+        assert self._tap_ctx is not None and self.tap is not None
+        if self._tap_key != self._control_key:
+            _apply_cvec(self, self._tap_ctx, self._control_args)
+            self._tap_key = self._control_key
+            llama_cpp.llama_memory_clear(self._tap_mem, False)
+            self._tap_tokens = []
+        context = self.tokens
+        target = context + new
+        keep = _common_prefix(self._tap_tokens, target)
+        keep = min(keep, len(context) if capture == "all" else len(target) - 1)
+        if keep < len(self._tap_tokens):
+            if keep == 0 or not llama_cpp.llama_memory_seq_rm(self._tap_mem, 0, keep, -1):
+                llama_cpp.llama_memory_clear(self._tap_mem, False)
+                keep = 0
+            del self._tap_tokens[keep:]
+        try:
+            if capture == "all" and keep < len(context):
+                _run_batches(self, self._tap_ctx, context[keep:], keep, tap=None)
+                self._tap_tokens.extend(context[keep:])
+                keep = len(context)
+            todo = target[keep:]
+            self.tap.start(all_rows=capture == "all")
+            try:
+                _run_batches(self, self._tap_ctx, todo, keep, tap=self.tap)
+            finally:
+                self.tap.stop()
+            self._tap_tokens.extend(todo)
+        except BaseException:
+            llama_cpp.llama_memory_clear(self._tap_mem, False)
+            self._tap_tokens = []
+            raise
 
     def logits(self) -> np.ndarray:
         """Logits (n_vocab,) after the last decode, copied."""
         if not self._logits_ready:
             raise RuntimeError("no logits: decode something first")
+        self._flush()
         ptr = llama_cpp.llama_get_logits_ith(self._ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
 
@@ -357,22 +434,22 @@ class LlamaSession:
         key = np.int32(il_start).tobytes() + np.int32(il_end).tobytes() + buf.tobytes()
         if key == self._control_key:
             return
-        rc = self._cvec_fn(
-            self._ctx, buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), buf.size, self.n_embd, il_start, il_end
-        )
-        if rc != 0:
-            self._control_key = None
-            raise RuntimeError(f"{self._cvec_name} rejected the control vector (code {rc})")
+        self._flush()  # pending tokens were decoded before this vector: compute them without it
+        try:
+            _apply_cvec(self, self._ctx, (buf, il_start, il_end))
+        except RuntimeError:
+            self._control_key = self._control_args = None
+            raise
         self._control_key = key
+        self._control_args = (buf, il_start, il_end)
         self._logits_ready = False
 
     def clear_control(self) -> None:
         if self._control_key is None:
             return
-        rc = self._cvec_fn(self._ctx, None, 0, self.n_embd, -1, -1)
-        if rc != 0:  # pragma: no cover - clearing cannot fail in llama.cpp
-            raise RuntimeError(f"{self._cvec_name} could not clear the control vector")
-        self._control_key = None
+        self._flush()
+        _apply_cvec(self, self._ctx, None)
+        self._control_key = self._control_args = None
 
     def control_buffer(self, vectors: dict[int, np.ndarray]) -> tuple[np.ndarray, int, int]:
         """Full cvec buffer with ``vectors[layer]`` in place, and the layer range to enable."""
@@ -388,6 +465,7 @@ class LlamaSession:
         return Sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
 
     def sample(self, sampler: Sampler) -> int:
+        self._flush()
         return int(llama_cpp.llama_sampler_sample(sampler.chain, self._ctx, -1))
 
     # ----------------------------------------------------------------- lifetime
@@ -398,6 +476,9 @@ class LlamaSession:
         if self._ctx is not None:
             llama_cpp.llama_free(self._ctx)
             self._ctx = None
+        if getattr(self, "_tap_ctx", None) is not None:
+            llama_cpp.llama_free(self._tap_ctx)
+            self._tap_ctx = None
         if getattr(self, "_acquired", False):
             self._acquired = False
             self.model.release()
@@ -408,6 +489,53 @@ class LlamaSession:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown may have torn down llama_cpp
             self.close()
+
+
+def _run_batches(s: LlamaSession, ctx: llama_cpp.llama_context_p, tokens: list[int], pos0: int, *,
+                 all_logits: bool = False, tap: HiddenTap | None = None) -> np.ndarray | None:
+    """``llama_decode`` ``tokens`` at positions ``pos0``... in n_batch chunks; logits of the last (or all)."""
+    batch = s._batch
+    rows: list[np.ndarray] = []
+    for start in range(0, len(tokens), s.n_batch):
+        chunk = tokens[start : start + s.n_batch]
+        last_chunk = start + s.n_batch >= len(tokens)
+        batch.n_tokens = len(chunk)
+        for i, tok in enumerate(chunk):
+            batch.token[i] = tok
+            batch.pos[i] = pos0 + start + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = all_logits or (last_chunk and i == len(chunk) - 1)
+        rc = llama_cpp.llama_decode(ctx, batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc}")
+        if all_logits:
+            ptr = llama_cpp.llama_get_logits(ctx)
+            rows.append(np.ctypeslib.as_array(ptr, shape=(len(chunk), s.n_vocab)).copy())
+        if tap is not None:
+            tap.after_decode(len(chunk))
+    return np.concatenate(rows) if all_logits else None
+
+
+def _apply_cvec(s: LlamaSession, ctx: llama_cpp.llama_context_p, args: tuple[np.ndarray, int, int] | None) -> None:
+    """Set (``args`` = buffer, first, last layer) or clear (None) the control vector of one context."""
+    if args is None:
+        rc = s._cvec_fn(ctx, None, 0, s.n_embd, -1, -1)
+        if rc != 0:  # pragma: no cover - clearing cannot fail in llama.cpp
+            raise RuntimeError(f"{s._cvec_name} could not clear the control vector")
+        return
+    buf, lo, hi = args
+    rc = s._cvec_fn(ctx, buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), buf.size, s.n_embd, lo, hi)
+    if rc != 0:
+        raise RuntimeError(f"{s._cvec_name} rejected the control vector (code {rc})")
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 class Sampler:

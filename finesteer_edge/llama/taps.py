@@ -8,8 +8,13 @@ when the context is made, so it costs no scheduler re-reserve per turn and no pe
 the copy of a few KB per decode is the whole price. Only architectures whose graph builder records
 layer inputs support it (enabling it on others aborts inside llama.cpp), hence the allow-list.
 
-``cb_eval`` (fallback): a Python graph-evaluation callback that grabs ``l_out-N``. It works on every
-architecture but costs ~2-4 us per graph node on every decode, so decode slows by a few percent.
+``cb_eval``: a Python graph-evaluation callback that grabs ``l_out-N``. It works on every architecture
+that names its block outputs, but llama.cpp calls it for every graph node of every decode of the context
+it was created with (the pointer is fixed at context creation), ~2-4 us per node, so decode in that context
+slows by ~9%. The session therefore gives it a context of its own (``tap_context``, session.py): only the
+unsteered capturing prefills run there, and with ``stop_after`` the callback ends the graph right after
+the highest tap layer (returning false from the data call makes the scheduler stop computing), so such a
+prefill computes blocks 0..max(tap layers) only. Generation runs in a second context without callback.
 """
 
 from __future__ import annotations
@@ -20,10 +25,10 @@ from typing import Protocol
 import llama_cpp
 import numpy as np
 
+from ..architectures import LAYER_INP_ARCHITECTURES
 from . import bindings
 
-# Architectures whose graph builder in the pinned llama.cpp fills ``t_layer_inp[il]`` for every layer.
-LAYER_INP_ARCHITECTURES = frozenset({"llama", "qwen3", "qwen3moe"})
+__all__ = ["LAYER_INP_ARCHITECTURES", "CbEvalTap", "HiddenTap", "LayerInpTap"]
 
 
 class HiddenTap(Protocol):
@@ -106,27 +111,35 @@ class CbEvalTap(_Captures):
 
     method = "cb_eval"
 
-    def __init__(self, layers: tuple[int, ...], n_embd: int) -> None:
+    def __init__(self, layers: tuple[int, ...], n_embd: int, *, stop_after: bool = False) -> None:
         super().__init__(layers, n_embd)
+        self.method = "tap_context" if stop_after else "cb_eval"
         api = bindings.ggml_api()
         if api is None:
             raise RuntimeError("ggml tensor accessors not found next to llama_cpp")
         self._api = api
         self._want = {f"l_out-{n}".encode(): n for n in layers}
+        # The context only serves taps: stop the graph after the highest tap layer's output.
+        self._stop = f"l_out-{max(layers)}".encode() if stop_after else None
+        self._seen: set[int] = set()
         self.capturing = False
+        self.calls = 0
+        """How often llama.cpp called the callback (benchmarks: calls per generated token)."""
         self.error: str | None = None
         # Keep the CFUNCTYPE object alive for the context's whole life.
         self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_node)
 
     def _on_node(self, tensor: int, ask: bool, user_data: int) -> bool:
-        if not self.capturing:
+        self.calls += 1
+        if not self.capturing and self._stop is None:
             return not ask  # ask: "no, not this node"; data call: "continue"
         name = self._api.get_name(tensor)
-        layer = self._want.get(name)
+        layer = self._want.get(name) if self.capturing else None
         if ask:
-            return layer is not None
+            return layer is not None or name == self._stop
         if layer is None:
-            return True
+            return name != self._stop  # false after the last tap layer: the scheduler stops the graph
+        self._seen.add(layer)
         nrows = self._api.nrows(tensor)
         nbytes = self._api.nbytes(tensor)
         if self._api.get_type(tensor) != 0 or nrows <= 0 or nbytes != nrows * self._n_embd * 4:
@@ -140,12 +153,13 @@ class CbEvalTap(_Captures):
             self._api.tensor_get(tensor, buf.ctypes.data_as(ctypes.c_void_p), (nrows - 1) * self._n_embd * 4,
                                  self._n_embd * 4)
         self._store(layer, buf)
-        return True
+        return name != self._stop
 
     def start(self, all_rows: bool = False) -> None:
         super().start(all_rows)
         self.error = None
         self.capturing = True
+        self._seen = set()
 
     def stop(self) -> None:
         self.capturing = False
@@ -153,3 +167,10 @@ class CbEvalTap(_Captures):
     def after_decode(self, n_tokens: int) -> None:
         if self.error:
             raise RuntimeError(self.error)
+        if self.capturing and len(self._seen) < len(self.layers):
+            missing = sorted(set(self.layers) - self._seen)
+            raise RuntimeError(
+                f"the llama.cpp graph produced no l_out-{missing[0]} tensor: this architecture's graph does not "
+                "name its block outputs, so its hidden states cannot be read (unsupported architecture)"
+            )
+        self._seen = set()

@@ -96,6 +96,9 @@ def open_variant(name: str, model_path: Path, plan: PackPlan, *, threads: int, n
         return SteeredLlama(model_path, None, n_threads=threads, n_ctx=n_ctx)
     if name == "gate_closed":
         return SteeredLlama(model_path, plan.closed, gate=plan.gate_closed, n_threads=threads, n_ctx=n_ctx)
+    if name == "gate_closed_cb_eval":  # the pre-tap_context fallback: the callback in the generation context
+        return SteeredLlama(model_path, plan.closed, gate=plan.gate_closed, n_threads=threads, n_ctx=n_ctx,
+                            tap_method="cb_eval")
     if name in ("gate_open_fast", "gate_open_exact"):
         mode = name.rsplit("_", 1)[1]
         return SteeredLlama(model_path, plan.open, gate=plan.gate_open, mode=mode, n_threads=threads, n_ctx=n_ctx)

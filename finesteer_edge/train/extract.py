@@ -12,6 +12,7 @@ away from.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,8 @@ class ExtractConfig:
     n_ctx: int = 2048
     threads: int | None = None
     show_progress: bool = True
+    chat_template: str | None = None
+    """None: the model's own (plain with a warning if it has none); or a built-in name / Jinja file."""
 
 
 def _limit(items: list[Item], limit: int | None) -> list[Item]:
@@ -82,7 +85,7 @@ def extract(model_path: Path, cfg: ExtractConfig) -> Path:
     items = _limit(items, cfg.limit)
     if augment:
         items += style_variants(items)
-    llm = SteeredLlama(model_path, n_ctx=cfg.n_ctx, n_threads=cfg.threads)
+    llm = SteeredLlama(model_path, n_ctx=cfg.n_ctx, n_threads=cfg.threads, chat_template=cfg.chat_template)
     n_layer = llm.session.n_layer
     gate, steer, cands = default_layers(n_layer)
     gate = cfg.gate_layer if cfg.gate_layer is not None else gate
@@ -93,7 +96,10 @@ def extract(model_path: Path, cfg: ExtractConfig) -> Path:
     llm.close()
     taps = tuple(sorted(set(cands) | {steer}))
     # LayerError here if a layer is out of range for this model
-    llm = SteeredLlama(model_path, n_ctx=cfg.n_ctx, n_threads=cfg.threads, tap_layers=taps)
+    with warnings.catch_warnings():  # the template warning (if any) was shown by the first instance
+        warnings.simplefilter("ignore", UserWarning)
+        llm = SteeredLlama(model_path, n_ctx=cfg.n_ctx, n_threads=cfg.threads, tap_layers=taps,
+                           chat_template=cfg.chat_template)
     s = llm.session
     writer = ActivationsWriter(cfg.out, len(items), s.n_embd, list(cands))
     rows: dict[str, list[Any]] = {"id": [], "group": [], "split": [], "variant": [], "prompt": [], "own_answer": []}
@@ -114,6 +120,7 @@ def extract(model_path: Path, cfg: ExtractConfig) -> Path:
             "gate_layers": cands,
             "own_tokens": cfg.own_tokens,
             "n_ctx": s.n_ctx,
+            "chat_template": llm.chat_template.name,
             "data_files": {str(p): file_sha256(p) for p in files},
             "pairs_per_question": cfg.pairs_per_question,
             "augment": augment,
