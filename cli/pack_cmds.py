@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
@@ -54,24 +55,14 @@ def verify_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Verify checksums, the model fingerprint and the llama.cpp self-test (tap + control vector)."""
-    from finesteer_edge.steered import SteeredLlama
+    from finesteer_edge.verify import verify_pack
 
     model_path = resolve_model(model)
-    p = SteeringPack.load(resolve_pack(pack))
-    llm = SteeredLlama(model_path, p, n_threads=threads, n_ctx=512)
-    report = {"ok": True, "pack": str(p.path), "model": str(model_path), "checksums": "ok", "fingerprint": "ok",
-              "selftest": llm.selftest.to_dict() if llm.selftest else None}
-    llm.close()
+    report = verify_pack(resolve_pack(pack), model_path, n_threads=threads)
     if as_json:
-        typer.echo(json.dumps(report, indent=2))
+        typer.echo(json.dumps(report.to_dict(), indent=2))
         return
-    st = llm.selftest
-    assert st is not None
-    typer.echo(
-        f"ok: {p.path.name} fits {model_path.name}\n"
-        f"  checksums    ok ({', '.join(sorted(p.manifest.files))})\n"
-        f"  fingerprint  ok ({p.manifest.model.architecture}, {p.manifest.model.n_layer} layers, "
-        f"n_embd {p.manifest.model.n_embd})\n"
-        f"  self-test    ok: tap '{st.tap_method}' reads layer {st.steer_layer} as +v within {st.max_tap_error:.2g}; "
-        f"'{st.cvec_api}' changes logits by up to {st.logit_change:.3g} and clears bit-exactly"
-    )
+    lines = [f"ok: {Path(report.pack_path).name} fits {model_path.name}"]
+    lines += [f"  {c.name:<12} ok ({c.detail})" if c.name != "selftest" else f"  {'self-test':<12} ok: {c.detail}"
+              for c in report.checks]
+    typer.echo("\n".join(lines))

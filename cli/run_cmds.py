@@ -12,6 +12,7 @@ from finesteer_edge.errors import FinesteerError
 from finesteer_edge.model_info import read_model_info
 from finesteer_edge.resolve import default_pack_for, resolve_model, resolve_pack
 from finesteer_edge.result import GenerationResult
+from finesteer_edge.vocab import CONTEXT_POLICIES, MODES, VECTOR_SOURCES, choices
 
 MODEL_ARG = typer.Argument(None, help="GGUF path or known model name (default: smollm2-135m-instruct).")
 PACK_OPT = typer.Option(
@@ -50,12 +51,10 @@ def open_llm(model: str | None, pack: str | None, no_pack: bool, *, mode: str | 
 
     if pack and no_pack:
         raise typer.BadParameter("--pack and --no-pack exclude each other")
-    if mode is not None and mode not in ("exact", "fast"):
-        raise typer.BadParameter(f"--mode must be exact or fast, not {mode!r}")
-    if context_policy not in ("error", "drop_oldest"):
-        raise typer.BadParameter(f"--context-policy must be error or drop_oldest, not {context_policy!r}")
-    if vector is not None and vector not in ("head", "mean"):
-        raise typer.BadParameter(f"--vector must be head or mean, not {vector!r}")
+    for flag, value, allowed in (("--mode", mode, MODES), ("--context-policy", context_policy, CONTEXT_POLICIES),
+                                 ("--vector", vector, VECTOR_SOURCES)):
+        if value is not None and value not in allowed:
+            raise typer.BadParameter(f"{flag} must be {choices(allowed)}, not {value!r}")
     model_path = resolve_model(model)
     pack_path: Path | None = None
     if pack:

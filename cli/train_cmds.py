@@ -10,6 +10,7 @@ import typer
 
 from finesteer_edge.errors import FinesteerError
 from finesteer_edge.resolve import resolve_model
+from finesteer_edge.vocab import MODES, TRAINED_GATE_KINDS, choices
 
 
 def register(app: typer.Typer) -> None:
@@ -96,8 +97,8 @@ def train_cmd(
     _need_extra("sklearn", "train")
     from finesteer_edge.train.trainer import TrainConfig, summarize, train
 
-    if gate not in ("auto", "scs", "scs_logistic"):
-        raise typer.BadParameter("--gate must be auto, scs or scs_logistic")
+    if gate not in ("auto", *TRAINED_GATE_KINDS):
+        raise typer.BadParameter(f"--gate must be {choices(('auto', *TRAINED_GATE_KINDS))}")
     report = train(acts, out, TrainConfig(alpha=alpha, seed=seed, gate_kind=gate, gate_layer=gate_layer,
                                           epochs=epochs, threads=threads, negative_weight=negative_weight,
                                           hidden=mlp_hidden))
@@ -130,8 +131,8 @@ def convert_cmd(
     _need_extra("onnx", "convert")
     from finesteer_edge.converters.convert import convert
 
-    if mode not in ("exact", "fast"):
-        raise typer.BadParameter("--mode must be exact or fast")
+    if mode not in MODES:
+        raise typer.BadParameter(f"--mode must be {choices(MODES)}")
     if out.exists() and not overwrite:
         raise FinesteerError(f"{out} exists; pass --overwrite to replace it")
     model_path = resolve_model(model) if model else None

@@ -21,9 +21,12 @@ from .errors import (
     PackFormatError,
     SelfTestError,
 )
+from .multipack import PackSpec
 from .pack.pack import SteeringPack
-from .result import GenerationResult
+from .result import GenerationResult, PackOutcome
+from .settings import SamplingParams, SteeringSettings
 from .steered import SteeredLlama
+from .verify import VerifyReport, verify_pack
 
 __version__ = "0.1.0"
 
@@ -40,8 +43,14 @@ __all__ = [
     "ModelMismatchError",
     "PackError",
     "PackFormatError",
+    "PackOutcome",
+    "PackSpec",
+    "SamplingParams",
     "SelfTestError",
     "SteeredLlama",
     "SteeringPack",
+    "SteeringSettings",
+    "VerifyReport",
     "__version__",
+    "verify_pack",
 ]

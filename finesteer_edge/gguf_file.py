@@ -24,11 +24,11 @@ _DEFAULT_ALIGNMENT = 32
 _MAX_DIMS = 4
 _MAX_NAME = 1 << 16
 
-# GGUF metadata value types.
-_U8, _I8, _U16, _I16, _U32, _I32, _F32, _BOOL, _STR, _ARR, _U64, _I64, _F64 = range(13)
+# GGUF metadata value types (the format's numbering; the one definition: testing/fuzz.py imports it).
+U8, I8, U16, I16, U32, I32, F32, BOOL, STR, ARR, U64, I64, F64 = range(13)
 _SCALAR = {
-    _U8: "<B", _I8: "<b", _U16: "<H", _I16: "<h", _U32: "<I", _I32: "<i", _F32: "<f",
-    _BOOL: "<?", _U64: "<Q", _I64: "<q", _F64: "<d",
+    U8: "<B", I8: "<b", U16: "<H", I16: "<h", U32: "<I", I32: "<i", F32: "<f",
+    BOOL: "<?", U64: "<Q", I64: "<q", F64: "<d",
 }
 
 
@@ -106,9 +106,9 @@ class _Cursor:
     def value(self, vtype: int, what: str, depth: int = 0) -> Any:
         if vtype in _SCALAR:
             return self.unpack(_SCALAR[vtype], what)
-        if vtype == _STR:
+        if vtype == STR:
             return self.string(what)
-        if vtype == _ARR:
+        if vtype == ARR:
             if depth > 2:
                 raise GGUFFormatError(f"{what}: arrays nested too deeply")
             etype = self.unpack("<I", what)
@@ -175,7 +175,7 @@ def _parse(path: Path, mm: mmap.mmap | bytes, size: int, skip_keys: tuple[str, .
         key = cur.string(f"metadata key {i}")
         vtype = cur.unpack("<I", f"type of {key!r}")
         etype = -1
-        if vtype == _ARR and cur.pos + 4 <= size:
+        if vtype == ARR and cur.pos + 4 <= size:
             (etype,) = struct.unpack_from("<I", mm, cur.pos)
         val = cur.value(vtype, f"value of {key!r}")
         types[key] = (vtype, etype)

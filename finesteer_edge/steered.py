@@ -22,8 +22,8 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -31,43 +31,55 @@ from .errors import ConcurrentUseError, PackError
 from .llama.chat_template import ChatTemplate, Message, normalize_messages
 from .llama.session import ContextSettings, LlamaModel, LlamaSession
 from .llama.stops import StopMatcher
+from .model_info import read_model_info
+from .multipack import Combined, Decision, PackSpec, combine, pack_specs
 from .pack.pack import SteeringPack
 from .result import GenerationResult, PackOutcome
-from .selftest import SelfTestReport, run_selftest
+from .selftest import SelfTestReport
+from .settings import SamplingParams, SteeringSettings
+from .verify import VerifyReport, verify_pack
+from .vocab import (
+    COMBINE_POLICIES,
+    CONTEXT_POLICIES,
+    MODES,
+    CombinePolicy,
+    ContextPolicy,
+    VectorSource,
+    check_choice,
+    vector_source_from_manifest,
+)
 
 log = logging.getLogger("finesteer_edge")
 
-MODES = ("exact", "fast")
-CONTEXT_POLICIES = ("error", "drop_oldest")
-GATE_POLICIES = ("pack", "always", "never")
-VECTOR_SOURCES = ("head", "mean")
+__all__ = ["Decision", "PackSpec", "SamplingParams", "SteeredLlama", "SteeringSettings", "drop_oldest_turns"]
 
-
-@dataclass(frozen=True)
-class Decision:
-    gate_score: float
-    open: bool
-    vectors: dict[int, np.ndarray]
-    expert_weights: np.ndarray
+_UNSET: Any = object()
+"""Default of the loose sampling keywords: "not given", so ``sampling=`` supplies the value instead."""
 
 
 class SteeredLlama:
-    """A llama.cpp model that applies a FineSteer pack per turn.
+    """A llama.cpp model that applies one or several FineSteer packs per turn.
 
     Args:
         model_path: GGUF file, or a loaded :class:`LlamaModel` to share its weights with other instances
             (one context each: e.g. a server's parallel slots load the weights once).
         pack: a :class:`SteeringPack`, a pack directory, or None for plain generation.
+        packs: several packs at once (instead of ``pack``): each a pack, a directory or a
+            :class:`PackSpec` (pack + its own strength). Every pack's gate decides on its own from the same
+            unsteered prefill; the open packs' vectors are added into one control vector (``combine``).
         mode: ``exact`` (default; steered turns re-prefill their own tokens with the vector on) or
-            ``fast`` (keep the unsteered prompt cache, steer generated tokens). None: the pack's default.
+            ``fast`` (keep the unsteered prompt cache, steer generated tokens). None: the packs' default
+            (``exact`` if any pack's manifest says so).
         n_ctx, n_threads, n_batch: llama.cpp context settings (threads default to the usable cores).
-        strength: multiplies the pack's vector (1.0 = as trained).
+        strength: multiplies every pack's vector (1.0 = as trained), on top of each :class:`PackSpec`'s own.
         gate: ``pack`` (threshold tau), ``always`` or ``never`` (for baselines and debugging).
         vector_source: ``head`` (query-specific MoSE vector) or ``mean`` (the pack's static mean
-            vector from control.gguf); None: the pack's default.
+            vector from control.gguf); None: each pack's default.
+        combine: when several open packs add at one layer beyond what any of them does alone: ``cap``
+            (scale the sum down to that norm; default), ``refuse`` (raise :class:`PackError`) or ``sum``.
         strict: flash attention off and F32 KV cache (bit-stable, slower; for exactness tests).
-        allow_unsteered: if the pack cannot be loaded, verified or self-tested, continue without
-            steering instead of raising. Loud: logs an error and emits a warning. Off by default.
+        allow_unsteered: if a pack cannot be loaded, verified or self-tested, continue without it
+            instead of raising. Loud: logs an error and emits a warning. Off by default.
         context_policy: what a turn does when the conversation does not fit into ``n_ctx`` with room to
             generate. ``error`` (default): raise :class:`ContextOverflowError` and leave the instance and its
             KV cache as they were. ``drop_oldest``: leave out the oldest user/assistant exchanges (system
@@ -78,13 +90,17 @@ class SteeredLlama:
         chat_template: None (default): the GGUF's ``tokenizer.chat_template``; a model without one (or with
             one the renderer cannot run) falls back to plain text with a warning. Or a built-in name
             (``chatml``, ``llama3``, ``gemma``, ``phi3``, ``plain``), a Jinja file path, or Jinja source.
+
+    Steering settings are read-only attributes (``mode``, ``strength``, ``gate``, ``vector_source``); change
+    them with :meth:`set_steering`, which checks them.
     """
 
     def __init__(
         self,
         model_path: str | os.PathLike[str] | LlamaModel,
-        pack: SteeringPack | str | os.PathLike[str] | None = None,
+        pack: SteeringPack | str | os.PathLike[str] | PackSpec | None = None,
         *,
+        packs: Sequence[SteeringPack | str | os.PathLike[str] | PackSpec] | None = None,
         mode: str | None = None,
         n_ctx: int = 4096,
         n_threads: int | None = None,
@@ -92,6 +108,7 @@ class SteeredLlama:
         strength: float = 1.0,
         gate: str = "pack",
         vector_source: str | None = None,
+        combine: CombinePolicy = "cap",
         strict: bool = False,
         tap_method: str = "auto",
         allow_unsteered: bool = False,
@@ -99,52 +116,49 @@ class SteeredLlama:
         tap_layers: Sequence[int] = (),
         chat_template: str | None = None,
     ) -> None:
-        if mode is not None and mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-        if gate not in GATE_POLICIES:
-            raise ValueError(f"gate must be one of {GATE_POLICIES}, not {gate!r}")
-        if vector_source is not None and vector_source not in VECTOR_SOURCES:
-            raise ValueError(f"vector_source must be one of {VECTOR_SOURCES}, not {vector_source!r}")
-        if not np.isfinite(strength):
-            raise ValueError("strength must be finite")
-        if context_policy not in CONTEXT_POLICIES:
-            raise ValueError(f"context_policy must be one of {CONTEXT_POLICIES}, not {context_policy!r}")
+        if mode is not None:
+            check_choice(mode, MODES, "mode")
+        requested = SteeringSettings(mode=mode or "exact", strength=strength, gate=gate,  # type: ignore[arg-type]
+                                     vector_source=vector_source)  # type: ignore[arg-type]
+        specs = pack_specs(pack, packs)
         if chat_template is not None:
             from .llama.chat_template import resolve_template_choice
 
             resolve_template_choice(chat_template)  # an unknown name or unreadable file fails before loading
-        self.context_policy = context_policy
+        self.context_policy: ContextPolicy = check_choice(context_policy, CONTEXT_POLICIES, "context_policy")
+        self.combine: CombinePolicy = check_choice(combine, COMBINE_POLICIES, "combine")
         self._lock = threading.Lock()
         self._owner: int | None = None
         self.unsteered_reason: str | None = None
-        self.selftest: SelfTestReport | None = None
+        self.reports: list[VerifyReport] = []
+        """One :func:`verify_pack` report per pack in use (checksums, fingerprint, self-test)."""
         settings = ContextSettings(n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, strict=strict,
                                    tap_method=tap_method)
 
-        loaded: SteeringPack | None = None
-        try:
-            if pack is not None:
-                loaded = pack if isinstance(pack, SteeringPack) else SteeringPack.load(Path(pack))
-                from .model_info import read_model_info
-
-                info = model_path.info if isinstance(model_path, LlamaModel) else read_model_info(model_path)
-                loaded.check_model(info)
-        except PackError as exc:
-            loaded = self._refuse_or_continue(exc, allow_unsteered)
-        self.pack = loaded
-        taps = tuple(sorted(set(tap_layers) | set(loaded.tap_layers if loaded else ())))
-        self._session = LlamaSession(model_path, settings, tap_layers=taps)
-        if loaded is not None:
+        # Checksums and fingerprint before the context exists (a pack for another model is refused
+        # before anything is allocated), the self-test on the context the turns will use.
+        info = model_path.info if isinstance(model_path, LlamaModel) else None
+        loaded: list[tuple[SteeringPack, float]] = []
+        for spec in specs:
             try:
-                m = loaded.manifest
-                self.selftest = run_selftest(self._session, m.gate_layer, m.steer_layer, (m.head_layer,))
+                info = info or read_model_info(model_path)  # type: ignore[arg-type]
+                rep = verify_pack(spec.pack, info, selftest=False)
+                assert rep.pack is not None
+                loaded.append((rep.pack, spec.strength))
             except PackError as exc:
-                self.pack = self._refuse_or_continue(exc, allow_unsteered)
-        m = self.pack.manifest if self.pack else None
-        self.mode = mode or (m.mode if m else "exact")
-        self.strength = float(strength)
-        self.gate = gate
-        self.vector_source = vector_source or ("mean" if m and m.vector_source == "control" else "head")
+                self._refuse_or_continue(exc, allow_unsteered)
+        layers = set(tap_layers).union(*(p.tap_layers for p, _ in loaded))
+        self._session = LlamaSession(model_path, settings, tap_layers=tuple(sorted(layers)))
+        self._packs: list[tuple[SteeringPack, float]] = []
+        for p, s in loaded:
+            try:
+                self.reports.append(verify_pack(p, self._session))
+                self._packs.append((p, s))
+            except PackError as exc:
+                self._refuse_or_continue(exc, allow_unsteered)
+        manifest_modes = [p.manifest.mode for p, _ in self._packs]
+        default_mode = "exact" if "exact" in manifest_modes or not manifest_modes else "fast"
+        self._steering = replace(requested, mode=mode or default_mode)
         self._template = ChatTemplate.for_model(
             self._session.info.chat_template, chat_template, model_name=self._session.info.path.name,
             bos_token=self._session.token_text(self._session.bos),
@@ -153,12 +167,51 @@ class SteeredLlama:
 
     def _refuse_or_continue(self, exc: PackError, allow_unsteered: bool) -> None:
         if not allow_unsteered:
+            if getattr(self, "_session", None) is not None:
+                self._session.close()
             raise exc
-        self.unsteered_reason = str(exc)
+        self.unsteered_reason = f"{self.unsteered_reason}; {exc}" if self.unsteered_reason else str(exc)
         msg = f"STEERING DISABLED: the pack could not be applied ({exc}); generating UNSTEERED (allow_unsteered)"
         log.error(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
-        return None
+
+    # ------------------------------------------------------------------ settings
+    @property
+    def steering(self) -> SteeringSettings:
+        """The current steering settings (frozen; change them with :meth:`set_steering`)."""
+        return self._steering
+
+    def set_steering(self, settings: SteeringSettings | None = None, **changes: Any) -> SteeringSettings:
+        """Replace the steering settings: a whole :class:`SteeringSettings`, or some fields of the current
+        ones (``set_steering(mode="fast", strength=1.5)``). Checked like the constructor's arguments;
+        takes effect from the next turn. Returns the new settings."""
+        base = self._steering if settings is None else settings
+        if not isinstance(base, SteeringSettings):
+            raise TypeError(f"settings must be SteeringSettings, not {type(base).__name__}")
+        new = replace(base, **changes) if changes else base
+        with self._guard():
+            self._steering = new
+        return new
+
+    @property
+    def mode(self) -> str:
+        return self._steering.mode
+
+    @property
+    def strength(self) -> float:
+        return self._steering.strength
+
+    @property
+    def gate(self) -> str:
+        return self._steering.gate
+
+    @property
+    def vector_source(self) -> VectorSource:
+        """The vector source of the first pack (each pack's own default unless set)."""
+        return self._vector_source(self._packs[0][0]) if self._packs else (self._steering.vector_source or "head")
+
+    def _vector_source(self, pack: SteeringPack) -> VectorSource:
+        return self._steering.vector_source or vector_source_from_manifest(pack.manifest.vector_source)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ properties
     @property
@@ -178,6 +231,26 @@ class SteeredLlama:
         return self._session.info
 
     @property
+    def pack(self) -> SteeringPack | None:
+        """The first pack in use (None without one)."""
+        return self._packs[0][0] if self._packs else None
+
+    @property
+    def packs(self) -> list[SteeringPack]:
+        """Every pack in use, in load order."""
+        return [p for p, _ in self._packs]
+
+    @property
+    def pack_strengths(self) -> list[float]:
+        """Each pack's own strength (its :class:`PackSpec`; 1.0 by default), in load order."""
+        return [s for _, s in self._packs]
+
+    @property
+    def selftest(self) -> SelfTestReport | None:
+        """The first pack's load-time self-test (every pack's is in :attr:`reports`)."""
+        return self.reports[0].selftest if self.reports else None
+
+    @property
     def chat_template(self) -> ChatTemplate:
         """The template turns are rendered with (``.name``: gguf, a built-in, a file name, or plain (fallback))."""
         return self._template
@@ -191,50 +264,57 @@ class SteeredLlama:
         self,
         prompt_or_messages: str | Sequence[Message],
         *,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        seed: int | None = None,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        stop: Sequence[str] = (),
+        sampling: SamplingParams | None = None,
+        max_tokens: int = _UNSET,
+        temperature: float = _UNSET,
+        seed: int | None = _UNSET,
+        top_k: int = _UNSET,
+        top_p: float = _UNSET,
+        min_p: float = _UNSET,
+        stop: Sequence[str] = _UNSET,
     ) -> GenerationResult:
-        """One independent turn (fresh KV cache): gate, steer if the gate opens, generate."""
+        """One independent turn (fresh KV cache): gate, steer if the gate opens, generate.
+
+        Sampling: ``sampling`` (default :class:`SamplingParams()`: 256 tokens, greedy), with any loose
+        keyword given here replacing its field.
+        """
+        params = _sampling(sampling, max_tokens=max_tokens, temperature=temperature, seed=seed, top_k=top_k,
+                           top_p=top_p, min_p=min_p, stop=stop)
         messages = normalize_messages(prompt_or_messages)
         with self._guard():
-            it = self._turn(messages, reuse_cache=False, max_tokens=max_tokens, temperature=temperature,
-                            seed=seed, top_k=top_k, top_p=top_p, min_p=min_p, stop=stop)
-            return _drain(it)
+            return _drain(self._turn(messages, params, self._steering, reuse_cache=False))
 
     def chat(
         self,
         messages: Sequence[Message],
         *,
         stream: bool = True,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        seed: int | None = None,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        stop: Sequence[str] = (),
+        sampling: SamplingParams | None = None,
+        max_tokens: int = _UNSET,
+        temperature: float = _UNSET,
+        seed: int | None = _UNSET,
+        top_k: int = _UNSET,
+        top_p: float = _UNSET,
+        min_p: float = _UNSET,
+        stop: Sequence[str] = _UNSET,
     ) -> Iterator[str | GenerationResult] | GenerationResult:
         """Answer the last user turn of ``messages`` (the whole conversation so far).
 
         The KV cache of earlier turns is kept and reused. With ``stream`` (default) this returns an
         iterator yielding text pieces and, last, the :class:`GenerationResult`; otherwise the result.
+        Sampling as in :meth:`generate`.
         """
+        params = _sampling(sampling, max_tokens=max_tokens, temperature=temperature, seed=seed, top_k=top_k,
+                           top_p=top_p, min_p=min_p, stop=stop)
         msgs = normalize_messages(messages)
-        kwargs = dict(max_tokens=max_tokens, temperature=temperature, seed=seed, top_k=top_k, top_p=top_p,
-                      min_p=min_p, stop=stop)
         if not stream:
             with self._guard():
-                return _drain(self._turn(msgs, reuse_cache=True, **kwargs))  # type: ignore[arg-type]
-        return self._stream(msgs, kwargs)
+                return _drain(self._turn(msgs, params, self._steering, reuse_cache=True))
+        return self._stream(msgs, params)
 
-    def _stream(self, msgs: list[dict[str, str]], kwargs: dict) -> Iterator[str | GenerationResult]:  # type: ignore[type-arg]
+    def _stream(self, msgs: list[dict[str, str]], params: SamplingParams) -> Iterator[str | GenerationResult]:
         with self._guard():
-            yield from self._turn(msgs, reuse_cache=True, **kwargs)
+            yield from self._turn(msgs, params, self._steering, reuse_cache=True)
 
     def reset(self) -> None:
         """Forget the conversation (empties the KV cache)."""
@@ -302,83 +382,92 @@ class SteeredLlama:
         return tried[lo], lo
 
     def decide(self) -> Decision:
-        """Gate and vector for the hidden states of the last prefill (pack required)."""
-        assert self.pack is not None
-        m = self.pack.manifest
+        """The first pack's gate and vector for the hidden states of the last prefill (a pack required)."""
+        if not self._packs:
+            raise ValueError("decide() needs a pack")
+        return self._decide(*self._packs[0], self._steering)
+
+    def decide_all(self, steering: SteeringSettings | None = None) -> list[Decision]:
+        """Every pack's gate and vector for the hidden states of the last prefill, in load order."""
+        st = steering or self._steering
+        return [self._decide(p, s, st) for p, s in self._packs]
+
+    def steer_vectors(self, decisions: Sequence[Decision]) -> Combined:
+        """The control vector for these decisions: the open packs' vectors, added per layer (``combine``)."""
+        return combine(decisions, [p.manifest.name or p.path.name for p in self.packs], self.combine)
+
+    def _decide(self, pack: SteeringPack, pack_strength: float, st: SteeringSettings) -> Decision:
+        m = pack.manifest
         s = self._session
-        out = self.pack.evaluate(s.hidden(m.gate_layer), s.hidden(m.head_layer))
-        is_open = {"pack": out.gate_score >= m.tau, "always": True, "never": False}[self.gate]
+        out = pack.evaluate(s.hidden(m.gate_layer), s.hidden(m.head_layer))
+        is_open = {"pack": out.gate_score >= m.tau, "always": True, "never": False}[st.gate]
+        strength = st.strength * pack_strength
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, not warned
-            if self.vector_source == "head":
-                vectors = {m.steer_layer: out.vector * self.strength}
+            if self._vector_source(pack) == "head":
+                vectors = {m.steer_layer: out.vector * strength}
             else:
-                vectors = {layer: v * self.strength for layer, v in self.pack.control.directions.items()}
+                vectors = {layer: v * strength for layer, v in pack.control.directions.items()}
         for v in vectors.values():
             if not np.isfinite(v).all():
                 raise PackError("the steering vector is not finite; refusing to generate")
         return Decision(out.gate_score, bool(is_open), vectors, out.expert_weights)
 
-    def _turn(
-        self, messages: list[dict[str, str]], *, reuse_cache: bool, max_tokens: int, temperature: float,
-        seed: int | None, top_k: int, top_p: float, min_p: float, stop: Sequence[str],
-    ) -> Iterator[str | GenerationResult]:
-        if max_tokens < 0:
-            raise ValueError("max_tokens must be >= 0")
+    def _turn(self, messages: list[dict[str, str]], sampling: SamplingParams, steering: SteeringSettings, *,
+              reuse_cache: bool) -> Iterator[str | GenerationResult]:
         t0 = time.perf_counter()
         s = self._session
-        tokens, dropped = self._fit_context(messages, max_tokens)
+        tokens, dropped = self._fit_context(messages, sampling.max_tokens)
         common = _common_prefix(s.tokens, tokens) if reuse_cache else 0
         common = min(common, len(tokens) - 1)  # always decode at least one token to get fresh logits
         _check_context(tokens, s.n_ctx)
         s.truncate(common)
         new = tokens[common:]
         s.clear_control()
-        decision: Decision | None = None
-        if self.pack is not None:
-            s.decode(new, capture=True)
-            decision = self.decide()
+        decisions: list[Decision] = []
+        if self._packs:
+            s.decode(new, capture=True)  # one prefill: every pack's gate reads the same unsteered states
+            decisions = self.decide_all(steering)
         else:
             s.decode(new)
-        steered = decision is not None and decision.open
+        steered = any(d.open for d in decisions)
         try:
             if steered:
-                assert decision is not None
-                if self.mode == "exact":
+                vectors = self.steer_vectors(decisions).vectors
+                if steering.mode == "exact":
                     s.truncate(common)  # before the vector: a tap-context session then never computes them unsteered
-                s.set_control(*s.control_buffer(decision.vectors))
-                if self.mode == "exact":
+                s.set_control(*s.control_buffer(vectors))
+                if steering.mode == "exact":
                     s.decode(new)
+            first = decisions[0] if decisions else None
             result = GenerationResult(
                 text="", steered=steered,
-                gate_score=decision.gate_score if decision else None,
-                expert_weights=[float(x) for x in decision.expert_weights] if decision else None,
-                mode=self.mode if self.pack else "none", tokens=0, seconds=0.0,
+                gate_score=first.gate_score if first else None,
+                expert_weights=[float(x) for x in first.expert_weights] if first else None,
+                mode=steering.mode if self._packs else "none", tokens=0, seconds=0.0,
                 threshold=self.threshold, prompt_tokens=len(tokens), cached_tokens=common,
-                strength=self.strength if self.pack else None, dropped_turns=dropped,
+                strength=steering.strength if self._packs else None, dropped_turns=dropped,
                 packs=[PackOutcome(
-                    name=self.pack.manifest.name, steered=steered, gate_score=decision.gate_score,
-                    threshold=self.pack.manifest.tau,
-                    expert_weights=[float(x) for x in decision.expert_weights], strength=self.strength,
-                )] if self.pack is not None and decision is not None else [],
+                    name=p.manifest.name or p.path.name, steered=d.open, gate_score=d.gate_score,
+                    threshold=p.manifest.tau, expert_weights=[float(x) for x in d.expert_weights],
+                    strength=steering.strength * ps,
+                ) for (p, ps), d in zip(self._packs, decisions, strict=True)],
             )
-            yield from self._generate(result, t0, max_tokens=max_tokens, temperature=temperature, seed=seed,
-                                      top_k=top_k, top_p=top_p, min_p=min_p, stop=stop)
+            yield from self._generate(result, t0, sampling)
         finally:
             s.clear_control()
 
-    def _generate(self, result: GenerationResult, t0: float, *, max_tokens: int, temperature: float,
-                  seed: int | None, top_k: int, top_p: float, min_p: float,
-                  stop: Sequence[str]) -> Iterator[str | GenerationResult]:
+    def _generate(self, result: GenerationResult, t0: float, sp: SamplingParams) -> Iterator[str | GenerationResult]:
         s = self._session
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stopper = StopMatcher(stop)
+        stopper = StopMatcher(sp.stop)
         pieces: list[str] = []
         ids: list[int] = []
         finish = "length"
         hit = False
-        with s.sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed) as sampler:
-            result.seed = sampler.seed if temperature > 0 else None
-            for _ in range(max_tokens):
+        with s.sampler(temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p, min_p=sp.min_p,
+                       seed=sp.seed) as sampler:
+            result.seed = sampler.seed if sp.temperature > 0 else None
+            for _ in range(sp.max_tokens):
                 tok = s.sample(sampler)
                 if not ids and result.ttft_seconds == 0.0:
                     result.ttft_seconds = time.perf_counter() - t0
@@ -425,6 +514,15 @@ class SteeredLlama:
                 yield
             finally:
                 self._owner = None
+
+
+def _sampling(sampling: SamplingParams | None, **loose: Any) -> SamplingParams:
+    """``sampling`` (or the defaults) with the loose keywords that were given put in; checked."""
+    if sampling is not None and not isinstance(sampling, SamplingParams):
+        raise TypeError(f"sampling must be SamplingParams, not {type(sampling).__name__}")
+    given = {k: v for k, v in loose.items() if v is not _UNSET}
+    base = sampling or SamplingParams()
+    return replace(base, **given) if given else base
 
 
 def _drain(it: Iterator[str | GenerationResult]) -> GenerationResult:

@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..settings import SteeringSettings
+from ..vocab import GatePolicy, Mode, VectorSource
 from .mc import score_item
 
 if TYPE_CHECKING:
     from ..steered import SteeredLlama
 
-Task = tuple[str, str, str, str, float, Any]
+Task = tuple[str, GatePolicy, VectorSource, Mode, float, Any]
 
 
 @dataclass
@@ -41,9 +43,9 @@ class Gen:
 
 
 def run_task(llm: SteeredLlama, task: Task, max_tokens: int) -> Any:
-    """Configure the instance's plain attributes for this task and run it."""
+    """Set the instance's steering for this task (checked, like any other setting) and run it."""
     kind, gate, vector_source, mode, strength, payload = task
-    llm.gate, llm.vector_source, llm.mode, llm.strength = gate, vector_source, mode, float(strength)
+    llm.set_steering(SteeringSettings(mode=mode, strength=float(strength), gate=gate, vector_source=vector_source))
     if kind == "mc":
         return score_item(llm, payload)
     t = time.perf_counter()

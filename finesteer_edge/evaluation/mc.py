@@ -160,7 +160,7 @@ def score_continuations(llm: SteeredLlama, prompt_tokens: Sequence[int],
     """Per-token log-probabilities of each continuation after the prompt, steered as ``llm`` would steer.
 
     Returns (log-probs per continuation, whether the vector was on, gate score or None without a pack).
-    Uses the instance's current ``gate``, ``vector_source``, ``mode`` and ``strength``.
+    Uses the instance's current steering settings and every loaded pack (gate score: the first pack's).
     """
     s = llm.session
     prompt = list(prompt_tokens)
@@ -170,17 +170,16 @@ def score_continuations(llm: SteeredLlama, prompt_tokens: Sequence[int],
     s.clear_control()
     s.reset()
     try:
-        if llm.pack is not None:
+        if llm.packs:
             s.decode(prompt, capture=True)
-            decision = llm.decide()
+            decisions = llm.decide_all()
         else:
             s.decode(prompt)
-            decision = None
+            decisions = []
         last = s.logits()
-        steered = decision is not None and decision.open
+        steered = any(d.open for d in decisions)
         if steered:
-            assert decision is not None
-            s.set_control(*s.control_buffer(decision.vectors))
+            s.set_control(*s.control_buffer(llm.steer_vectors(decisions).vectors))
             if llm.mode == "exact":
                 s.reset()
                 s.decode(prompt)
@@ -194,7 +193,7 @@ def score_continuations(llm: SteeredLlama, prompt_tokens: Sequence[int],
                 rows = log_softmax(s.decode(list(cont[:-1]), all_logits=True))  # type: ignore[arg-type]
                 lp.extend(rows[np.arange(len(cont) - 1), list(cont[1:])])
             out.append(np.asarray(lp, dtype=np.float64))
-        return out, steered, (decision.gate_score if decision is not None else None)
+        return out, steered, (decisions[0].gate_score if decisions else None)
     finally:
         s.clear_control()
         s.reset()

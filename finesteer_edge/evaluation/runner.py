@@ -1,6 +1,6 @@
 """Run the baselines and FineSteer on the same prompts in one run: strength sweep on val, report on test.
 
-Methods (one :class:`SteeredLlama` holding the pack; only its plain attributes change between calls):
+Methods (one :class:`SteeredLlama` holding the pack; only its steering settings change between calls):
 
 =================  ========  =============  =====  =========================================
 name               gate      vector_source  mode   what it is
@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..progress import track
+from ..vocab import GatePolicy, Mode, VectorSource
 from .datasets import SAFETY_GROUPS, Prompt
 from .executors import Gen, LocalExecutor, PoolExecutor, Task, run_task
 from .mc import MCItem, MCScore, mc1
@@ -76,9 +77,9 @@ TRUTHFULQA_RULE = "highest validation MC1 (sum of log-probabilities; ties: small
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
-    gate: str
-    vector_source: str
-    mode: str
+    gate: GatePolicy
+    vector_source: VectorSource
+    mode: Mode
     description: str
 
     @property

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..vocab import TRAINED_GATE_KINDS
 from .common import median, spread
 
 HEAD_VARIANTS = ("onnx_folded", "runtime", "runtime_cold", "onnx_folded_2t", "onnx_unfolded", "onnx_unfolded_noopt",
@@ -55,7 +56,7 @@ def random_unfolded_head(d: int, *, n_experts: int = 8, basis_rank: int = 10, hi
         return (rng.standard_normal((out, inp)) / np.sqrt(inp)).astype(f32)
 
     gate = GateParams(kind=gate_kind)
-    if gate_kind in ("scs", "scs_logistic"):
+    if gate_kind in TRAINED_GATE_KINDS:  # the subspace gates: mean + components
         q, _ = np.linalg.qr(rng.standard_normal((d, gate_components)))
         gate.mean = (rng.standard_normal(d) * 0.1).astype(f32)
         gate.components = q.astype(f32)

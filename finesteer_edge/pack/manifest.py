@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import PackFormatError
 from ..model_info import Fingerprint
 from ..strict_json import loads_strict
+from ..vocab import GATE_KINDS, MANIFEST_VECTOR_SOURCES, MODES, PACK_METHODS
 
 FORMAT_NAME = "finesteer-edge-pack"
 FORMAT_VERSION = 1
@@ -23,10 +24,6 @@ CONTROL = "control.gguf"
 PACK_FILES = (HEAD, CONTROL)
 MAX_MANIFEST_BYTES = 4 << 20
 
-METHODS = ("finesteer", "static")
-GATE_KINDS = ("scs", "scs_logistic", "logistic", "always")
-VECTOR_SOURCES = ("head", "control")
-MODES = ("exact", "fast")
 
 
 @dataclass(frozen=True)
@@ -179,7 +176,7 @@ def parse_manifest(raw: bytes) -> Manifest:
     return Manifest(
         name=name,
         description=description,
-        method=_choice(_get(d, "method", str), METHODS, "method"),
+        method=_choice(_get(d, "method", str), PACK_METHODS, "method"),
         model=fp,
         model_name=str(model.get("name", "")),
         gate_layer=gate_layer,
@@ -190,7 +187,7 @@ def parse_manifest(raw: bytes) -> Manifest:
         gate_kind=_choice(_get(gate, "kind", str, "gate."), GATE_KINDS, "gate.kind"),
         n_experts=n_experts,
         basis_rank=basis_rank,
-        vector_source=_choice(_get(d, "vector_source", str), VECTOR_SOURCES, "vector_source"),
+        vector_source=_choice(_get(d, "vector_source", str), MANIFEST_VECTOR_SOURCES, "vector_source"),
         mode=_choice(_get(d, "mode", str), MODES, "mode"),
         files=files,
         provenance=provenance,

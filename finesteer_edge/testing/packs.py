@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..model_info import read_model_info
+from ..vocab import TRAINED_GATE_KINDS
 
 
 def random_head(d: int, *, n_experts: int = 4, basis_rank: int = 3, hidden: int | None = None,
@@ -24,7 +25,7 @@ def random_head(d: int, *, n_experts: int = 4, basis_rank: int = 3, hidden: int 
     f32 = np.float32
     q, _ = np.linalg.qr(rng.standard_normal((d, gate_components)))
     gate = GateParams(kind=gate_kind)
-    if gate_kind in ("scs", "scs_logistic"):
+    if gate_kind in TRAINED_GATE_KINDS:  # the subspace gates: mean + components
         gate.mean = rng.standard_normal(d).astype(f32) * 0.1
         gate.components = q.astype(f32)
     if gate_kind == "scs_logistic":

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import CheckpointError
 from ..model_info import Fingerprint
+from ..vocab import TRAINED_GATE_KINDS
 
 FORMAT_NAME = "finesteer-edge-checkpoint"
 FORMAT_VERSION = 1
@@ -32,8 +33,6 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 MAX_CONFIG_BYTES = 16 << 20
 """config.json holds layers, thresholds and metrics (kilobytes): a bigger one is refused unread."""
-GATE_KINDS = ("scs", "scs_logistic")
-"""The gates ``train`` writes (see scs.py); both need ``V`` and ``m``."""
 
 MOSE_KEYS = ("C", "U", "W_q", "b_q", "W_k", "b_k", "W_v", "b_v", "mlp.W1", "mlp.b1", "mlp.W2", "mlp.b2", "t",
              "gamma", "input_scale")
@@ -166,8 +165,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         feature_layer = int(feature) if feature is not None else None
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise CheckpointError(f"{path / CONFIG}: missing or bad field ({exc})") from exc
-    if gate.kind not in GATE_KINDS:
-        raise CheckpointError(f"{path / CONFIG}: gate kind {gate.kind[:40]!r} is not one of {', '.join(GATE_KINDS)}")
+    if gate.kind not in TRAINED_GATE_KINDS:
+        raise CheckpointError(
+            f"{path / CONFIG}: gate kind {gate.kind[:40]!r} is not one of {', '.join(TRAINED_GATE_KINDS)}"
+        )
     mose = mose_from_tensors(tensors, str(path))
     d = mose.d
     m, V = gate.mean, gate.components

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..vocab import TRAINED_GATE_KINDS
 
-GATE_KINDS = ("scs", "scs_logistic")
 RECALL_FALLBACK = 0.10  # 10th percentile of target scores = 90% recall
 PREFER_PUBLISHED_MARGIN = 0.01
 
@@ -140,8 +140,8 @@ def separation_margin(kind: str, pos: np.ndarray, neg: np.ndarray) -> float:
 def fit_gate(kind: str, layer: int, h_train: np.ndarray, y_train: np.ndarray, h_val: np.ndarray, y_val: np.ndarray,
              groups_val: np.ndarray, *, variance: float = 0.9, cap: int = 128, seed: int = 0) -> GateFit:
     """Fit one gate kind at one layer; targets are ``y == 1``."""
-    if kind not in GATE_KINDS:
-        raise ValueError(f"gate kind must be one of {GATE_KINDS}")
+    if kind not in TRAINED_GATE_KINDS:
+        raise ValueError(f"gate kind must be one of {TRAINED_GATE_KINDS}")
     mean, comps, explained = fit_subspace(h_train[y_train == 1], variance=variance, cap=cap, seed=seed)
     fit = GateFit(kind, layer, mean, comps, None, 0.0, 0.0, explained)
     if kind == "scs_logistic":

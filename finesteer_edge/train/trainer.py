@@ -14,10 +14,11 @@ import numpy as np
 
 from ..data import file_sha256
 from ..errors import ActivationsError, DataError
+from ..vocab import TRAINED_GATE_KINDS
 from .activations import Activations, load_activations
 from .checkpoint import save_checkpoint
 from .mose import K_RANGE, build_experts, make_module, train_mose
-from .scs import GATE_KINDS, GateFit, choose_gate, fit_gate
+from .scs import GateFit, choose_gate, fit_gate
 
 DEFAULT_ALPHA = 1.0
 
@@ -139,7 +140,7 @@ def _fit_gates(acts: Activations, cfg: TrainConfig) -> tuple[GateFit, list[dict[
     if cfg.gate_layer is not None and cfg.gate_layer not in acts.layers:
         raise DataError(f"gate layer {cfg.gate_layer} was not extracted; available: {sorted(acts.layers)}")
     has_negatives = bool((tr & (acts.label == 0)).any())
-    kinds = [cfg.gate_kind] if cfg.gate_kind != "auto" else [k for k in GATE_KINDS
+    kinds = [cfg.gate_kind] if cfg.gate_kind != "auto" else [k for k in TRAINED_GATE_KINDS
                                                              if k == "scs" or has_negatives]
     fits = []
     for layer in layers:

@@ -15,14 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ... import gguf_file
-from ...gguf_file import parse_gguf_bytes
+from ...gguf_file import ARR, BOOL, F32, F64, I8, I16, I32, I64, STR, U8, U16, U32, U64, parse_gguf_bytes
 from .core import INTERESTING_FLOATS, apply_byte_mutations, strategies, tuple_muts
 
 # The reader's value-type numbers: one definition, in gguf_file.py.
-U8, I8, U16, I16, U32, I32, F32, BOOL, STR, ARR, U64, I64, F64 = (
-    gguf_file._U8, gguf_file._I8, gguf_file._U16, gguf_file._I16, gguf_file._U32, gguf_file._I32, gguf_file._F32,
-    gguf_file._BOOL, gguf_file._STR, gguf_file._ARR, gguf_file._U64, gguf_file._I64, gguf_file._F64)
 _FMT = {U8: "<B", I8: "<b", U16: "<H", I16: "<h", U32: "<I", I32: "<i", F32: "<f", BOOL: "<B", U64: "<Q",
         I64: "<q", F64: "<d"}
 

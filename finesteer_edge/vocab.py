@@ -1,0 +1,75 @@
+"""Every fixed set of words the project uses, in one place: modes, gate policies and kinds, vector sources,
+context policies, pack methods.
+
+Why one module: the same sets used to be spelled in several files (``steered.py``, ``pack/manifest.py``,
+``train/scs.py``, ``train/checkpoint.py``, the CLI) and drifted (``vector_source`` was ``head``/``mean`` in
+the API but ``head``/``control`` in the manifest). Each set is a ``Literal`` type for annotations and a
+tuple of its values for checks and messages (the tuple is derived from the type, so they cannot drift).
+The manifest's spelling of the static vector source maps to the API's in :func:`vector_source_from_manifest`
+and back in :func:`vector_source_to_manifest`, nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypeVar, get_args
+
+Mode = Literal["exact", "fast"]
+"""``exact``: a steered turn re-prefills its own tokens with the vector on; ``fast``: steer generated tokens."""
+MODES: tuple[Mode, ...] = get_args(Mode)
+
+GatePolicy = Literal["pack", "always", "never"]
+"""``pack``: steer iff gate score >= the pack's tau; ``always``/``never``: forced (baselines, debugging)."""
+GATE_POLICIES: tuple[GatePolicy, ...] = get_args(GatePolicy)
+
+GateKind = Literal["scs", "scs_logistic", "logistic", "always"]
+"""The gate a pack's head computes (manifest ``gate.kind``)."""
+GATE_KINDS: tuple[GateKind, ...] = get_args(GateKind)
+
+TrainedGateKind = Literal["scs", "scs_logistic"]
+"""The gates ``train`` fits and checkpoints hold; both project onto a PCA subspace (mean ``m``, basis ``V``)."""
+TRAINED_GATE_KINDS: tuple[TrainedGateKind, ...] = get_args(TrainedGateKind)
+
+VectorSource = Literal["head", "mean"]
+"""API spelling. ``head``: the MoSE head's query-specific vector; ``mean``: the pack's static mean vector."""
+VECTOR_SOURCES: tuple[VectorSource, ...] = get_args(VectorSource)
+
+ManifestVectorSource = Literal["head", "control"]
+"""Manifest spelling (format_version 1, kept for old packs): the static vector is the file ``control.gguf``."""
+MANIFEST_VECTOR_SOURCES: tuple[ManifestVectorSource, ...] = get_args(ManifestVectorSource)
+
+ContextPolicy = Literal["error", "drop_oldest"]
+"""What a turn does when the conversation outgrows the context (see ``SteeredLlama``)."""
+CONTEXT_POLICIES: tuple[ContextPolicy, ...] = get_args(ContextPolicy)
+
+CombinePolicy = Literal["cap", "refuse", "sum"]
+"""Several packs adding at one layer beyond what any of them does alone: scale the sum down to that (``cap``),
+refuse the turn (``refuse``), or keep the plain sum as llama.cpp's ``--control-vector A B`` does (``sum``)."""
+COMBINE_POLICIES: tuple[CombinePolicy, ...] = get_args(CombinePolicy)
+
+PackMethod = Literal["finesteer", "static"]
+"""A pack's method: SCS gate + MoSE head, or one fixed vector (optionally gated)."""
+PACK_METHODS: tuple[PackMethod, ...] = get_args(PackMethod)
+
+_T = TypeVar("_T", bound=str)
+
+
+def vector_source_from_manifest(value: ManifestVectorSource) -> VectorSource:
+    """The API's name for a manifest's ``vector_source`` (``control`` -> ``mean``)."""
+    return "mean" if check_choice(value, MANIFEST_VECTOR_SOURCES, "manifest vector_source") == "control" else "head"
+
+
+def vector_source_to_manifest(value: VectorSource) -> ManifestVectorSource:
+    """The manifest's name for an API ``vector_source`` (``mean`` -> ``control``)."""
+    return "control" if check_choice(value, VECTOR_SOURCES, "vector_source") == "mean" else "head"
+
+
+def check_choice(value: object, allowed: tuple[_T, ...], name: str) -> _T:
+    """``value`` if it is one of ``allowed``, else ValueError naming the setting and the choices."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def choices(allowed: tuple[str, ...], sep: str = " or ") -> str:
+    """``"exact or fast"``: the values for a human message (CLI errors, help)."""
+    return ", ".join(allowed[:-1]) + sep + allowed[-1] if len(allowed) > 1 else allowed[0]
