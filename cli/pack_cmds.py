@@ -17,11 +17,16 @@ def register(app: typer.Typer) -> None:
 
 
 def inspect_cmd(
-    pack: str = typer.Argument(..., help="Pack directory or bundled pack name."),
+    pack: list[str] = typer.Argument(..., help="Pack directory or bundled pack name (several: inspect the set)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Show a pack's layers, alpha, tau, experts, sizes and model fingerprint (checksums are verified)."""
-    p = SteeringPack.load(resolve_pack(pack))
+    """Show a pack's layers, alpha, tau, experts, sizes and model fingerprint (checksums are verified).
+
+    With several packs: each one, then the set as it would run together (tapped and steered layers)."""
+    if len(pack) > 1:
+        _inspect_set([SteeringPack.load(resolve_pack(x)) for x in pack], as_json)
+        return
+    p = SteeringPack.load(resolve_pack(pack[0]))
     info = p.describe()
     info["provenance"] = p.manifest.provenance
     if as_json:
@@ -45,6 +50,31 @@ def inspect_cmd(
     lines.append(f"total       {sum(e.bytes for e in m.files.values()):>10,} bytes")
     if m.description:
         lines.append(f"about       {m.description}")
+    typer.echo("\n".join(lines))
+
+
+def _inspect_set(packs: list[SteeringPack], as_json: bool) -> None:
+    from finesteer_edge.multipack import describe_set
+
+    combined = describe_set(packs)
+    if as_json:
+        typer.echo(json.dumps({"packs": [{**p.describe(), "provenance": p.manifest.provenance} for p in packs],
+                               "combined": combined}, indent=2))
+        return
+    lines = []
+    for p in packs:
+        m = p.manifest
+        lines.append(f"pack        {m.name or p.path.name}  ({p.path}): gate layer {m.gate_layer} ({m.gate_kind}, "
+                     f"tau {m.tau:g}), steer layer {m.steer_layer}, vector {m.vector_source}, K = {m.n_experts}")
+    m0 = packs[0].manifest
+    lines.append(f"model       {m0.model_name or '?'}: {m0.model.architecture}, {m0.model.n_layer} layers, "
+                 f"n_embd {m0.model.n_embd} (every pack fits it)")
+    lines.append(f"prefill     one, tapping layers {combined['tap_layers']}; one head run per pack")
+    steer = combined["steer_layers"]
+    assert isinstance(steer, dict)
+    for layer, names in steer.items():
+        how = "their open vectors add (capped at the largest single norm)" if len(names) > 1 else "alone"
+        lines.append(f"layer {layer:<5} steered by {', '.join(names)}: {how}")
     typer.echo("\n".join(lines))
 
 

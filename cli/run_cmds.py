@@ -16,7 +16,9 @@ from finesteer_edge.vocab import CONTEXT_POLICIES, MODES, VECTOR_SOURCES, choice
 
 MODEL_ARG = typer.Argument(None, help="GGUF path or known model name (default: smollm2-135m-instruct).")
 PACK_OPT = typer.Option(
-    None, "--pack", "-p", help="Pack directory or bundled pack name (default: the model's bundled pack)."
+    None, "--pack", "-p",
+    help="Pack directory or bundled pack name (default: the model's bundled pack). Repeat it to load several "
+         "packs: each is gated on its own, the open ones' vectors add.",
 )
 NO_PACK_OPT = typer.Option(False, "--no-pack", help="Plain llama.cpp generation, no steering.")
 MODE_OPT = typer.Option(None, "--mode", help="exact (re-prefill steered turns) or fast; default: the pack's.")
@@ -43,36 +45,38 @@ def register(app: typer.Typer) -> None:
     app.command("chat")(chat_cmd)
 
 
-def open_llm(model: str | None, pack: str | None, no_pack: bool, *, mode: str | None, threads: int | None,
+def open_llm(model: str | None, packs: list[str] | None, no_pack: bool, *, mode: str | None, threads: int | None,
              n_ctx: int, strength: float, allow_unsteered: bool, quiet: bool = False,
              context_policy: str = "error", vector: str | None = None,
              chat_template: str | None = None):  # type: ignore[no-untyped-def]
+    """The SteeredLlama the options describe, the model path and the pack paths (empty: unsteered)."""
     from finesteer_edge.steered import SteeredLlama
 
-    if pack and no_pack:
+    if packs and no_pack:
         raise typer.BadParameter("--pack and --no-pack exclude each other")
     for flag, value, allowed in (("--mode", mode, MODES), ("--context-policy", context_policy, CONTEXT_POLICIES),
                                  ("--vector", vector, VECTOR_SOURCES)):
         if value is not None and value not in allowed:
             raise typer.BadParameter(f"{flag} must be {choices(allowed)}, not {value!r}")
     model_path = resolve_model(model)
-    pack_path: Path | None = None
-    if pack:
-        pack_path = resolve_pack(pack)
+    pack_paths: list[Path] = []
+    if packs:
+        pack_paths = [resolve_pack(p) for p in packs]
     elif not no_pack:
-        pack_path = default_pack_for(read_model_info(model_path))
-        if pack_path is None and not quiet:
+        found = default_pack_for(read_model_info(model_path))
+        pack_paths = [found] if found is not None else []
+        if not pack_paths and not quiet:
             print(f"note: no bundled pack for {model_path.name}; generating unsteered (--pack to steer)",
                   file=sys.stderr)
-    return SteeredLlama(model_path, pack_path, mode=mode, n_threads=threads, n_ctx=n_ctx, strength=strength,
+    return SteeredLlama(model_path, packs=pack_paths, mode=mode, n_threads=threads, n_ctx=n_ctx, strength=strength,
                         allow_unsteered=allow_unsteered, context_policy=context_policy,
-                        vector_source=vector, chat_template=chat_template), model_path, pack_path
+                        vector_source=vector, chat_template=chat_template), model_path, pack_paths
 
 
 def generate_cmd(
     model: str = MODEL_ARG,
     prompt: str = typer.Option(..., "--prompt", help="The user message."),
-    pack: str = PACK_OPT,
+    pack: list[str] = PACK_OPT,
     no_pack: bool = NO_PACK_OPT,
     mode: str = MODE_OPT,
     max_tokens: int = typer.Option(256, "--max-tokens", "-n", min=0, help="Generate at most this many tokens."),
@@ -87,11 +91,12 @@ def generate_cmd(
     allow_unsteered: bool = ALLOW_OPT,
     chat_template: str = TEMPLATE_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the result."),
+    explain: bool = typer.Option(False, "--explain", help="After the answer, show every pack's gate decision."),
 ) -> None:
-    """Answer one prompt; the gate decides whether this turn is steered."""
-    llm, model_path, pack_path = open_llm(model, pack, no_pack, mode=mode, threads=threads, n_ctx=n_ctx,
-                                          strength=strength, allow_unsteered=allow_unsteered, quiet=as_json,
-                                          vector=vector, chat_template=chat_template)
+    """Answer one prompt; each pack's gate decides whether it steers this turn."""
+    llm, model_path, _ = open_llm(model, pack, no_pack, mode=mode, threads=threads, n_ctx=n_ctx,
+                                  strength=strength, allow_unsteered=allow_unsteered, quiet=as_json,
+                                  vector=vector, chat_template=chat_template)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     kwargs = dict(max_tokens=max_tokens, temperature=temperature, seed=seed, stop=stop or ())
     if as_json:
@@ -108,25 +113,38 @@ def generate_cmd(
     assert result is not None
     if as_json:
         d = result.to_dict()
-        d.update(model=str(model_path), pack=str(pack_path) if llm.pack else None,
+        used = [str(p.path) for p in llm.packs]
+        d.update(model=str(model_path), pack=used[0] if used else None, pack_paths=used,
                  threads=llm.n_threads, unsteered_reason=llm.unsteered_reason,
                  chat_template=llm.chat_template.name)
         typer.echo(json.dumps(d))
+    if explain:
+        print(_explain_line(1, result), file=sys.stderr)
     llm.close()
 
 
 def _explain_line(turn: int, r: GenerationResult) -> str:
+    """One line per turn; with several packs, then one indented line per pack."""
     if r.gate_score is None:
         return f"turn {turn}: no pack (unsteered)"
-    weights = ", ".join(f"{w:.2f}" for w in (r.expert_weights or []))
     verdict = "STEERED" if r.steered else "not steered"
-    return (f"turn {turn}: {verdict}  gate score {r.gate_score:.4f} vs threshold {r.threshold:.4f}  "
-            f"mode {r.mode}  experts [{weights}]  {r.tokens} tokens in {r.seconds:.2f}s")
+    timing = f"{r.tokens} tokens in {r.seconds:.2f}s"
+    if len(r.packs) <= 1:
+        weights = ", ".join(f"{w:.2f}" for w in (r.expert_weights or []))
+        return (f"turn {turn}: {verdict}  gate score {r.gate_score:.4f} vs threshold {r.threshold:.4f}  "
+                f"mode {r.mode}  experts [{weights}]  {timing}")
+    n_open = sum(p.steered for p in r.packs)
+    lines = [f"turn {turn}: {verdict} ({n_open} of {len(r.packs)} packs)  mode {r.mode}  {timing}"]
+    for p in r.packs:
+        weights = ", ".join(f"{w:.2f}" for w in p.expert_weights)
+        lines.append(f"  {p.name}: {'STEERED' if p.steered else 'not steered'}  gate score {p.gate_score:.4f} "
+                     f"vs threshold {p.threshold:.4f}  experts [{weights}]  strength {p.strength:g}")
+    return "\n".join(lines)
 
 
 def chat_cmd(
     model: str = MODEL_ARG,
-    pack: str = PACK_OPT,
+    pack: list[str] = PACK_OPT,
     no_pack: bool = NO_PACK_OPT,
     mode: str = MODE_OPT,
     explain: bool = typer.Option(False, "--explain", help="After every turn, show the gate decision."),
@@ -147,15 +165,15 @@ def chat_cmd(
     ),
 ) -> None:
     """Interactive chat. Commands: /reset (new conversation), /explain (gate decisions so far), /quit."""
-    llm, model_path, pack_path = open_llm(model, pack, no_pack, mode=mode, threads=threads, n_ctx=n_ctx,
-                                          strength=strength, allow_unsteered=allow_unsteered,
-                                          context_policy=context_policy, vector=vector,
-                                          chat_template=chat_template)
+    llm, model_path, _ = open_llm(model, pack, no_pack, mode=mode, threads=threads, n_ctx=n_ctx,
+                                  strength=strength, allow_unsteered=allow_unsteered,
+                                  context_policy=context_policy, vector=vector, chat_template=chat_template)
     interactive = sys.stdin.isatty()
     base = [{"role": "system", "content": system}] if system else []
     messages = list(base)
     history: list[GenerationResult] = []
-    pack_note = f"pack {pack_path.name}" if llm.pack and pack_path else "no pack"
+    names = [p.path.name for p in llm.packs]
+    pack_note = (f"pack {names[0]}" if len(names) == 1 else f"packs {', '.join(names)}") if names else "no pack"
     print(f"finesteer-edge chat: {model_path.name}, {pack_note}, mode {llm.mode}. "
           "/reset, /explain, /quit", file=sys.stderr)
     while True:

@@ -102,3 +102,43 @@ def combine(decisions: Sequence[Decision], names: Sequence[str], policy: Combine
         sums[layer] = (sums[layer] * np.float32(factor)).astype(np.float32)
         capped[layer] = factor
     return Combined(sums, capped)
+
+
+def check_compatible(packs: Sequence[SteeringPack]) -> None:
+    """Refuse a set of packs made for different models (a model that fits one cannot fit the other)."""
+    from .errors import ModelMismatchError
+
+    if not packs:
+        return
+    first = packs[0].manifest
+    for p in packs[1:]:
+        problems = first.model.mismatches(p.manifest.model)
+        if problems:
+            raise ModelMismatchError(
+                f"packs {first.name or packs[0].path.name} and {p.manifest.name or p.path.name} were made for "
+                f"different models ({'; '.join(problems)}); load them on their own models"
+            )
+
+
+def steer_layers(pack: SteeringPack, vector_source: str | None = None) -> list[int]:
+    """The layers a pack's control vector writes: its steer layer (``head``) or control.gguf's rows (``mean``)."""
+    from .vocab import vector_source_from_manifest
+
+    source = vector_source or vector_source_from_manifest(pack.manifest.vector_source)  # type: ignore[arg-type]
+    return [pack.manifest.steer_layer] if source == "head" else sorted(pack.control.directions)
+
+
+def describe_set(packs: Sequence[SteeringPack]) -> dict[str, object]:
+    """What a set of packs does together: the layers the one prefill taps, and who writes which layer."""
+    check_compatible(packs)
+    writers: dict[int, list[str]] = {}
+    for p in packs:
+        for layer in steer_layers(p):
+            writers.setdefault(layer, []).append(p.manifest.name or p.path.name)
+    return {
+        "packs": [p.manifest.name or p.path.name for p in packs],
+        "tap_layers": sorted(set().union(*(p.tap_layers for p in packs))),
+        "gate_layers": {p.manifest.name or p.path.name: p.manifest.gate_layer for p in packs},
+        "steer_layers": {str(layer): names for layer, names in sorted(writers.items())},
+        "shared_layers": sorted(layer for layer, names in writers.items() if len(names) > 1),
+    }

@@ -1,0 +1,156 @@
+"""Several packs on one model (tiny GGUF): one prefill, a gate per pack, vectors summed per layer, capped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from finesteer_edge import PackSpec, SteeredLlama, SteeringPack
+from finesteer_edge.errors import ModelMismatchError, PackError
+from finesteer_edge.llama.session import ContextSettings, LlamaSession
+from finesteer_edge.multipack import Decision, combine, describe_set
+from finesteer_edge.testing.packs import make_random_pack
+
+from .conftest import run_cli
+
+KW = dict(n_ctx=512, n_threads=1)
+PROMPTS = ["Tell me a story about the sea.", "What is the capital of France?", "hi", "Write a poem about rain."]
+N = 12
+
+
+@pytest.fixture(scope="module")
+def packs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Open packs at layers 2 and 1 (different gate layers and seeds), and a pack whose gate never opens."""
+    root = tmp_path_factory.mktemp("multi")
+    return {
+        "a": make_random_pack(tiny_model, root / "a", gate_layer=1, steer_layer=2, tau=-1.0, vector_norm=40.0),
+        "b": make_random_pack(tiny_model, root / "b", gate_layer=0, steer_layer=1, tau=-1.0, vector_norm=40.0,
+                              seed=1),
+        "closed": make_random_pack(tiny_model, root / "c", gate_layer=2, steer_layer=2, tau=2.0, seed=2),
+        "closed2": make_random_pack(tiny_model, root / "c2", gate_layer=0, steer_layer=1, tau=2.0, seed=3),
+    }
+
+
+def by_hand(model: Path, prompt_tokens: list[int], vectors: dict[int, np.ndarray], n: int) -> list[int]:
+    """Exact mode by hand: prefill and decode with the given control vector on."""
+    s = LlamaSession(model, ContextSettings(**KW))
+    s.set_control(*s.control_buffer(vectors))
+    s.decode(prompt_tokens)
+    out = []
+    with s.sampler() as smp:
+        for _ in range(n):
+            tok = s.sample(smp)
+            if s.is_eog(tok):
+                break
+            out.append(tok)
+            s.decode([tok])
+    s.close()
+    return out
+
+
+def test_closed_gates_are_bit_identical_to_no_pack(tiny_model: Path, packs: dict) -> None:
+    plain = SteeredLlama(tiny_model, **KW)
+    llm = SteeredLlama(tiny_model, packs=[packs["closed"], packs["closed2"]], **KW)
+    for p in PROMPTS:
+        r = llm.generate(p, max_tokens=N)
+        assert not r.steered and [o.steered for o in r.packs] == [False, False]
+        assert r.token_ids == plain.generate(p, max_tokens=N).token_ids
+    assert [o.name for o in r.packs] == ["random-test-pack"] * 2 and r.gate_score == r.packs[0].gate_score
+
+
+def test_vectors_at_different_layers_coexist(tiny_model: Path, packs: dict) -> None:
+    llm = SteeredLlama(tiny_model, packs=[packs["a"], packs["b"]], **KW)
+    prompt = PROMPTS[0]
+    tokens = llm.prompt_tokens([{"role": "user", "content": prompt}])
+    s = LlamaSession(tiny_model, ContextSettings(**KW), tap_layers=(0, 1, 2))
+    s.decode(tokens, capture=True)
+    va = SteeringPack.load(packs["a"]).evaluate(s.hidden(1), s.hidden(2)).vector
+    vb = SteeringPack.load(packs["b"]).evaluate(s.hidden(0), s.hidden(1)).vector
+    s.close()
+    got = llm.generate(prompt, max_tokens=N)
+    assert got.steered and [o.steered for o in got.packs] == [True, True]
+    assert got.token_ids == by_hand(tiny_model, tokens, {2: va, 1: vb}, N)
+    assert got.token_ids != by_hand(tiny_model, tokens, {2: va}, N)  # pack b really contributes
+
+
+def test_each_gate_decides_as_it_would_alone(tiny_model: Path, packs: dict) -> None:
+    both = SteeredLlama(tiny_model, packs=[packs["a"], packs["closed"]], **KW)
+    alone = [SteeredLlama(tiny_model, packs[k], **KW) for k in ("a", "closed")]
+    for p in PROMPTS:
+        r = both.generate(p, max_tokens=N)
+        singles = [x.generate(p, max_tokens=N) for x in alone]
+        assert [(o.gate_score, o.steered, o.expert_weights) for o in r.packs] == \
+               [(x.gate_score, x.steered, x.expert_weights) for x in singles]
+        assert r.token_ids == singles[0].token_ids  # only a opens: the turn is a's turn alone
+
+
+def test_same_layer_adds_and_is_capped(tiny_model: Path, packs: dict) -> None:
+    """Two copies of one pack at one layer: ``sum`` is the pack at strength 2, ``cap`` is the pack alone."""
+    prompt = PROMPTS[1]
+    one = SteeredLlama(tiny_model, packs["a"], **KW).generate(prompt, max_tokens=N)
+    double = SteeredLlama(tiny_model, packs["a"], strength=2.0, **KW).generate(prompt, max_tokens=N)
+    assert one.token_ids != double.token_ids
+    twice = [packs["a"], packs["a"]]
+    assert SteeredLlama(tiny_model, packs=twice, combine="sum", **KW).generate(
+        prompt, max_tokens=N).token_ids == double.token_ids
+    capped = SteeredLlama(tiny_model, packs=twice, **KW)
+    assert capped.combine == "cap" and capped.generate(prompt, max_tokens=N).token_ids == one.token_ids
+    refusing = SteeredLlama(tiny_model, packs=twice, combine="refuse", **KW)
+    with pytest.raises(PackError, match="together shift layer 2"):
+        refusing.generate(prompt, max_tokens=N)
+    refusing.set_steering(gate="never")  # nothing open, nothing to refuse; the refused turn left nothing set
+    plain = SteeredLlama(tiny_model, **KW).generate(prompt, max_tokens=N)
+    assert refusing.generate(prompt, max_tokens=N).token_ids == plain.token_ids
+
+
+def test_combine_rule() -> None:
+    v = np.ones(4, dtype=np.float32)
+    d = [Decision(0.5, True, {3: v}, np.ones(2)), Decision(0.5, True, {3: -0.5 * v, 5: v}, np.ones(2)),
+         Decision(0.1, False, {3: 9 * v}, np.ones(2))]
+    c = combine(d, ["x", "y", "z"])
+    assert np.allclose(c.vectors[3], 0.5 * v) and not c.capped  # opposite directions: below the bound, kept
+    assert set(c.vectors) == {3, 5}  # the closed pack adds nothing
+    d[1] = Decision(0.5, True, {3: v}, np.ones(2))
+    c = combine(d, ["x", "y", "z"])
+    assert np.allclose(c.vectors[3], v) and c.capped == {3: pytest.approx(0.5)}
+    assert np.allclose(combine(d, ["x", "y", "z"], "sum").vectors[3], 2 * v)
+    with pytest.raises(ValueError, match="combine"):
+        combine(d, ["x", "y", "z"], "max")  # type: ignore[arg-type]
+
+
+def test_per_pack_strength_and_bad_sets(tiny_model: Path, tiny_model_other: Path, packs: dict, tmp_path: Path) -> None:
+    prompt = PROMPTS[2]
+    alone = SteeredLlama(tiny_model, packs["a"], strength=1.5, **KW).generate(prompt, max_tokens=N)
+    llm = SteeredLlama(tiny_model, packs=[PackSpec(packs["a"], 1.5), PackSpec(packs["closed"], 0.25)], **KW)
+    r = llm.generate(prompt, max_tokens=N)
+    assert r.token_ids == alone.token_ids and [o.strength for o in r.packs] == [1.5, 0.25]
+    llm.set_steering(strength=2.0)  # the instance's strength multiplies every pack's own
+    assert [o.strength for o in llm.generate(prompt, max_tokens=1).packs] == [3.0, 0.5]
+    with pytest.raises(ValueError, match="not both"):
+        SteeredLlama(tiny_model, packs["a"], packs=[packs["b"]], **KW)
+    with pytest.raises(ValueError, match="pack strength"):
+        PackSpec(packs["a"], float("nan"))
+    other = make_random_pack(tiny_model_other, tmp_path / "other")
+    with pytest.raises(ModelMismatchError, match="does not fit"):
+        SteeredLlama(tiny_model, packs=[packs["a"], other], **KW)
+    with pytest.raises(ModelMismatchError, match="different models"):
+        describe_set([SteeringPack.load(packs["a"]), SteeringPack.load(other)])
+
+
+def test_cli_with_two_packs(tiny_model: Path, packs: dict) -> None:
+    common = ("--pack", str(packs["a"]), "--pack", str(packs["closed"]), "--threads", "1", "--n-ctx", "512")
+    proc = run_cli("generate", str(tiny_model), *common, "--prompt", "hello", "-n", "4", "--json", "--explain")
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    assert [p["steered"] for p in d["packs"]] == [True, False] and len(d["pack_paths"]) == 2
+    assert all({"gate_score", "threshold", "expert_weights", "strength"} <= set(p) for p in d["packs"])
+    assert "STEERED (1 of 2 packs)" in proc.stderr and "not steered  gate score" in proc.stderr
+    ins = run_cli("inspect", str(packs["a"]), str(packs["b"]), str(packs["closed"]), "--json")
+    assert ins.returncode == 0, ins.stderr
+    c = json.loads(ins.stdout)["combined"]
+    assert c["tap_layers"] == [0, 1, 2] and c["shared_layers"] == [2] and len(c["steer_layers"]["2"]) == 2
+    text = run_cli("inspect", str(packs["a"]), str(packs["b"]))
+    assert "tapping layers [0, 1, 2]" in text.stdout and "layer 1" in text.stdout
