@@ -21,6 +21,7 @@ Parts (each saved in bench/results/multipack.json and rendered into docs/BENCHMA
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -30,10 +31,10 @@ import _util  # noqa: F401  (sets OPENBLAS_NUM_THREADS before numpy loads)
 from _util import base_parser, save, smollm2
 
 from finesteer_edge import SteeredLlama
-from finesteer_edge.bench.common import environment, interleaved, loadavg, median, ratio, spread
 from finesteer_edge.evaluation.datasets import PACKAGED_DATA, load_prompts
 from finesteer_edge.evaluation.mc import MCItem, load_mc_items, mc1, mc_items_from_truthfulqa, score_item
 from finesteer_edge.evaluation.refusal import is_degenerate, is_refusal
+from finesteer_edge.measure.common import environment, interleaved, loadavg, median, ratio, spread
 from finesteer_edge.resolve import resolve_pack
 
 PACKS = ("smollm2-135m-instruct-safety", "smollm2-135m-instruct-truthfulqa")
@@ -100,7 +101,8 @@ def part_combine(model: Path, threads: int, safety_val: list[Any], mc_val: list[
         llm.close()
     return {
         "forced": True,
-        "norm_ratio": {"n": len(norms), "median": median(norms), "range": spread(norms)},
+        "norm_ratio": {"n": len(norms), "median": median(norms), "range": spread(norms),
+                       "above_one": sum(x > 1 + 1e-6 for x in norms)},
         "safety": {k: {"n": len(v["refusal"]), "refusal": rate(v["refusal"]), "degenerate": rate(v["degenerate"])}
                    for k, v in sorted(rows.items())},
         "mc1": {k: {"n": len(v), "mc1": mc1(v) if v else None} for k, v in mc_rows.items()},
@@ -196,7 +198,9 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=60, help="Test prompts per safety group.")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--ttft-prompts", type=int, default=8)
-    p.add_argument("--parts", nargs="+", default=["gates", "combine", "quality", "ttft"])
+    p.add_argument("--parts", nargs="+", default=["gates", "combine", "quality", "ttft"],
+                   help="Parts to run; the others are kept from an existing results file. 'norms' recounts only "
+                        "combine's norm ratios.")
     p.add_argument("--model", type=Path, default=None)
     args = p.parse_args()
     if args.quick:
@@ -209,8 +213,15 @@ def main() -> None:
                    for x in load_prompts(data / "safety" / f"{g}_test.jsonl", g, "test", limit=args.limit)]
     mc_val = mc_items_from_truthfulqa(data / "truthfulqa" / "val.jsonl")[:lim_val]
     mc_test = load_mc_items(data / "truthfulqa" / "mc_test.jsonl")[: (12 if args.quick else None)]
-    out: dict[str, Any] = {"env": environment(model=str(model), threads=args.threads, limit=args.limit,
-                                              max_tokens=MAX_TOKENS, packs=list(PACKS))}
+    previous = args.results_dir / "multipack.json"
+    kept = json.loads(previous.read_text()) if previous.is_file() else {}
+    out: dict[str, Any] = {k: v for k, v in kept.items() if k not in args.parts and k not in ("env", "reruns")}
+    out["reruns"] = kept.get("reruns", [])
+    env = environment(model=str(model), threads=args.threads, limit=args.limit, max_tokens=MAX_TOKENS,
+                      packs=list(PACKS), parts=args.parts)
+    out["env"] = kept.get("env") or env  # the run that measured the kept parts; a partial re-run is recorded apart
+    if kept.get("env"):
+        out.setdefault("reruns", []).append(env)
     kw = dict(n_threads=args.threads, n_ctx=1024)
     llms = {"both": SteeredLlama(model, packs=[resolve_pack(x) for x in PACKS], **kw),
             **{name: SteeredLlama(model, resolve_pack(name), **kw) for name in PACKS}}
@@ -225,6 +236,13 @@ def main() -> None:
         val = [x for x in safety_val if x.group == "harmful"] + [x for x in safety_val if x.group == "benign"][:30]
         out["combine"] = part_combine(model, args.threads, val, mc_val, llms["both"])
         print(f"combine: {out['combine']}", file=sys.stderr)
+    if "norms" in args.parts and "combine" in out:
+        val = [x for x in safety_val if x.group == "harmful"] + [x for x in safety_val if x.group == "benign"][:30]
+        forced = SteeredLlama(model, packs=[resolve_pack(x) for x in PACKS], combine="sum", gate="always", **kw)
+        norms = [_sum_ratio(forced, x.text) for x in val] + [_sum_ratio(forced, m.question) for m in mc_val]
+        forced.close()
+        out["combine"]["norm_ratio"] = {"n": len(norms), "median": median(norms), "range": spread(norms),
+                                        "above_one": sum(x > 1 + 1e-6 for x in norms)}
     if "quality" in args.parts:
         out["quality"] = part_quality(llms, safety_test, mc_test)
         print(f"quality: {out['quality']}", file=sys.stderr)
@@ -241,7 +259,7 @@ def main() -> None:
         probe.close()
         out["ttft"] = part_ttft(model, args.threads, closed, args.rounds)
         print(f"ttft: {out['ttft']['median']} two/one {out['ttft']['two_vs_one']:.3f}", file=sys.stderr)
-    out["env"].update(loadavg_end=loadavg(), seconds=time.time() - t0)
+    env.update(loadavg_end=loadavg(), seconds=time.time() - t0)
     save("multipack", out, args)
 
 

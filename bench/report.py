@@ -525,6 +525,71 @@ def _calls(v: Any) -> str:
     return "-" if v is None else f"{v:.0f}"
 
 
+def _pct(x: Any) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def section_multipack(mp: dict[str, Any] | None) -> str:
+    """Two packs at once (bench/multipack.py): gate identity, cap vs sum, quality, TTFT on gate-closed turns."""
+    out = ["## 10. Several packs at once (safety + truthfulqa on SmolLM2)\n"]
+    if mp is None:
+        return "\n".join(out) + missing("multipack.py")
+    e = mp["env"]
+    out.append(f"Measured {env_line(e)}; {e['threads']} thread(s), greedy, {e['max_tokens']} new tokens, strength 1, "
+               f"packs {', '.join(e['packs'])}.\n")
+    g = mp.get("gates")
+    if g:
+        opened = ", ".join(f"{k} {v}" for k, v in g["open_counts"].items())
+        out.append(f"**Gates**: on {g['n']} prompts (safety val + test slice, TruthfulQA val + MC test), every pack's "
+                   f"gate score and decision with both packs loaded equals the pack alone on **{g['identical']} of "
+                   f"{g['n']}**. Gates opened: {opened}; both at once: {g['both_open']}.\n")
+    c = mp.get("combine")
+    if c:
+        nr = c["norm_ratio"]
+        out.append(f"**Cap vs sum** (validation, both gates forced open, so both vectors land on layer 12): "
+                   f"||v_safety + v_truthfulqa|| / max(||v_safety||, ||v_truthfulqa||) median {f(nr['median'])} "
+                   f"[{f(nr['range'][0])}-{f(nr['range'][1])}] over {nr['n']} prompts; above 1 on "
+                   f"{nr.get('above_one', '?')} of them, "
+                   "and `refuse` would fail each of those turns.\n")
+        rows = []
+        for label in ("alone", "sum", "cap"):
+            sf = c["safety"]
+            rows.append([label, _pct(sf.get(f"harmful:{label}", {}).get("refusal")),
+                         _pct(sf.get(f"harmful:{label}", {}).get("degenerate")),
+                         _pct(sf.get(f"benign:{label}", {}).get("refusal")),
+                         _pct(sf.get(f"benign:{label}", {}).get("degenerate")), _pct(c["mc1"][label]["mc1"])])
+        n_h = c["safety"].get("harmful:cap", {}).get("n")
+        n_b = c["safety"].get("benign:cap", {}).get("n")
+        out.append(_md(["vector", f"harmful refusal (n={n_h})", "harmful degenerate", f"benign refusal (n={n_b})",
+                        "benign degenerate", f"TruthfulQA val MC1 (n={c['mc1']['cap']['n']})"], rows))
+        out.append("\n`alone` = the pack whose task it is (safety for the safety prompts, truthfulqa for MC1), also "
+                   "forced open.\n")
+    q = mp.get("quality")
+    if q:
+        rows = [[grp, v["n"], _pct(v["refusal_alone"]), _pct(v["refusal_both"]), _pct(v["degenerate_alone"]),
+                 _pct(v["degenerate_both"])] for grp, v in q["safety"].items()]
+        out.append(f"**Quality** (test files: the first {e['limit']} prompts of each safety group, all MC items; "
+                   f"`cap`; a turn where the other pack's gate stays closed is the "
+                   f"single-pack turn, so only {q['safety_regenerated']} safety turns and {q['mc']['regenerated']} MC "
+                   f"items were run twice; reuse checks regenerated anyway: safety {q['reuse_checks']['safety']}, "
+                   f"MC {q['reuse_checks']['mc']}):\n")
+        out.append(_md(["safety group", "n", "refusal, safety alone", "refusal, both packs", "degenerate, alone",
+                        "degenerate, both"], rows))
+        m = q["mc"]
+        out.append(f"\nTruthfulQA MC1 on {m['n']} test items: base {_pct(m['mc1_base'])}, truthfulqa alone "
+                   f"{_pct(m['mc1_alone'])}, both packs {_pct(m['mc1_both'])}.\n")
+    t = mp.get("ttft")
+    if t:
+        md = t["median"]
+        out.append(f"**Time to first token on gate-closed turns** ({t['n_prompts']} benign val prompts where neither "
+                   f"gate opens, {t['rounds']} interleaved rounds, {t['threads']} thread(s); median over prompts of "
+                   f"the per-prompt medians): no pack {f(md['no_pack'] * 1e3, 1)} ms, one pack "
+                   f"{f(md['one_pack'] * 1e3, 1)} ms, two packs {f(md['two_packs'] * 1e3, 1)} ms: two / one = "
+                   f"**{f(t['two_vs_one'], 3)}** (target <= 1.05), one / none = {f(t['one_vs_none'], 3)}. Per prompt "
+                   f"two / one: {', '.join(f(x, 3) for x in t['per_prompt_two_vs_one'])}.\n")
+    return "\n".join(out) + "\n"
+
+
 def _md(headers: list[str], rows: list[list[Any]]) -> str:
     from finesteer_edge.measure.common import md_table
 
@@ -560,6 +625,7 @@ def render(results: Path, doc: Path) -> str:
     dec, head, mem = load(results, "decode"), load(results, "head"), load(results, "memory")
     tr, sc, pr = load(results, "torch_ref"), load(results, "scaling"), load(results, "probes")
     ar = load(results, "architectures")
+    mp = load(results, "multipack")
     notes = load_notes()
     parts = [
         HEADER,
@@ -574,6 +640,7 @@ def render(results: Path, doc: Path) -> str:
         section_probes(pr),
         section_serve(load(results, "serve")),
         section_architectures(ar),
+        section_multipack(mp),
     ]
     text = "\n".join(p.rstrip() + "\n" for p in parts if p)
     doc.parent.mkdir(parents=True, exist_ok=True)
