@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from ..result import GenerationResult
+from ..settings import SteeringSettings
 from ..steered import SteeredLlama
 from .errors import APIError
 from .schemas import SteeringRequest
@@ -90,11 +91,11 @@ class InstanceDefaults:
 
 
 def apply(choice: SteeringChoice, llm: SteeredLlama, own: InstanceDefaults) -> None:
-    """Set every per-turn attribute (all of them, every time: nothing leaks from the previous request)."""
-    llm.mode = choice.mode or own.mode
-    llm.vector_source = choice.vector or own.vector_source
-    llm.strength = choice.strength
-    llm.gate = choice.gate if choice.pack is not None else "never"
+    """Set every per-turn setting (all of them, every time: nothing leaks from the previous request), through
+    ``set_steering`` so the runtime's checks apply."""
+    gate = choice.gate if choice.pack is not None else "never"
+    llm.set_steering(SteeringSettings(mode=choice.mode or own.mode, strength=choice.strength, gate=gate,
+                                      vector_source=choice.vector or own.vector_source))
 
 
 def report(choice: SteeringChoice, result: GenerationResult, vector_source: str) -> dict[str, object]:
