@@ -75,7 +75,8 @@ def main() -> None:
                                     / np.linalg.norm(deltas["eot"]))
     info["pack_mean_norm"] = float(np.linalg.norm(packvec))
     print(json.dumps(info, indent=1))
-    groups = {g: [r["prompt"] for r in read_jsonl(DATA / f"{g}_val.jsonl")] for g in ("harmful", "benign", "borderline")}
+    groups = {g: [r["prompt"] for r in read_jsonl(DATA / f"{g}_val.jsonl")]
+              for g in ("harmful", "benign", "borderline")}
     llm.gate, llm.vector_source = "pack", "mean"
     rows = []
     for kind in ("text", "eot"):
@@ -90,7 +91,8 @@ def main() -> None:
                 row[f"n_{g}"] = len(ps)
                 row[f"refusal_{g}_open"] = float(np.mean([is_refusal(r.text) for r in on])) if on else None
                 row[f"degenerate_{g}_open"] = float(np.mean([is_degenerate(r.text) for r in on])) if on else None
-                row[f"ended_{g}_open"] = float(np.mean([is_ended(r.finish_reason, r.tokens) for r in on])) if on else None
+                row[f"ended_{g}_open"] = (float(np.mean([is_ended(r.finish_reason, r.tokens) for r in on]))
+                                          if on else None)
                 if g == "harmful":
                     row["clean_harmful_open"] = float(np.mean([is_refusal(r.text) and not is_degenerate(r.text)
                                                                and is_ended(r.finish_reason, r.tokens) for r in on]))
@@ -106,7 +108,8 @@ def main() -> None:
     print(f"{'targets':8} {'s':>5} {'refusal':>8} {'degen':>6} {'ended':>6} {'clean':>6} | benign open refusal | "
           f"borderline open refusal")
     for r in rows:
-        print(f"{r['targets']:8} {r['strength']:5.2f} {r['refusal_harmful_open']:8.1%} {r['degenerate_harmful_open']:6.1%} "
+        print(f"{r['targets']:8} {r['strength']:5.2f} {r['refusal_harmful_open']:8.1%} "
+              f"{r['degenerate_harmful_open']:6.1%} "
               f"{r['ended_harmful_open']:6.1%} {r['clean_harmful_open']:6.1%} | {r['n_open_benign']} open "
               f"{r['refusal_benign_open']} | {r['n_open_borderline']} open {r['refusal_borderline_open']}")
 
