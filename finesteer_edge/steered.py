@@ -33,6 +33,7 @@ from .llama.session import ContextSettings, LlamaModel, LlamaSession
 from .llama.stops import StopMatcher
 from .pack.pack import SteeringPack
 from .result import GenerationResult, PackOutcome
+from .schedule import ALWAYS, Schedule, ScheduledControl
 from .selftest import SelfTestReport, run_selftest
 
 log = logging.getLogger("finesteer_edge")
@@ -78,6 +79,8 @@ class SteeredLlama:
         chat_template: None (default): the GGUF's ``tokenizer.chat_template``; a model without one (or with
             one the renderer cannot run) falls back to plain text with a warning. Or a built-in name
             (``chatml``, ``llama3``, ``gemma``, ``phi3``, ``plain``), a Jinja file path, or Jinja source.
+        schedule: when in a steered turn the vector is on (:class:`~finesteer_edge.schedule.Schedule`);
+            None: the pack's ``schedule`` (a pack without one: the whole turn).
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class SteeredLlama:
         context_policy: str = "error",
         tap_layers: Sequence[int] = (),
         chat_template: str | None = None,
+        schedule: Schedule | None = None,
     ) -> None:
         if mode is not None and mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -145,6 +149,9 @@ class SteeredLlama:
         self.strength = float(strength)
         self.gate = gate
         self.vector_source = vector_source or ("mean" if m and m.vector_source == "control" else "head")
+        self.schedule: Schedule = schedule or (m.schedule if m and m.schedule else ALWAYS)
+        self.spread = m.spread if m else None
+        """The pack's layer spread (:class:`~finesteer_edge.spread.Spread`) or None; plain attribute for sweeps."""
         self._template = ChatTemplate.for_model(
             self._session.info.chat_template, chat_template, model_name=self._session.info.path.name,
             bos_token=self._session.token_text(self._session.bos),
@@ -313,6 +320,9 @@ class SteeredLlama:
                 vectors = {m.steer_layer: out.vector * self.strength}
             else:
                 vectors = {layer: v * self.strength for layer, v in self.pack.control.directions.items()}
+            if self.spread is not None:
+                self.spread.check(s.n_layer)
+                vectors = self.spread.apply(vectors)
         for v in vectors.values():
             if not np.isfinite(v).all():
                 raise PackError("the steering vector is not finite; refusing to generate")
@@ -340,14 +350,19 @@ class SteeredLlama:
         else:
             s.decode(new)
         steered = decision is not None and decision.open
+        plan: ScheduledControl | None = None
         try:
             if steered:
                 assert decision is not None
-                if self.mode == "exact":
+                reprefill = self.mode == "exact" and self.schedule.prompt
+                if reprefill:
                     s.truncate(common)  # before the vector: a tap-context session then never computes them unsteered
-                s.set_control(*s.control_buffer(decision.vectors))
-                if self.mode == "exact":
+                buffer = s.control_buffer(decision.vectors)
+                s.set_control(*buffer)
+                if reprefill:
                     s.decode(new)
+                if not self.schedule.always_on:
+                    plan = ScheduledControl(s, self.schedule, *buffer)
             result = GenerationResult(
                 text="", steered=steered,
                 gate_score=decision.gate_score if decision else None,
@@ -362,13 +377,13 @@ class SteeredLlama:
                 )] if self.pack is not None and decision is not None else [],
             )
             yield from self._generate(result, t0, max_tokens=max_tokens, temperature=temperature, seed=seed,
-                                      top_k=top_k, top_p=top_p, min_p=min_p, stop=stop)
+                                      top_k=top_k, top_p=top_p, min_p=min_p, stop=stop, plan=plan)
         finally:
             s.clear_control()
 
     def _generate(self, result: GenerationResult, t0: float, *, max_tokens: int, temperature: float,
                   seed: int | None, top_k: int, top_p: float, min_p: float,
-                  stop: Sequence[str]) -> Iterator[str | GenerationResult]:
+                  stop: Sequence[str], plan: ScheduledControl | None = None) -> Iterator[str | GenerationResult]:
         s = self._session
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stopper = StopMatcher(stop)
@@ -396,6 +411,8 @@ class SteeredLlama:
                 if s.n_past + 1 > s.n_ctx:
                     finish = "context"
                     break
+                if plan is not None:  # the turn's schedule: scale or clear the vector between decodes
+                    plan.before_decode(len(ids) - 1)
                 s.decode([tok])
         if not hit:
             tail, hit = stopper.feed(decoder.decode(b"", final=True))
