@@ -66,7 +66,13 @@ def main() -> None:
     llm = SteeredLlama(model, PACK, n_threads=1, n_ctx=1024)
     m = llm.pack.manifest
     train = [r["prompt"] for r in read_jsonl(DATA / "harmful_train.jsonl")][: args.n]
-    deltas = mean_deltas(model, m.steer_layer, train)
+    cache = args.out.with_suffix(f".deltas{len(train)}.npz")
+    if cache.exists():  # the deltas of the same prompts (the expensive part) from an earlier run
+        deltas = dict(np.load(cache))
+    else:
+        deltas = mean_deltas(model, m.steer_layer, train)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, **deltas)
     packvec = llm.pack.control.directions[m.steer_layer]
     info = {k: {"norm_x_alpha": float(np.linalg.norm(v) * m.alpha),
                 "cos_vs_pack_mean": float(v @ packvec / np.linalg.norm(v) / np.linalg.norm(packvec))}
@@ -74,9 +80,15 @@ def main() -> None:
     info["cos_text_vs_eot"] = float(deltas["text"] @ deltas["eot"] / np.linalg.norm(deltas["text"])
                                     / np.linalg.norm(deltas["eot"]))
     info["pack_mean_norm"] = float(np.linalg.norm(packvec))
-    print(json.dumps(info, indent=1))
+    print(json.dumps(info, indent=1), flush=True)
     groups = {g: [r["prompt"] for r in read_jsonl(DATA / f"{g}_val.jsonl")]
               for g in ("harmful", "benign", "borderline")}
+    from finesteer_edge.evaluation.datasets import Prompt
+    from finesteer_edge.evaluation.runner import gate_scores
+
+    for g in list(groups):  # a closed gate is bit-identical to no pack: only gate-open prompts depend on the vector
+        sc = gate_scores(llm, [Prompt(str(i), t, g, "val") for i, t in enumerate(groups[g])], progress=False)
+        groups[g] = [t for t, x in zip(groups[g], sc, strict=True) if x >= m.tau]
     llm.gate, llm.vector_source = "pack", "mean"
     rows = []
     for kind in ("text", "eot"):

@@ -31,6 +31,12 @@ TEMPLATE_OPT = typer.Option(
     help="Prompt format: chatml, llama3, gemma, phi3, plain, or a Jinja file. Default: the model's own "
          "(a model without one falls back to plain, with a warning).",
 )
+REPEAT_OPT = typer.Option(1.0, "--repeat-penalty", help="llama.cpp repeat penalty (1.0 = off; e.g. 1.1), "
+                          "applied to steered and unsteered turns alike, greedy or sampled.")
+REPEAT_N_OPT = typer.Option(64, "--repeat-last-n", min=0, help="Tokens the repeat penalty looks back over.")
+DRY_OPT = typer.Option(0.0, "--dry-multiplier", min=0.0, help="llama.cpp DRY repetition penalty (0 = off; e.g. 0.8).")
+SCHEDULE_OPT = typer.Option(None, "--schedule", help="Steering schedule over the turn: all, K (on for the "
+                            "prompt and K tokens), K:linear or K:exp; default: the pack's.")
 ALLOW_OPT = typer.Option(
     False, "--allow-unsteered",
     help="If the pack cannot be applied, continue WITHOUT steering (loud). Default: stop with an error.",
@@ -45,7 +51,9 @@ def register(app: typer.Typer) -> None:
 def open_llm(model: str | None, pack: str | None, no_pack: bool, *, mode: str | None, threads: int | None,
              n_ctx: int, strength: float, allow_unsteered: bool, quiet: bool = False,
              context_policy: str = "error", vector: str | None = None,
-             chat_template: str | None = None):  # type: ignore[no-untyped-def]
+             chat_template: str | None = None,
+             schedule: str | None = None):  # type: ignore[no-untyped-def]
+    from finesteer_edge.schedule import Schedule, ScheduleError
     from finesteer_edge.steered import SteeredLlama
 
     if pack and no_pack:
@@ -56,6 +64,10 @@ def open_llm(model: str | None, pack: str | None, no_pack: bool, *, mode: str | 
         raise typer.BadParameter(f"--context-policy must be error or drop_oldest, not {context_policy!r}")
     if vector is not None and vector not in ("head", "mean"):
         raise typer.BadParameter(f"--vector must be head or mean, not {vector!r}")
+    try:
+        sched = Schedule.parse(schedule) if schedule else None
+    except ScheduleError as exc:
+        raise typer.BadParameter(f"--schedule: {exc}") from None
     model_path = resolve_model(model)
     pack_path: Path | None = None
     if pack:
@@ -67,7 +79,7 @@ def open_llm(model: str | None, pack: str | None, no_pack: bool, *, mode: str | 
                   file=sys.stderr)
     return SteeredLlama(model_path, pack_path, mode=mode, n_threads=threads, n_ctx=n_ctx, strength=strength,
                         allow_unsteered=allow_unsteered, context_policy=context_policy,
-                        vector_source=vector, chat_template=chat_template), model_path, pack_path
+                        vector_source=vector, chat_template=chat_template, schedule=sched), model_path, pack_path
 
 
 def generate_cmd(
@@ -87,14 +99,19 @@ def generate_cmd(
     vector: str = VECTOR_OPT,
     allow_unsteered: bool = ALLOW_OPT,
     chat_template: str = TEMPLATE_OPT,
+    repeat_penalty: float = REPEAT_OPT,
+    repeat_last_n: int = REPEAT_N_OPT,
+    dry_multiplier: float = DRY_OPT,
+    schedule: str = SCHEDULE_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the result."),
 ) -> None:
     """Answer one prompt; the gate decides whether this turn is steered."""
+    pen = _penalties(repeat_penalty, repeat_last_n, dry_multiplier)
     llm, model_path, pack_path = open_llm(model, pack, no_pack, mode=mode, threads=threads, n_ctx=n_ctx,
                                           strength=strength, allow_unsteered=allow_unsteered, quiet=as_json,
-                                          vector=vector, chat_template=chat_template)
+                                          vector=vector, chat_template=chat_template, schedule=schedule)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    kwargs = dict(max_tokens=max_tokens, temperature=temperature, seed=seed, stop=stop or ())
+    kwargs = dict(max_tokens=max_tokens, temperature=temperature, seed=seed, stop=stop or (), penalties=pen)
     if as_json:
         result = llm.generate(messages, **kwargs)
     else:
@@ -114,6 +131,15 @@ def generate_cmd(
                  chat_template=llm.chat_template.name)
         typer.echo(json.dumps(d))
     llm.close()
+
+
+def _penalties(repeat_penalty: float, repeat_last_n: int, dry_multiplier: float):  # type: ignore[no-untyped-def]
+    from finesteer_edge.llama.session import Penalties
+
+    try:
+        return Penalties(repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, dry_multiplier=dry_multiplier)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _explain_line(turn: int, r: GenerationResult) -> str:
@@ -141,6 +167,10 @@ def chat_cmd(
     vector: str = VECTOR_OPT,
     allow_unsteered: bool = ALLOW_OPT,
     chat_template: str = TEMPLATE_OPT,
+    repeat_penalty: float = REPEAT_OPT,
+    repeat_last_n: int = REPEAT_N_OPT,
+    dry_multiplier: float = DRY_OPT,
+    schedule: str = SCHEDULE_OPT,
     context_policy: str = typer.Option(
         "error", "--context-policy",
         help="When the conversation outgrows --n-ctx: error (report it; /reset to go on) or drop_oldest "
@@ -148,10 +178,11 @@ def chat_cmd(
     ),
 ) -> None:
     """Interactive chat. Commands: /reset (new conversation), /explain (gate decisions so far), /quit."""
+    pen = _penalties(repeat_penalty, repeat_last_n, dry_multiplier)
     llm, model_path, pack_path = open_llm(model, pack, no_pack, mode=mode, threads=threads, n_ctx=n_ctx,
                                           strength=strength, allow_unsteered=allow_unsteered,
                                           context_policy=context_policy, vector=vector,
-                                          chat_template=chat_template)
+                                          chat_template=chat_template, schedule=schedule)
     interactive = sys.stdin.isatty()
     base = [{"role": "system", "content": system}] if system else []
     messages = list(base)
@@ -189,7 +220,7 @@ def chat_cmd(
         result = None
         try:
             for item in llm.chat(messages, stream=True, max_tokens=max_tokens,  # type: ignore[union-attr]
-                                 temperature=temperature, seed=seed):
+                                 temperature=temperature, seed=seed, penalties=pen):
                 if isinstance(item, GenerationResult):
                     result = item
                 else:

@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import ConcurrentUseError, PackError
 from .llama.chat_template import ChatTemplate, Message, normalize_messages
-from .llama.session import ContextSettings, LlamaModel, LlamaSession
+from .llama.session import ContextSettings, LlamaModel, LlamaSession, Penalties
 from .llama.stops import StopMatcher
 from .pack.pack import SteeringPack
 from .result import GenerationResult, PackOutcome
@@ -205,12 +205,22 @@ class SteeredLlama:
         top_p: float = 0.95,
         min_p: float = 0.05,
         stop: Sequence[str] = (),
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        dry_multiplier: float = 0.0,
+        penalties: Penalties | None = None,
     ) -> GenerationResult:
-        """One independent turn (fresh KV cache): gate, steer if the gate opens, generate."""
+        """One independent turn (fresh KV cache): gate, steer if the gate opens, generate.
+
+        ``repeat_penalty``/``repeat_last_n``/``dry_multiplier`` (or a full :class:`Penalties`, which wins)
+        add llama.cpp's repetition penalties to the sampler chain, greedy or not (off by default).
+        """
         messages = normalize_messages(prompt_or_messages)
+        pen = penalties or Penalties(repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
+                                     dry_multiplier=dry_multiplier)
         with self._guard():
             it = self._turn(messages, reuse_cache=False, max_tokens=max_tokens, temperature=temperature,
-                            seed=seed, top_k=top_k, top_p=top_p, min_p=min_p, stop=stop)
+                            seed=seed, top_k=top_k, top_p=top_p, min_p=min_p, stop=stop, penalties=pen)
             return _drain(it)
 
     def chat(
@@ -225,6 +235,10 @@ class SteeredLlama:
         top_p: float = 0.95,
         min_p: float = 0.05,
         stop: Sequence[str] = (),
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        dry_multiplier: float = 0.0,
+        penalties: Penalties | None = None,
     ) -> Iterator[str | GenerationResult] | GenerationResult:
         """Answer the last user turn of ``messages`` (the whole conversation so far).
 
@@ -232,8 +246,10 @@ class SteeredLlama:
         iterator yielding text pieces and, last, the :class:`GenerationResult`; otherwise the result.
         """
         msgs = normalize_messages(messages)
+        pen = penalties or Penalties(repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
+                                     dry_multiplier=dry_multiplier)
         kwargs = dict(max_tokens=max_tokens, temperature=temperature, seed=seed, top_k=top_k, top_p=top_p,
-                      min_p=min_p, stop=stop)
+                      min_p=min_p, stop=stop, penalties=pen)
         if not stream:
             with self._guard():
                 return _drain(self._turn(msgs, reuse_cache=True, **kwargs))  # type: ignore[arg-type]
@@ -331,6 +347,7 @@ class SteeredLlama:
     def _turn(
         self, messages: list[dict[str, str]], *, reuse_cache: bool, max_tokens: int, temperature: float,
         seed: int | None, top_k: int, top_p: float, min_p: float, stop: Sequence[str],
+        penalties: Penalties | None = None,
     ) -> Iterator[str | GenerationResult]:
         if max_tokens < 0:
             raise ValueError("max_tokens must be >= 0")
@@ -377,13 +394,15 @@ class SteeredLlama:
                 )] if self.pack is not None and decision is not None else [],
             )
             yield from self._generate(result, t0, max_tokens=max_tokens, temperature=temperature, seed=seed,
-                                      top_k=top_k, top_p=top_p, min_p=min_p, stop=stop, plan=plan)
+                                      top_k=top_k, top_p=top_p, min_p=min_p, stop=stop, plan=plan,
+                                      penalties=penalties)
         finally:
             s.clear_control()
 
     def _generate(self, result: GenerationResult, t0: float, *, max_tokens: int, temperature: float,
                   seed: int | None, top_k: int, top_p: float, min_p: float,
-                  stop: Sequence[str], plan: ScheduledControl | None = None) -> Iterator[str | GenerationResult]:
+                  stop: Sequence[str], plan: ScheduledControl | None = None,
+                  penalties: Penalties | None = None) -> Iterator[str | GenerationResult]:
         s = self._session
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stopper = StopMatcher(stop)
@@ -391,7 +410,8 @@ class SteeredLlama:
         ids: list[int] = []
         finish = "length"
         hit = False
-        with s.sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed) as sampler:
+        with s.sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
+                       penalties=penalties) as sampler:
             result.seed = sampler.seed if temperature > 0 else None
             for _ in range(max_tokens):
                 tok = s.sample(sampler)

@@ -461,8 +461,9 @@ class LlamaSession:
 
     # ----------------------------------------------------------------- sampling
     def sampler(self, *, temperature: float = 0.0, top_k: int = 40, top_p: float = 0.95,
-                min_p: float = 0.05, seed: int | None = None) -> Sampler:
-        return Sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
+                min_p: float = 0.05, seed: int | None = None, penalties: Penalties | None = None) -> Sampler:
+        return Sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
+                       penalties=penalties, vocab=self._vocab, n_vocab=self.n_vocab)
 
     def sample(self, sampler: Sampler) -> int:
         self._flush()
@@ -538,14 +539,86 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
-class Sampler:
-    """A llama.cpp sampler chain: greedy at temperature 0, else top-k/top-p/min-p/temperature/seeded dist."""
+DRY_BREAKERS = ("\n", ":", '"', "*")
+"""llama.cpp's default DRY sequence breakers (common.h ``dry_sequence_breakers``)."""
 
-    def __init__(self, *, temperature: float, top_k: int, top_p: float, min_p: float, seed: int | None) -> None:
+
+@dataclass(frozen=True)
+class Penalties:
+    """Repetition penalties of llama.cpp's own sampler chain (issue 11), off by default as in llama.cpp.
+
+    ``repeat_penalty`` > 1 divides the logits of tokens seen in the last ``repeat_last_n`` generated
+    tokens (``llama_sampler_init_penalties``, with ``frequency_penalty``/``presence_penalty``);
+    ``dry_multiplier`` > 0 enables DRY (``llama_sampler_init_dry``: penalises tokens that would extend a
+    repeated sequence longer than ``dry_allowed_length``, by ``multiplier * base ** excess``). They run
+    before greedy or top-k/top-p/min-p/temperature, as in llama.cpp's default chain, and see the
+    generated tokens of the turn. Applied the same way to steered and unsteered turns.
+    """
+
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = 64
+
+    def __post_init__(self) -> None:
+        import math
+
+        for name in ("repeat_penalty", "frequency_penalty", "presence_penalty", "dry_multiplier", "dry_base"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite")
+        if self.repeat_penalty <= 0:
+            raise ValueError("repeat_penalty must be > 0 (1.0 = off)")
+        if self.dry_multiplier < 0:
+            raise ValueError("dry_multiplier must be >= 0 (0 = off)")
+        if self.dry_multiplier > 0 and self.dry_base < 1.0:
+            raise ValueError("dry_base must be >= 1 when DRY is on")
+        for name in ("repeat_last_n", "dry_allowed_length", "dry_penalty_last_n"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+
+    @property
+    def penalize(self) -> bool:
+        return self.repeat_last_n > 0 and (self.repeat_penalty != 1.0 or self.frequency_penalty != 0.0
+                                           or self.presence_penalty != 0.0)
+
+    @property
+    def dry(self) -> bool:
+        return self.dry_multiplier > 0 and self.dry_penalty_last_n > 0
+
+    @property
+    def off(self) -> bool:
+        return not (self.penalize or self.dry)
+
+
+NO_PENALTIES = Penalties()
+
+
+class Sampler:
+    """A llama.cpp sampler chain: [penalties] [DRY], then greedy at temperature 0, else
+    top-k/top-p/min-p/temperature/seeded dist (llama.cpp's order)."""
+
+    def __init__(self, *, temperature: float, top_k: int, top_p: float, min_p: float, seed: int | None,
+                 penalties: Penalties | None = None, vocab: object = None, n_vocab: int = 0) -> None:
         if temperature < 0:
             raise ValueError("temperature must be >= 0")
         self.seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        pen = penalties or NO_PENALTIES
+        if pen.penalize:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_penalties(
+                n_vocab, pen.repeat_last_n, pen.repeat_penalty, pen.frequency_penalty, pen.presence_penalty))
+        if pen.dry:
+            if vocab is None:
+                llama_cpp.llama_sampler_free(chain)
+                raise ValueError("DRY needs the model's vocabulary")
+            breakers = (ctypes.c_char_p * len(DRY_BREAKERS))(*(b.encode() for b in DRY_BREAKERS))
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dry(
+                vocab, pen.dry_multiplier, pen.dry_base, pen.dry_allowed_length, pen.dry_penalty_last_n,
+                breakers, len(DRY_BREAKERS)))
         if temperature == 0:
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
         else:
