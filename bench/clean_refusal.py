@@ -156,18 +156,19 @@ def load(split: str) -> dict[str, list[str]]:
 
 
 def sweep_configs(stage: str, best: Config | None = None) -> list[Config]:
-    """The validation grid, in stages so that each stage refines around the best point so far."""
+    """The validation grid, in stages: each stage refines around the best FineSteer point so far."""
     if stage == "schedule":
-        return [Config("finesteer", s, sch) for s in (1.0, 1.33) for sch in ("all", "8", "16", "32", "16:linear")]
+        return [Config("finesteer", 1.0, sch) for sch in ("all", "8", "16", "32", "16:linear")]
     assert best is not None
+    if stage == "strength":
+        return [Config("finesteer", s, best.schedule, best.spread, best.sampler) for s in (0.8, 1.33, 1.6)]
     if stage == "spread":
-        return [Config("finesteer", s, best.schedule, (10, 14), best.sampler) for s in (1.0, 1.5, 2.0)]
+        return [Config("finesteer", s, best.schedule, (10, 14), best.sampler) for s in (best.strength, 1.6)]
     if stage == "sampler":
         return [Config("finesteer", best.strength, best.schedule, best.spread, smp)
                 for smp in ("rep1.1", "rep1.1+dry0.8")]
-    if stage == "baselines":  # CAST-style and CAA with the same schedule / spread / sampler, at their own strengths
-        return ([Config("cast", s, best.schedule, best.spread, best.sampler) for s in (1.0, 1.33)]
-                + [Config("cast", 1.33, "all", None, "greedy")])
+    if stage == "baselines":  # CAST-style with the same schedule / spread / sampler, and as eval chose it
+        return [Config("cast", s, best.schedule, best.spread, best.sampler) for s in (1.0, 1.33)]
     raise ValueError(stage)
 
 
@@ -220,10 +221,25 @@ def render(res: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(L))
 
 
+def _write(res: dict[str, Any], args: argparse.Namespace, runner: Runner, t0: float) -> None:
+    res["seconds"] = time.perf_counter() - t0
+    res["generated_this_run"] = runner.generated
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=1) + "\n")
+    render(res, args.doc)
+
+
+def _limits(text: str) -> dict[str, int]:
+    h, b, o = (int(x) for x in text.split(","))
+    return {"harmful": h, "benign": b, "borderline": o}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stages", default="schedule,spread,sampler,baselines")
+    ap.add_argument("--stages", default="schedule,strength,spread,sampler,baselines")
     ap.add_argument("--test", action="store_true", help="Also report the chosen point, CAST and CAA on test.")
+    ap.add_argument("--test-limit", type=_limits, default=_limits("160,162,100"),
+                    help="First N harmful,benign,borderline test prompts (default: all).")
     ap.add_argument("--caa-strength", type=float, default=0.67, help="CAA's strength (eval's val choice).")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "clean_refusal.json")
     ap.add_argument("--doc", type=Path, default=REPO / "docs" / "CLEAN_REFUSAL.md")
@@ -232,6 +248,13 @@ def main() -> None:
     runner = Runner(smollm2(), args.out.with_suffix(".cache.jsonl"))
     val = load("val")
     points: list[dict[str, Any]] = []
+    res: dict[str, Any] = {
+        "command": "python bench/clean_refusal.py " + " ".join(sys.argv[1:]), "model": "SmolLM2-135M-Instruct.Q4_1",
+        "pack": PACK.name, "pack_manifest_sha256": hashlib.sha256((PACK / "manifest.json").read_bytes()).hexdigest(),
+        "threads": 1, "cpu": cpu_model(), "loadavg": loadavg(), "versions": versions(), "rule": RULE,
+        "tokens": TOKENS, "samplers": {k: asdict(v) for k, v in SAMPLERS.items()}, "val": points, "chosen": None,
+        "test_limit": args.test_limit,
+    }
     best: Config | None = None
     for stage in args.stages.split(","):
         for cfg in sweep_configs(stage, best):
@@ -239,37 +262,28 @@ def main() -> None:
             p["stage"] = stage
             points.append(p)
             print(text_table(HEAD, [row(p)]).splitlines()[-1], flush=True)
-        fs = [p for p in points if p["method"] == "finesteer"]
-        chosen = choose(fs)
+            res["chosen"] = choose([q for q in points if q["method"] == "finesteer"])
+            _write(res, args, runner, t0)  # after every point: an interrupted sweep still leaves its curve
+        chosen = res["chosen"]
         best = cfg_of(chosen) if chosen else None
     base = runner.metrics(Config("base"), val)
     base["stage"] = "base"
     points.insert(0, base)
-    chosen = choose([p for p in points if p["method"] == "finesteer"])
-    res: dict[str, Any] = {
-        "command": "python bench/clean_refusal.py " + " ".join(sys.argv[1:]), "model": "SmolLM2-135M-Instruct.Q4_1",
-        "pack": PACK.name, "pack_manifest_sha256": hashlib.sha256((PACK / "manifest.json").read_bytes()).hexdigest(),
-        "threads": 1, "cpu": cpu_model(), "loadavg": loadavg(), "versions": versions(), "rule": RULE,
-        "tokens": TOKENS, "samplers": {k: asdict(v) for k, v in SAMPLERS.items()}, "val": points, "chosen": chosen,
-    }
+    chosen = res["chosen"]
     if args.test and chosen:
-        test = load("test")
+        test = {g: xs[: args.test_limit[g]] for g, xs in load("test").items()}
         c = cfg_of(chosen)
         casts = [p for p in points if p["method"] == "cast"]
         cast_best = choose(casts)
         tcfgs = [c, Config("cast", cfg_of(cast_best).strength if cast_best else 1.33, c.schedule, c.spread, c.sampler),
-                 Config("cast", 1.33), Config("caa", args.caa_strength, c.schedule, c.spread, c.sampler),
-                 Config("finesteer")]
+                 Config("caa", args.caa_strength, c.schedule, c.spread, c.sampler)]
         res["test"] = []
         for cfg in tcfgs:
             p = runner.metrics(cfg, test)
             res["test"].append(p)
             print("test:", text_table(HEAD, [row(p)]).splitlines()[-1], flush=True)
-    res["seconds"] = time.perf_counter() - t0
-    res["generated_this_run"] = runner.generated
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=1) + "\n")
-    render(res, args.doc)
+            _write(res, args, runner, t0)
+    _write(res, args, runner, t0)
     print(text_table(HEAD, [row(p) for p in points]))
     if res.get("test"):
         print(text_table(HEAD, [row(p) for p in res["test"]]))

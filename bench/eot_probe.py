@@ -59,6 +59,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=80)
     ap.add_argument("--strengths", default="1.0,1.33")
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--schedules", default="all", help="Steering schedules to try (schedule.Schedule.parse forms).")
+    ap.add_argument("--kinds", default="text,eot", help="Which mean deltas to apply: text, eot or both.")
+    ap.add_argument("--keep", type=Path, default=None, help="JSON lines of rows measured by an earlier run to keep.")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "eot_probe.json")
     args = ap.parse_args()
     model = smollm2()
@@ -90,12 +93,17 @@ def main() -> None:
         sc = gate_scores(llm, [Prompt(str(i), t, g, "val") for i, t in enumerate(groups[g])], progress=False)
         groups[g] = [t for t, x in zip(groups[g], sc, strict=True) if x >= m.tau]
     llm.gate, llm.vector_source = "pack", "mean"
-    rows = []
-    for kind in ("text", "eot"):
-        llm.pack.control.directions[m.steer_layer] = (deltas[kind] * m.alpha).astype(np.float32)
-        for strength in [float(x) for x in args.strengths.split(",")]:
+    rows = [json.loads(line) for line in args.keep.read_text().splitlines()] if args.keep else []
+    from finesteer_edge.schedule import Schedule
+
+    combos = [(sch, kind, st) for sch in args.schedules.split(",") for kind in args.kinds.split(",")
+              for st in [float(x) for x in args.strengths.split(",")]]
+    for sched, kind, strength in combos:
+        if True:
+            llm.pack.control.directions[m.steer_layer] = (deltas[kind] * m.alpha).astype(np.float32)
             llm.strength = strength
-            row: dict = {"targets": kind, "strength": strength}
+            llm.schedule = Schedule.parse(sched)
+            row: dict = {"targets": kind, "strength": strength, "schedule": sched}
             for g, ps in groups.items():
                 res = [llm.generate(p, max_tokens=args.max_tokens) for p in ps]
                 on = [r for r in res if r.steered]
@@ -120,7 +128,8 @@ def main() -> None:
     print(f"{'targets':8} {'s':>5} {'refusal':>8} {'degen':>6} {'ended':>6} {'clean':>6} | benign open refusal | "
           f"borderline open refusal")
     for r in rows:
-        print(f"{r['targets']:8} {r['strength']:5.2f} {r['refusal_harmful_open']:8.1%} "
+        r.setdefault("clean_harmful_open", None)
+        print(f"{r['targets']:8} {r.get('schedule', 'all'):>5} {r['strength']:5.2f} {r['refusal_harmful_open']:8.1%} "
               f"{r['degenerate_harmful_open']:6.1%} "
               f"{r['ended_harmful_open']:6.1%} {r['clean_harmful_open']:6.1%} | {r['n_open_benign']} open "
               f"{r['refusal_benign_open']} | {r['n_open_borderline']} open {r['refusal_borderline_open']}")
