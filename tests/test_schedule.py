@@ -168,3 +168,17 @@ def test_spread_puts_the_shift_on_the_range(tiny_model: Path, pack: Path, tmp_pa
         assert not rows[3:].any()
         r = spread.generate(PROMPT, max_tokens=6)
         assert r.steered and r.token_ids != one.generate(PROMPT, max_tokens=6).token_ids
+
+
+def test_write_pack_records_schedule_and_spread(tiny_model: Path, tmp_path: Path) -> None:
+    from finesteer_edge.converters.pack_writer import write_pack
+    from finesteer_edge.model_info import read_model_info
+    from finesteer_edge.testing.packs import random_head
+
+    info = read_model_info(tiny_model)
+    head = random_head(info.n_embd, n_experts=2, basis_rank=2, gate_kind="scs", vector_norm=4.0, seed=1)
+    out = write_pack(tmp_path / "p", head=head, fingerprint=info.fingerprint, gate_layer=1, steer_layer=2, alpha=1.0,
+                     tau=0.0, mean_vector={2: head.experts.mean(0)}, schedule=Schedule(tokens=16),
+                     spread=Spread(1, 3))
+    m = SteeringPack.load(out).manifest
+    assert m.schedule == Schedule(tokens=16) and m.spread == Spread(1, 3)
