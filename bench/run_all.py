@@ -19,7 +19,8 @@ from pathlib import Path
 import _util
 import report
 
-SCRIPTS = ("head", "memory", "decode", "scaling", "torch_ref", "probes", "serve", "architectures")
+SCRIPTS = ("head", "memory", "decode", "scaling", "torch_ref", "probes", "serve", "architectures",
+           "schedule_speed")
 
 
 def main() -> None:

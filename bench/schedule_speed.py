@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _util  # noqa: E402
 
-from finesteer_edge.bench.common import environment, interleaved, median, ratio, spread, text_table  # noqa: E402
+from finesteer_edge.measure.common import environment, interleaved, median, ratio, spread, text_table  # noqa: E402
 from finesteer_edge.schedule import Schedule  # noqa: E402
 from finesteer_edge.steered import SteeredLlama  # noqa: E402
 
