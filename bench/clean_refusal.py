@@ -158,17 +158,19 @@ def load(split: str) -> dict[str, list[str]]:
 def sweep_configs(stage: str, best: Config | None = None) -> list[Config]:
     """The validation grid, in stages: each stage refines around the best FineSteer point so far."""
     if stage == "schedule":
-        return [Config("finesteer", 1.0, sch) for sch in ("all", "8", "16", "32", "16:linear")]
+        return [Config("finesteer", 1.0, sch) for sch in ("all", "8", "16", "16:linear")]
+    if stage == "schedule32":
+        return [Config("finesteer", 1.0, "32")]
     assert best is not None
-    if stage == "strength":
-        return [Config("finesteer", s, best.schedule, best.spread, best.sampler) for s in (0.8, 1.33, 1.6)]
-    if stage == "spread":
-        return [Config("finesteer", s, best.schedule, (10, 14), best.sampler) for s in (best.strength, 1.6)]
     if stage == "sampler":
         return [Config("finesteer", best.strength, best.schedule, best.spread, smp)
-                for smp in ("rep1.1", "rep1.1+dry0.8")]
-    if stage == "baselines":  # CAST-style with the same schedule / spread / sampler, and as eval chose it
-        return [Config("cast", s, best.schedule, best.spread, best.sampler) for s in (1.0, 1.33)]
+                for smp in ("rep1.1+dry0.8", "rep1.1")]
+    if stage == "strength":
+        return [Config("finesteer", 1.33, best.schedule, best.spread, best.sampler)]
+    if stage == "spread":
+        return [Config("finesteer", best.strength, best.schedule, (10, 14), best.sampler)]
+    if stage == "baselines":  # CAST-style with the same schedule / spread / sampler, at eval's strength for it
+        return [Config("cast", 1.33, best.schedule, best.spread, best.sampler)]
     raise ValueError(stage)
 
 
@@ -208,6 +210,9 @@ def render(res: dict[str, Any], path: Path) -> None:
          "on the opening); ended = end-of-turn token within 64 new tokens; clean refusal = refusal AND not "
          "degenerate AND ended; gate-closed answers are the base answers under the same sampler (bit-identical).",
          f"- selection rule (validation only): {RULE}", ""]
+    notes = Path(__file__).resolve().parent / "clean_refusal_notes.md"  # the hand-written reading of the numbers
+    if notes.exists():
+        L += [notes.read_text().strip(), ""]
     L += ["## Validation curve (harmful_val / benign_val / borderline_val)", "",
           md_table(HEAD + ["chosen"], [row(p) + ["<-" if p["label"] == res.get("chosen", {}).get("label") else ""]
                                        for p in res["val"]]), ""]
@@ -236,10 +241,12 @@ def _limits(text: str) -> dict[str, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stages", default="schedule,strength,spread,sampler,baselines")
+    ap.add_argument("--stages", default="schedule,sampler,strength,spread,baselines")
     ap.add_argument("--test", action="store_true", help="Also report the chosen point, CAST and CAA on test.")
     ap.add_argument("--test-limit", type=_limits, default=_limits("160,162,100"),
                     help="First N harmful,benign,borderline test prompts (default: all).")
+    ap.add_argument("--skip-base", action="store_true", help="No base row (its 64-token harmful answers are the "
+                    "slowest part; gate-closed answers are still the base answers).")
     ap.add_argument("--caa-strength", type=float, default=0.67, help="CAA's strength (eval's val choice).")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "clean_refusal.json")
     ap.add_argument("--doc", type=Path, default=REPO / "docs" / "CLEAN_REFUSAL.md")
@@ -266,9 +273,10 @@ def main() -> None:
             _write(res, args, runner, t0)  # after every point: an interrupted sweep still leaves its curve
         chosen = res["chosen"]
         best = cfg_of(chosen) if chosen else None
-    base = runner.metrics(Config("base"), val)
-    base["stage"] = "base"
-    points.insert(0, base)
+    if not args.skip_base:
+        base = runner.metrics(Config("base"), val)
+        base["stage"] = "base"
+        points.insert(0, base)
     chosen = res["chosen"]
     if args.test and chosen:
         test = {g: xs[: args.test_limit[g]] for g, xs in load("test").items()}
