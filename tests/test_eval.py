@@ -335,7 +335,7 @@ def test_eval_cli_malformed_jsonl_names_file_and_line(tiny_model: Path, eval_set
 
 # ------------------------------------------------------------------------------------------ report
 def test_report_numbers_equal_the_json(tiny_model: Path, eval_setup: dict[str, Path], tmp_path: Path) -> None:
-    from finesteer_edge.evaluation.report import SAFETY_HEADERS, write_report
+    from finesteer_edge.evaluation.report import SAFETY_HEADERS, pct, write_report
     from finesteer_edge.evaluation.runner import expand_methods
     from finesteer_edge.evaluation.suite import SuiteConfig, run_suite
 
