@@ -217,7 +217,10 @@ def render(res: dict[str, Any], path: Path) -> None:
           md_table(HEAD + ["chosen"], [row(p) + ["<-" if p["label"] == res.get("chosen", {}).get("label") else ""]
                                        for p in res["val"]]), ""]
     if res.get("test"):
+        lim = res.get("test_limit") or {}
         L += ["## Test split (reported once, for the chosen point and the baselines)", "",
+              f"First {lim.get('harmful')} harmful / {lim.get('benign')} benign / {lim.get('borderline')} borderline "
+              "test prompts (the time left allowed no more).", "",
               md_table(HEAD, [row(p) for p in res["test"]]), ""]
     for name, p in (("chosen (val)", res.get("chosen")),):
         if p:
