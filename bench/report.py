@@ -180,6 +180,24 @@ def section_memory(mem: dict[str, Any] | None) -> str:
     return "\n".join(out) + "\n"
 
 
+def section_schedule(sp: dict[str, Any] | None) -> str:
+    """Issue 11: decode speed of a steered turn under a steering schedule vs plain decoding."""
+    out = ["## Steering schedule: decode speed of a steered turn (issue 11)\n"]
+    if sp is None:
+        return "\n".join(out) + missing("schedule_speed.py")
+    e = sp["environment"]
+    out.append(f"`{sp['command']}`: {sp['threads']} llama.cpp thread(s), {sp['rounds']} interleaved rounds (rotating "
+               f"order, medians), up to {sp['max_tokens']} new tokens, strength {sp['strength']}, gate forced open; "
+               f"CPU {e.get('cpu')}, load average {e.get('loadavg_start')} at start. Decode rate = (tokens - 1) / "
+               "(seconds - time to first token): prefill excluded, control-vector changes inside the turn included. "
+               "Target: >= 0.95x plain.\n")
+    v = sp["variants"]
+    rows = [[k, f(x["decode_tps_median"], 1), f"{f(x['decode_tps_range'][0], 1)}-{f(x['decode_tps_range'][1], 1)}",
+             f"{f(x['ratio_vs_plain'], 3)}x", f"{min(x['tokens'])}-{max(x['tokens'])}"] for k, x in v.items()]
+    out.append(_md(["variant", "decode tok/s (median)", "range", "vs plain", "tokens per turn"], rows))
+    return "\n".join(out) + "\n"
+
+
 def section_torch(tr: dict[str, Any] | None) -> str:
     out = ["## 5. The torch reference (HF transformers fp32 on the same GGUF)\n"]
     if tr is None:
@@ -626,6 +644,7 @@ def render(results: Path, doc: Path) -> str:
     tr, sc, pr = load(results, "torch_ref"), load(results, "scaling"), load(results, "probes")
     ar = load(results, "architectures")
     mp = load(results, "multipack")
+    sched = load(results, "schedule_speed")
     notes = load_notes()
     parts = [
         HEADER,
@@ -641,6 +660,7 @@ def render(results: Path, doc: Path) -> str:
         section_serve(load(results, "serve")),
         section_architectures(ar),
         section_multipack(mp),
+        section_schedule(sched),
     ]
     text = "\n".join(p.rstrip() + "\n" for p in parts if p)
     doc.parent.mkdir(parents=True, exist_ok=True)

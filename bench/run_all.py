@@ -20,7 +20,7 @@ import _util
 import report
 
 SCRIPTS = ("head", "memory", "decode", "scaling", "torch_ref", "probes", "serve", "architectures",
-           "multipack")
+           "multipack", "schedule_speed")
 
 
 def main() -> None:

@@ -96,7 +96,8 @@ def eval_cmd(
     borderline_val: str = typer.Option(None, "--borderline-val", help="safety: validation borderline prompts."),
     mc: str = typer.Option(None, "--mc", help="truthfulqa: MC items {question, choices, label} (test)."),
     val: str = typer.Option(None, "--val", help="truthfulqa: validation items (MC items or TruthfulQA rows)."),
-    max_tokens: int = typer.Option(32, "--max-tokens", "-n", help="New tokens per answer (greedy)."),
+    max_tokens: int = typer.Option(64, "--max-tokens", "-n", help="New tokens per answer (greedy; 64 measures "
+                                "whether a turn ended within 64 tokens)."),
     threads: int = typer.Option(None, "--threads", "-t", help="llama.cpp threads per process (default: usable "
                                 "cores; 1 with --workers)."),
     workers: int = typer.Option(1, "--workers", help="Worker processes, each with its own model (2 x 1 thread "

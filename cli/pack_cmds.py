@@ -44,6 +44,8 @@ def inspect_cmd(
         f"tau         {m.tau:g}  (steer iff gate score >= tau)",
         f"experts     K = {m.n_experts}, basis rank k = {m.basis_rank}",
         f"control     direction layers {sorted(p.control.directions)}",
+        f"schedule    {_schedule_text(m.schedule)}",
+        f"spread      {f'layers {m.spread.first}..{m.spread.last} (vector split evenly)' if m.spread else 'none'}",
     ]
     for name, entry in sorted(m.files.items()):
         lines.append(f"{name:<11} {entry.bytes:>10,} bytes  sha256 {entry.sha256[:16]}...")
@@ -76,6 +78,14 @@ def _inspect_set(packs: list[SteeringPack], as_json: bool) -> None:
         how = "their open vectors add (capped at the largest single norm)" if len(names) > 1 else "alone"
         lines.append(f"layer {layer:<5} steered by {', '.join(names)}: {how}")
     typer.echo("\n".join(lines))
+
+
+def _schedule_text(s) -> str:  # type: ignore[no-untyped-def]
+    if s is None or s.always_on:
+        return "whole turn (prompt and every generated token)"
+    rest = "" if s.decay == "none" else f", {s.decay} decay in {s.steps} levels"
+    return (f"{'prompt + ' if s.prompt else ''}first {s.tokens} generated tokens{rest}, then "
+            f"{'off' if s.floor == 0 else f'x{s.floor:g}'}")
 
 
 def verify_cmd(

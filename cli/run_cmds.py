@@ -34,6 +34,13 @@ TEMPLATE_OPT = typer.Option(
     help="Prompt format: chatml, llama3, gemma, phi3, plain, or a Jinja file. Default: the model's own "
          "(a model without one falls back to plain, with a warning).",
 )
+REPEAT_OPT = typer.Option(1.1, "--repeat-penalty", help="llama.cpp repeat penalty (1.0 = off), applied to "
+                          "steered, gate-closed and --no-pack turns alike, greedy or sampled.")
+REPEAT_N_OPT = typer.Option(64, "--repeat-last-n", min=0, help="Tokens the repeat penalty looks back over.")
+DRY_OPT = typer.Option(0.8, "--dry-multiplier", min=0.0, help="llama.cpp DRY repetition penalty (0 = off). "
+                       "With --repeat-penalty 1 --dry-multiplier 0 the sampler is plain greedy / top-k/top-p/min-p.")
+SCHEDULE_OPT = typer.Option(None, "--schedule", help="Steering schedule over the turn: all, K (on for the "
+                            "prompt and K tokens), K:linear or K:exp; default: the pack's.")
 ALLOW_OPT = typer.Option(
     False, "--allow-unsteered",
     help="If the pack cannot be applied, continue WITHOUT steering (loud). Default: stop with an error.",
@@ -48,8 +55,10 @@ def register(app: typer.Typer) -> None:
 def open_llm(model: str | None, packs: list[str] | None, no_pack: bool, *, mode: str | None, threads: int | None,
              n_ctx: int, strength: float, allow_unsteered: bool, quiet: bool = False,
              context_policy: str = "error", vector: str | None = None,
-             chat_template: str | None = None):  # type: ignore[no-untyped-def]
+             chat_template: str | None = None,
+             schedule: str | None = None):  # type: ignore[no-untyped-def]
     """The SteeredLlama the options describe, the model path and the pack paths (empty: unsteered)."""
+    from finesteer_edge.schedule import Schedule, ScheduleError
     from finesteer_edge.steered import SteeredLlama
 
     if packs and no_pack:
@@ -58,6 +67,10 @@ def open_llm(model: str | None, packs: list[str] | None, no_pack: bool, *, mode:
                                  ("--vector", vector, VECTOR_SOURCES)):
         if value is not None and value not in allowed:
             raise typer.BadParameter(f"{flag} must be {choices(allowed)}, not {value!r}")
+    try:
+        sched = Schedule.parse(schedule) if schedule else None
+    except ScheduleError as exc:
+        raise typer.BadParameter(f"--schedule: {exc}") from None
     model_path = resolve_model(model)
     pack_paths: list[Path] = []
     if packs:
@@ -70,7 +83,7 @@ def open_llm(model: str | None, packs: list[str] | None, no_pack: bool, *, mode:
                   file=sys.stderr)
     return SteeredLlama(model_path, packs=pack_paths, mode=mode, n_threads=threads, n_ctx=n_ctx, strength=strength,
                         allow_unsteered=allow_unsteered, context_policy=context_policy,
-                        vector_source=vector, chat_template=chat_template), model_path, pack_paths
+                        vector_source=vector, chat_template=chat_template, schedule=sched), model_path, pack_paths
 
 
 def generate_cmd(
@@ -90,15 +103,20 @@ def generate_cmd(
     vector: str = VECTOR_OPT,
     allow_unsteered: bool = ALLOW_OPT,
     chat_template: str = TEMPLATE_OPT,
+    repeat_penalty: float = REPEAT_OPT,
+    repeat_last_n: int = REPEAT_N_OPT,
+    dry_multiplier: float = DRY_OPT,
+    schedule: str = SCHEDULE_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the result."),
     explain: bool = typer.Option(False, "--explain", help="After the answer, show every pack's gate decision."),
 ) -> None:
     """Answer one prompt; each pack's gate decides whether it steers this turn."""
+    pen = _penalties(repeat_penalty, repeat_last_n, dry_multiplier)
     llm, model_path, _ = open_llm(model, pack, no_pack, mode=mode, threads=threads, n_ctx=n_ctx,
                                   strength=strength, allow_unsteered=allow_unsteered, quiet=as_json,
-                                  vector=vector, chat_template=chat_template)
+                                  vector=vector, chat_template=chat_template, schedule=schedule)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    kwargs = dict(max_tokens=max_tokens, temperature=temperature, seed=seed, stop=stop or ())
+    kwargs = dict(max_tokens=max_tokens, temperature=temperature, seed=seed, stop=stop or (), penalties=pen)
     if as_json:
         result = llm.generate(messages, **kwargs)
     else:
@@ -121,6 +139,15 @@ def generate_cmd(
     if explain:
         print(_explain_line(1, result), file=sys.stderr)
     llm.close()
+
+
+def _penalties(repeat_penalty: float, repeat_last_n: int, dry_multiplier: float):  # type: ignore[no-untyped-def]
+    from finesteer_edge.llama.session import Penalties
+
+    try:
+        return Penalties(repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, dry_multiplier=dry_multiplier)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _explain_line(turn: int, r: GenerationResult) -> str:
@@ -158,6 +185,10 @@ def chat_cmd(
     vector: str = VECTOR_OPT,
     allow_unsteered: bool = ALLOW_OPT,
     chat_template: str = TEMPLATE_OPT,
+    repeat_penalty: float = REPEAT_OPT,
+    repeat_last_n: int = REPEAT_N_OPT,
+    dry_multiplier: float = DRY_OPT,
+    schedule: str = SCHEDULE_OPT,
     context_policy: str = typer.Option(
         "error", "--context-policy",
         help="When the conversation outgrows --n-ctx: error (report it; /reset to go on) or drop_oldest "
@@ -165,9 +196,11 @@ def chat_cmd(
     ),
 ) -> None:
     """Interactive chat. Commands: /reset (new conversation), /explain (gate decisions so far), /quit."""
+    pen = _penalties(repeat_penalty, repeat_last_n, dry_multiplier)
     llm, model_path, _ = open_llm(model, pack, no_pack, mode=mode, threads=threads, n_ctx=n_ctx,
                                   strength=strength, allow_unsteered=allow_unsteered,
-                                  context_policy=context_policy, vector=vector, chat_template=chat_template)
+                                  context_policy=context_policy, vector=vector, chat_template=chat_template,
+                                  schedule=schedule)
     interactive = sys.stdin.isatty()
     base = [{"role": "system", "content": system}] if system else []
     messages = list(base)
@@ -206,7 +239,7 @@ def chat_cmd(
         result = None
         try:
             for item in llm.chat(messages, stream=True, max_tokens=max_tokens,  # type: ignore[union-attr]
-                                 temperature=temperature, seed=seed):
+                                 temperature=temperature, seed=seed, penalties=pen):
                 if isinstance(item, GenerationResult):
                     result = item
                 else:

@@ -50,6 +50,8 @@ def extract_cmd(
     pairs_per_question: int = typer.Option(1, "--pairs-per-question", min=1, help="truthfulqa: answer pairs used."),
     limit: int = typer.Option(None, "--limit", min=1, help="At most N prompts per group and split (quick runs)."),
     own_tokens: int = typer.Option(48, "--own-tokens", min=1, help="Length of the model's own (undesired) answer."),
+    end_of_turn: bool = typer.Option(False, "--end-of-turn", help="Teacher-force each desired response followed "
+                                     "by the model's end-of-turn token (a shift towards 'refuse and stop')."),
     threads: int = typer.Option(None, "--threads", "-t"),
     n_ctx: int = typer.Option(2048, "--n-ctx"),
     chat_template: str = typer.Option(
@@ -65,6 +67,7 @@ def extract_cmd(
         task=task, data=data, out=out, gate_layer=gate_layer, steer_layer=steer_layer,
         gate_layers=_layers(gate_layers), negatives=list(negatives or []), pairs_per_question=pairs_per_question,
         limit=limit, own_tokens=own_tokens, n_ctx=n_ctx, threads=threads, chat_template=chat_template,
+        end_of_turn=end_of_turn,
     ))
     from finesteer_edge.train.activations import load_activations
 

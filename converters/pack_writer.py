@@ -18,6 +18,8 @@ import numpy as np
 from finesteer_edge.model_info import Fingerprint
 from finesteer_edge.pack.control_vector import write_control_vector
 from finesteer_edge.pack.manifest import CONTROL, HEAD, MANIFEST, FileEntry, Manifest
+from finesteer_edge.schedule import Schedule
+from finesteer_edge.spread import Spread
 
 from .head_params import FoldedHead
 from .onnx_head import build_head_onnx
@@ -43,8 +45,11 @@ def write_pack(
     overwrite: bool = False,
     feature_layer: int | None = None,
     verify: Callable[[Path], object] | None = None,
+    schedule: Schedule | None = None,
+    spread: Spread | None = None,
 ) -> Path:
-    """Write ``out`` (a directory). ``mean_vector`` (layer -> (d,)) becomes ``control.gguf``.
+    """Write ``out`` (a directory). ``mean_vector`` (layer -> (d,)) becomes ``control.gguf``; ``schedule`` and
+    ``spread`` go into the manifest (issue 11; None: steer the whole turn at the steer layer).
 
     ``verify(tmp_dir)`` runs on the finished pack before it is moved into place; if it raises, nothing
     is left behind.
@@ -71,6 +76,7 @@ def write_pack(
             tau=float(tau),
             gate_kind=head.gate.kind, n_experts=head.n_experts, basis_rank=head.basis_rank,
             vector_source=vector_source, mode=mode, files=files, provenance=dict(provenance or {}),
+            schedule=schedule, spread=spread,
         )
         (tmp / MANIFEST).write_text(manifest.to_json())
         if verify is not None:

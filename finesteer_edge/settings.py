@@ -32,6 +32,58 @@ def _integer(value: Any, name: str) -> int:
 
 
 @dataclass(frozen=True)
+class Penalties:
+    """Repetition penalties of llama.cpp's own sampler chain (issue 11), off by default as in llama.cpp.
+
+    ``repeat_penalty`` > 1 divides the logits of tokens seen in the last ``repeat_last_n`` generated
+    tokens (``llama_sampler_init_penalties``, with ``frequency_penalty``/``presence_penalty``);
+    ``dry_multiplier`` > 0 enables DRY (``llama_sampler_init_dry``: penalises tokens that would extend a
+    repeated sequence longer than ``dry_allowed_length``, by ``multiplier * base ** excess``). They run
+    before greedy or top-k/top-p/min-p/temperature, as in llama.cpp's default chain, and see the
+    generated tokens of the turn. Applied the same way to steered and unsteered turns.
+    """
+
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("repeat_penalty", "frequency_penalty", "presence_penalty", "dry_multiplier", "dry_base"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite")
+        if self.repeat_penalty <= 0:
+            raise ValueError("repeat_penalty must be > 0 (1.0 = off)")
+        if self.dry_multiplier < 0:
+            raise ValueError("dry_multiplier must be >= 0 (0 = off)")
+        if self.dry_multiplier > 0 and self.dry_base < 1.0:
+            raise ValueError("dry_base must be >= 1 when DRY is on")
+        for name in ("repeat_last_n", "dry_allowed_length", "dry_penalty_last_n"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+
+    @property
+    def penalize(self) -> bool:
+        return self.repeat_last_n > 0 and (self.repeat_penalty != 1.0 or self.frequency_penalty != 0.0
+                                           or self.presence_penalty != 0.0)
+
+    @property
+    def dry(self) -> bool:
+        return self.dry_multiplier > 0 and self.dry_penalty_last_n > 0
+
+    @property
+    def off(self) -> bool:
+        return not (self.penalize or self.dry)
+
+
+NO_PENALTIES = Penalties()
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """How one turn samples. ``temperature`` 0 is greedy (then seed, top_k, top_p and min_p do not matter).
 
@@ -50,6 +102,8 @@ class SamplingParams:
     """0 = off."""
     stop: tuple[str, ...] = field(default=())
     """Stop strings (the text stops before the first match); any sequence of strings is stored as a tuple."""
+    penalties: Penalties = NO_PENALTIES
+    """llama.cpp's repetition penalties (repeat/frequency/presence, DRY); off by default."""
 
     def __post_init__(self) -> None:
         if _integer(self.max_tokens, "max_tokens") < 0:
@@ -68,6 +122,10 @@ class SamplingParams:
         if not all(isinstance(s, str) for s in stop):
             raise TypeError("stop must be a sequence of strings")
         object.__setattr__(self, "stop", stop)
+        if self.penalties is None:
+            object.__setattr__(self, "penalties", NO_PENALTIES)
+        if not isinstance(self.penalties, Penalties):
+            raise TypeError(f"penalties must be Penalties, not {type(self.penalties).__name__}")
 
 
 @dataclass(frozen=True)

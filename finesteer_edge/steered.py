@@ -35,8 +35,9 @@ from .model_info import read_model_info
 from .multipack import Combined, Decision, PackSpec, combine, pack_specs
 from .pack.pack import SteeringPack
 from .result import GenerationResult, PackOutcome
+from .schedule import ALWAYS, Schedule, ScheduledControl
 from .selftest import SelfTestReport
-from .settings import SamplingParams, SteeringSettings
+from .settings import Penalties, SamplingParams, SteeringSettings
 from .verify import VerifyReport, verify_pack
 from .vocab import (
     COMBINE_POLICIES,
@@ -91,6 +92,10 @@ class SteeredLlama:
             one the renderer cannot run) falls back to plain text with a warning. Or a built-in name
             (``chatml``, ``llama3``, ``gemma``, ``phi3``, ``plain``), a Jinja file path, or Jinja source.
 
+        schedule: when in a steered turn the vector is on (:class:`~finesteer_edge.schedule.Schedule`);
+            None: the first pack's ``schedule`` (a pack without one: the whole turn). Several packs share the
+            turn's schedule (the first pack that has one), since llama.cpp holds one control vector.
+
     Steering settings are read-only attributes (``mode``, ``strength``, ``gate``, ``vector_source``); change
     them with :meth:`set_steering`, which checks them.
     """
@@ -115,6 +120,7 @@ class SteeredLlama:
         context_policy: str = "error",
         tap_layers: Sequence[int] = (),
         chat_template: str | None = None,
+        schedule: Schedule | None = None,
     ) -> None:
         if mode is not None:
             check_choice(mode, MODES, "mode")
@@ -159,6 +165,12 @@ class SteeredLlama:
         manifest_modes = [p.manifest.mode for p, _ in self._packs]
         default_mode = "exact" if "exact" in manifest_modes or not manifest_modes else "fast"
         self._steering = replace(requested, mode=mode or default_mode)
+        pack_schedules = [p.manifest.schedule for p, _ in self._packs if p.manifest.schedule is not None]
+        self.schedule: Schedule = schedule or (pack_schedules[0] if pack_schedules else ALWAYS)
+        """The turn's schedule (plain attribute, for sweeps): the argument, else the first pack's, else always on."""
+        self.spread = None
+        """A layer spread (:class:`~finesteer_edge.spread.Spread`) applied to every pack instead of each
+        pack's own ``spread`` (None: each pack's manifest decides); plain attribute, for sweeps."""
         self._template = ChatTemplate.for_model(
             self._session.info.chat_template, chat_template, model_name=self._session.info.path.name,
             bos_token=self._session.token_text(self._session.bos),
@@ -272,14 +284,22 @@ class SteeredLlama:
         top_p: float = _UNSET,
         min_p: float = _UNSET,
         stop: Sequence[str] = _UNSET,
+        repeat_penalty: float = _UNSET,
+        repeat_last_n: int = _UNSET,
+        dry_multiplier: float = _UNSET,
+        penalties: Penalties | None = _UNSET,
     ) -> GenerationResult:
         """One independent turn (fresh KV cache): gate, steer if the gate opens, generate.
 
         Sampling: ``sampling`` (default :class:`SamplingParams()`: 256 tokens, greedy), with any loose
-        keyword given here replacing its field.
+        keyword given here replacing its field. ``repeat_penalty``/``repeat_last_n``/``dry_multiplier`` (or
+        a whole :class:`Penalties`, which wins) add llama.cpp's repetition penalties to the sampler chain,
+        greedy or not (off by default), the same for steered and unsteered turns.
         """
         params = _sampling(sampling, max_tokens=max_tokens, temperature=temperature, seed=seed, top_k=top_k,
-                           top_p=top_p, min_p=min_p, stop=stop)
+                           top_p=top_p, min_p=min_p, stop=stop,
+                           penalties=_penalties(penalties, repeat_penalty=repeat_penalty,
+                                                repeat_last_n=repeat_last_n, dry_multiplier=dry_multiplier))
         messages = normalize_messages(prompt_or_messages)
         with self._guard():
             return _drain(self._turn(messages, params, self._steering, reuse_cache=False))
@@ -297,6 +317,10 @@ class SteeredLlama:
         top_p: float = _UNSET,
         min_p: float = _UNSET,
         stop: Sequence[str] = _UNSET,
+        repeat_penalty: float = _UNSET,
+        repeat_last_n: int = _UNSET,
+        dry_multiplier: float = _UNSET,
+        penalties: Penalties | None = _UNSET,
     ) -> Iterator[str | GenerationResult] | GenerationResult:
         """Answer the last user turn of ``messages`` (the whole conversation so far).
 
@@ -305,7 +329,9 @@ class SteeredLlama:
         Sampling as in :meth:`generate`.
         """
         params = _sampling(sampling, max_tokens=max_tokens, temperature=temperature, seed=seed, top_k=top_k,
-                           top_p=top_p, min_p=min_p, stop=stop)
+                           top_p=top_p, min_p=min_p, stop=stop,
+                           penalties=_penalties(penalties, repeat_penalty=repeat_penalty,
+                                                repeat_last_n=repeat_last_n, dry_multiplier=dry_multiplier))
         msgs = normalize_messages(messages)
         if not stream:
             with self._guard():
@@ -407,6 +433,10 @@ class SteeredLlama:
                 vectors = {m.steer_layer: out.vector * strength}
             else:
                 vectors = {layer: v * strength for layer, v in pack.control.directions.items()}
+            spread = self.spread or m.spread
+            if spread is not None:
+                spread.check(s.n_layer)
+                vectors = spread.apply(vectors)
         for v in vectors.values():
             if not np.isfinite(v).all():
                 raise PackError("the steering vector is not finite; refusing to generate")
@@ -430,14 +460,19 @@ class SteeredLlama:
         else:
             s.decode(new)
         steered = any(d.open for d in decisions)
+        plan: ScheduledControl | None = None
         try:
             if steered:
                 vectors = self.steer_vectors(decisions).vectors
-                if steering.mode == "exact":
+                reprefill = steering.mode == "exact" and self.schedule.prompt
+                if reprefill:
                     s.truncate(common)  # before the vector: a tap-context session then never computes them unsteered
-                s.set_control(*s.control_buffer(vectors))
-                if steering.mode == "exact":
+                buffer = s.control_buffer(vectors)
+                s.set_control(*buffer)
+                if reprefill:
                     s.decode(new)
+                if not self.schedule.always_on:
+                    plan = ScheduledControl(s, self.schedule, *buffer)
             first = decisions[0] if decisions else None
             result = GenerationResult(
                 text="", steered=steered,
@@ -452,11 +487,12 @@ class SteeredLlama:
                     strength=steering.strength * ps,
                 ) for (p, ps), d in zip(self._packs, decisions, strict=True)],
             )
-            yield from self._generate(result, t0, sampling)
+            yield from self._generate(result, t0, sampling, plan)
         finally:
             s.clear_control()
 
-    def _generate(self, result: GenerationResult, t0: float, sp: SamplingParams) -> Iterator[str | GenerationResult]:
+    def _generate(self, result: GenerationResult, t0: float, sp: SamplingParams,
+                  plan: ScheduledControl | None = None) -> Iterator[str | GenerationResult]:
         s = self._session
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stopper = StopMatcher(sp.stop)
@@ -465,7 +501,7 @@ class SteeredLlama:
         finish = "length"
         hit = False
         with s.sampler(temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p, min_p=sp.min_p,
-                       seed=sp.seed) as sampler:
+                       seed=sp.seed, penalties=sp.penalties) as sampler:
             result.seed = sampler.seed if sp.temperature > 0 else None
             for _ in range(sp.max_tokens):
                 tok = s.sample(sampler)
@@ -485,6 +521,8 @@ class SteeredLlama:
                 if s.n_past + 1 > s.n_ctx:
                     finish = "context"
                     break
+                if plan is not None:  # the turn's schedule: scale or clear the vector between decodes
+                    plan.before_decode(len(ids) - 1)
                 s.decode([tok])
         if not hit:
             tail, hit = stopper.feed(decoder.decode(b"", final=True))
@@ -523,6 +561,14 @@ def _sampling(sampling: SamplingParams | None, **loose: Any) -> SamplingParams:
     given = {k: v for k, v in loose.items() if v is not _UNSET}
     base = sampling or SamplingParams()
     return replace(base, **given) if given else base
+
+
+def _penalties(penalties: Penalties | None, **loose: Any) -> Penalties | None:
+    """The penalties to put into SamplingParams: a whole object wins; else the loose fields given (or _UNSET)."""
+    if penalties is not _UNSET and penalties is not None:
+        return penalties
+    given = {k: v for k, v in loose.items() if v is not _UNSET}
+    return Penalties(**given) if given else _UNSET
 
 
 def _drain(it: Iterator[str | GenerationResult]) -> GenerationResult:

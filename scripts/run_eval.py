@@ -55,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Swept on validation (wider than the CLI default: gated methods may do best above 1.5).")
     p.add_argument("--workers", type=int, default=2, help="Worker processes (each its own model).")
     p.add_argument("--threads", type=int, default=1, help="llama.cpp threads per worker.")
-    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--max-tokens", type=int, default=64,
+                   help="New tokens per answer (64: whether a turn ended within 64 tokens is measured).")
     p.add_argument("--no-fidelity", action="store_true", help="Skip the torch reference comparison.")
     p.add_argument("--random-packs", action="store_true",
                    help="Use random packs instead of the real ones (machinery check; marked in the report).")

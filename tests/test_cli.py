@@ -193,9 +193,34 @@ def test_generate_vector_choice(tiny_model: Path, pack: Path) -> None:
         d = json.loads(r.stdout)
         assert d["steered"] is True
         texts[vector] = d["token_ids"] if "token_ids" in d else d["text"]
+    from finesteer_edge.llama.session import Penalties
+
     llm = SteeredLlama(tiny_model, pack, vector_source="mean", n_threads=2)
-    res = llm.generate("hi", max_tokens=8)
+    res = llm.generate("hi", max_tokens=8, penalties=Penalties(repeat_penalty=1.1, dry_multiplier=0.8))  # CLI defaults
     assert (res.token_ids if "token_ids" in d else res.text) == texts["mean"]
     assert texts["head"] != texts["mean"]
     r = run_cli("generate", str(tiny_model), "--pack", str(pack), "--prompt", "hi", "--vector", "bogus")
     assert r.returncode == 2 and "--vector must be head or mean" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_generate_penalties_and_schedule_flags(tiny_model: Path, pack: Path) -> None:
+    """--repeat-penalty/--dry-multiplier reach the sampler and --schedule the steering (issue 11), same as the API."""
+    from finesteer_edge import SteeredLlama
+    from finesteer_edge.llama.session import Penalties
+    from finesteer_edge.schedule import Schedule
+
+    args = ("generate", str(tiny_model), "--pack", str(pack), "--prompt", "hi", "-n", "16", "--json", "--threads", "1",
+            "--n-ctx", "256")
+    r = run_cli(*args, "--repeat-penalty", "1.4", "--dry-multiplier", "0.8", "--schedule", "4:linear")
+    assert r.returncode == 0, r.stderr
+    with SteeredLlama(tiny_model, pack, n_threads=1, n_ctx=256, schedule=Schedule(tokens=4, decay="linear")) as llm:
+        want = llm.generate("hi", max_tokens=16, penalties=Penalties(repeat_penalty=1.4, dry_multiplier=0.8))
+        llm.schedule = Schedule()
+        assert llm.generate("hi", max_tokens=16).text != want.text  # the flags change the answer: the test can fail
+    plain = run_cli(*args, "--repeat-penalty", "1", "--dry-multiplier", "0", "--schedule", "all")
+    with SteeredLlama(tiny_model, pack, n_threads=1, n_ctx=256) as llm:
+        assert json.loads(plain.stdout)["text"] == llm.generate("hi", max_tokens=16).text  # 1 / 0: plain greedy
+    assert json.loads(r.stdout)["text"] == want.text and want.steered
+    for flag, value, msg in (("--schedule", "soon", "--schedule"), ("--repeat-penalty", "0", "repeat_penalty")):
+        bad = run_cli(*args, flag, value)
+        assert bad.returncode == 2 and msg in bad.stderr and "Traceback" not in bad.stderr

@@ -335,7 +335,7 @@ def test_eval_cli_malformed_jsonl_names_file_and_line(tiny_model: Path, eval_set
 
 # ------------------------------------------------------------------------------------------ report
 def test_report_numbers_equal_the_json(tiny_model: Path, eval_setup: dict[str, Path], tmp_path: Path) -> None:
-    from finesteer_edge.evaluation.report import SAFETY_HEADERS, write_report
+    from finesteer_edge.evaluation.report import SAFETY_HEADERS, pct, write_report
     from finesteer_edge.evaluation.runner import expand_methods
     from finesteer_edge.evaluation.suite import SuiteConfig, run_suite
 
@@ -372,6 +372,8 @@ def test_report_numbers_equal_the_json(tiny_model: Path, eval_setup: dict[str, P
             shown = float(cell[:-1])
             assert abs(shown - 100 * m[key]) <= 0.05 + 1e-9, (name, key, cell)
             assert any(abs(shown - round(1000 * k / n[key]) / 10) < 1e-9 for k in range(n[key] + 1)), cell
+        assert cells[10] == pct(m["clean_refusal_harmful"])  # issue 11: the clean rate for every method
+        assert 0.0 <= m["ended_harmful"] <= 1.0 and m["clean_refusal_harmful"] <= m["refusal_harmful"]
     assert table["mose"][5:8] == ["66.7%", "33.3%", "50.0%"]
     # targets are computed from the numbers and rendered from the JSON
     targets = {t["name"]: t for t in saved["targets"]}

@@ -258,3 +258,32 @@ def test_zeroed_hidden_states_are_an_activations_error(pipeline: dict[str, Path]
     r = run_cli("train", str(zeroed), "--out", str(tmp_path / "ckpt"), "--epochs", "2")
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("error:") and "all zero" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_extract_end_of_turn_targets(tiny_model: Path, tmp_path: Path) -> None:
+    """--end-of-turn teacher-forces each desired response followed by the template's end-of-turn token
+    (<|im_end|> for a ChatML model), so the target deltas change; the undesired side does not."""
+    rows = [{"prompt": f"Say something about topic {i}", "desired": "No, I won't.", "undesired": "Sure, here it is.",
+             "split": "train"} for i in range(3)]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    deltas, metas = {}, {}
+    for flag in ((), ("--end-of-turn",)):
+        acts = tmp_path / f"acts{len(flag)}.safetensors"
+        r = run_cli("extract", str(tiny_model), "--task", "pairs", "--data", str(data), "--out", str(acts),
+                    "--threads", "1", "--n-ctx", "256", *flag)
+        assert r.returncode == 0, r.stderr
+        a = load_activations(acts)
+        deltas[bool(flag)], metas[bool(flag)] = a.delta[a.has_delta == 1], a.meta
+    assert metas[False]["end_of_turn"] is None
+    assert metas[True]["end_of_turn"]["text"] == "<|im_end|>"
+    assert deltas[True].shape == deltas[False].shape
+    assert not np.allclose(deltas[True], deltas[False])
+
+
+def test_end_of_turn_token_comes_from_the_template(tiny_model: Path) -> None:
+    from finesteer_edge.steered import SteeredLlama
+    from finesteer_edge.train.extract import end_of_turn_token
+
+    with SteeredLlama(tiny_model, n_ctx=128, n_threads=1) as llm:
+        tok = end_of_turn_token(llm)
+        assert llm.session.token_text(tok) == "<|im_end|>" and llm.session.is_eog(tok)

@@ -40,6 +40,8 @@ class Gen:
     steered: bool
     gate_score: float | None
     seconds: float
+    finish_reason: str = ""
+    """``stop`` (end-of-turn token or a stop string), ``length`` (max_tokens) or ``context``."""
 
 
 def run_task(llm: SteeredLlama, task: Task, max_tokens: int) -> Any:
@@ -50,7 +52,7 @@ def run_task(llm: SteeredLlama, task: Task, max_tokens: int) -> Any:
         return score_item(llm, payload)
     t = time.perf_counter()
     r = llm.generate(payload, max_tokens=max_tokens, temperature=0.0)
-    return Gen(r.text, list(r.token_ids), r.steered, r.gate_score, time.perf_counter() - t)
+    return Gen(r.text, list(r.token_ids), r.steered, r.gate_score, time.perf_counter() - t, r.finish_reason)
 
 
 class LocalExecutor:

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import ContextOverflowError, LayerError, ModelFileError
 from ..model_info import ModelInfo, read_model_info
+from ..settings import NO_PENALTIES, Penalties  # noqa: F401 - Penalties is re-exported (its old home)
 from . import bindings
 from .taps import LAYER_INP_ARCHITECTURES, CbEvalTap, HiddenTap, LayerInpTap
 
@@ -461,8 +462,9 @@ class LlamaSession:
 
     # ----------------------------------------------------------------- sampling
     def sampler(self, *, temperature: float = 0.0, top_k: int = 40, top_p: float = 0.95,
-                min_p: float = 0.05, seed: int | None = None) -> Sampler:
-        return Sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
+                min_p: float = 0.05, seed: int | None = None, penalties: Penalties | None = None) -> Sampler:
+        return Sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
+                       penalties=penalties, vocab=self._vocab, n_vocab=self.n_vocab)
 
     def sample(self, sampler: Sampler) -> int:
         self._flush()
@@ -538,14 +540,34 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
-class Sampler:
-    """A llama.cpp sampler chain: greedy at temperature 0, else top-k/top-p/min-p/temperature/seeded dist."""
+DRY_BREAKERS = ("\n", ":", '"', "*")
+"""llama.cpp's default DRY sequence breakers (common.h ``dry_sequence_breakers``)."""
 
-    def __init__(self, *, temperature: float, top_k: int, top_p: float, min_p: float, seed: int | None) -> None:
+
+
+
+class Sampler:
+    """A llama.cpp sampler chain: [penalties] [DRY], then greedy at temperature 0, else
+    top-k/top-p/min-p/temperature/seeded dist (llama.cpp's order)."""
+
+    def __init__(self, *, temperature: float, top_k: int, top_p: float, min_p: float, seed: int | None,
+                 penalties: Penalties | None = None, vocab: object = None, n_vocab: int = 0) -> None:
         if temperature < 0:
             raise ValueError("temperature must be >= 0")
         self.seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        pen = penalties or NO_PENALTIES
+        if pen.penalize:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_penalties(
+                n_vocab, pen.repeat_last_n, pen.repeat_penalty, pen.frequency_penalty, pen.presence_penalty))
+        if pen.dry:
+            if vocab is None:
+                llama_cpp.llama_sampler_free(chain)
+                raise ValueError("DRY needs the model's vocabulary")
+            breakers = (ctypes.c_char_p * len(DRY_BREAKERS))(*(b.encode() for b in DRY_BREAKERS))
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dry(
+                vocab, pen.dry_multiplier, pen.dry_base, pen.dry_allowed_length, pen.dry_penalty_last_n,
+                breakers, len(DRY_BREAKERS)))
         if temperature == 0:
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
         else:

@@ -13,6 +13,8 @@ from typing import Any
 
 from ..errors import PackFormatError
 from ..model_info import Fingerprint
+from ..schedule import Schedule, ScheduleError
+from ..spread import Spread, SpreadError
 from ..strict_json import loads_strict
 from ..vocab import GATE_KINDS, MANIFEST_VECTOR_SOURCES, MODES, PACK_METHODS
 
@@ -57,6 +59,10 @@ class Manifest:
     description: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    schedule: Schedule | None = None
+    """When in a steered turn the vector is on (optional; None: the whole turn, as before issue 11)."""
+    spread: Spread | None = None
+    """Split the vector evenly over a layer range instead of the steer layer alone (optional)."""
 
     @property
     def head_layer(self) -> int:
@@ -81,6 +87,10 @@ class Manifest:
             "files": {k: {"sha256": v.sha256, "bytes": v.bytes} for k, v in sorted(self.files.items())},
             "provenance": self.provenance,
         }
+        if self.schedule is not None:
+            d["schedule"] = self.schedule.to_dict()
+        if self.spread is not None:
+            d["spread"] = self.spread.to_dict()
         return json.dumps(d, indent=2, sort_keys=False, allow_nan=False) + "\n"
 
 
@@ -173,7 +183,18 @@ def parse_manifest(raw: bytes) -> Manifest:
     for label, text in (("name", name), ("description", description), ("model.name", str(model.get("name", "")))):
         if any((ord(c) < 32 and c not in "\n\t") or 127 <= ord(c) < 160 for c in text):
             raise PackFormatError(f"manifest: {label} contains control characters")
+    schedule = spread = None
+    try:
+        if d.get("schedule") is not None:
+            schedule = Schedule.from_dict(d["schedule"])
+        if d.get("spread") is not None:
+            spread = Spread.from_dict(d["spread"])
+            spread.check(fp.n_layer)
+    except (ScheduleError, SpreadError, TypeError) as exc:
+        raise PackFormatError(f"manifest: {exc}") from None
     return Manifest(
+        schedule=schedule,
+        spread=spread,
         name=name,
         description=description,
         method=_choice(_get(d, "method", str), PACK_METHODS, "method"),

@@ -140,6 +140,8 @@ class SteeringPack:
             "vector_source": m.vector_source,
             "mode": m.mode,
             "control_layers": sorted(self.control.directions),
+            "schedule": m.schedule.to_dict() if m.schedule else None,
+            "spread": m.spread.to_dict() if m.spread else None,
             "files": {k: {"bytes": v.bytes, "sha256": v.sha256} for k, v in m.files.items()},
             "total_bytes": sum(v.bytes for v in m.files.values()),
             "description": m.description,

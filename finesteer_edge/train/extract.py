@@ -59,6 +59,9 @@ class ExtractConfig:
     limit: int | None = None
     """At most this many items per (group, split): quick runs and tests."""
     own_tokens: int = 48
+    end_of_turn: bool = False
+    """Teacher-force each desired response followed by the model's end-of-turn token (issue 11), so the
+    shift points at "refuse and stop" rather than at a refusal sentence the model then repeats."""
     n_ctx: int = 2048
     threads: int | None = None
     show_progress: bool = True
@@ -101,12 +104,13 @@ def extract(model_path: Path, cfg: ExtractConfig) -> Path:
         llm = SteeredLlama(model_path, n_ctx=cfg.n_ctx, n_threads=cfg.threads, tap_layers=taps,
                            chat_template=cfg.chat_template)
     s = llm.session
+    eot = end_of_turn_token(llm) if cfg.end_of_turn else None
     writer = ActivationsWriter(cfg.out, len(items), s.n_embd, list(cands))
     rows: dict[str, list[Any]] = {"id": [], "group": [], "split": [], "variant": [], "prompt": [], "own_answer": []}
     t0 = time.perf_counter()
     try:
         for i, item in enumerate(track(items, f"extracting {cfg.task}", total=len(items), enabled=cfg.show_progress)):
-            own = _extract_one(llm, s, item, i, writer, cands, gate, steer, cfg.own_tokens)
+            own = _extract_one(llm, s, item, i, writer, cands, gate, steer, cfg.own_tokens, eot)
             for key, value in (("id", item.id), ("group", item.group), ("split", item.split),
                                ("variant", item.variant), ("prompt", item.prompt), ("own_answer", own)):
                 rows[key].append(value)
@@ -119,6 +123,7 @@ def extract(model_path: Path, cfg: ExtractConfig) -> Path:
             "steer_layer": steer,
             "gate_layers": cands,
             "own_tokens": cfg.own_tokens,
+            "end_of_turn": None if eot is None else {"token": eot, "text": s.token_text(eot)},
             "n_ctx": s.n_ctx,
             "chat_template": llm.chat_template.name,
             "data_files": {str(p): file_sha256(p) for p in files},
@@ -137,7 +142,7 @@ def extract(model_path: Path, cfg: ExtractConfig) -> Path:
 
 
 def _extract_one(llm: SteeredLlama, s: LlamaSession, item: Item, i: int, writer: ActivationsWriter,
-                 cands: list[int], gate: int, steer: int, own_tokens: int) -> str | None:
+                 cands: list[int], gate: int, steer: int, own_tokens: int, eot: int | None = None) -> str | None:
     messages = [{"role": "user", "content": item.prompt}]
     prompt = llm.prompt_tokens(messages)
     if len(prompt) + 2 > s.n_ctx:
@@ -160,11 +165,31 @@ def _extract_one(llm: SteeredLlama, s: LlamaSession, item: Item, i: int, writer:
                   label=1 if item.target else 0)
     if contrast:
         room = s.n_ctx - len(prompt) - 1
-        want = np.mean([_response_mean(s, len(prompt), _response_ids(s, t)[:room], steer) for t in item.desired], 0)
+        tail = [] if eot is None else [eot]
+        want = np.mean([_response_mean(s, len(prompt), (_response_ids(s, t) + tail)[:room], steer)
+                        for t in item.desired], 0)
         avoid = np.mean([_response_mean(s, len(prompt), ids[:room], steer) for ids in undesired_ids], 0)
         values.update(delta=(want - avoid).astype(np.float32), has_delta=1)
     writer.put(i, **values)
     return own_text
+
+
+def end_of_turn_token(llm: SteeredLlama) -> int:
+    """The token that ends an assistant turn in this model's chat template (``<|im_end|>`` for SmolLM2).
+
+    Read from the template itself: the first end-of-generation token after an assistant message's
+    text. Not ``llama_vocab_eot``: SmolLM2's GGUF says ``<|endoftext|>`` there, a token its template
+    never emits. Falls back to the vocabulary's EOS when the template shows none.
+    """
+    s = llm.session
+    marker = "Okay."
+    text = llm._template.render([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": marker}],
+                                add_generation_prompt=False)
+    after = text[text.rfind(marker) + len(marker):] if marker in text else ""
+    for tok in s.tokenize(after, add_special=False, parse_special=True):
+        if s.is_eog(tok):
+            return tok
+    return s.eos
 
 
 def _response_ids(s: LlamaSession, text: str) -> list[int]:
