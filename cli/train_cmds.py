@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 
 import typer
@@ -160,7 +162,7 @@ def make_pack_cmd(
                               "default: the curated data shipped with the package."),
     out: Path = typer.Option(None, "--out", help="Pack directory to write (default ./MODEL-TASK-pack); work files go "
                              "to OUT.work/."),
-    budget: str = typer.Option(None, "--budget", help="quick (40 rows per file), default (120), full (all rows) or "
+    budget: str = typer.Option(None, "--budget", help="quick (40 rows per file), default (100), full (all rows) or "
                                "a number of rows per file."),
     threads: int = typer.Option(None, "--threads", "-t", min=1, help="llama.cpp and torch threads."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip stages whose inputs are unchanged and go "
@@ -172,6 +174,9 @@ def make_pack_cmd(
     n_ctx: int = typer.Option(2048, "--n-ctx"),
     chat_template: str = typer.Option(None, "--chat-template", help="Chat template NAME or FILE for models without "
                                       "one (passed to extract and eval when this build supports it)."),
+    eval_rows: int = typer.Option(None, "--eval-rows", min=1, help="Rows per test file in the short evaluation "
+                                  "(default from the budget: 10 quick, 25 default, 50 full)."),
+    eval_tokens: int = typer.Option(32, "--eval-tokens", min=1, help="New tokens per evaluated answer (greedy)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Extract, train, convert, verify and evaluate: one command from a GGUF model to a verified pack."""
@@ -182,14 +187,21 @@ def make_pack_cmd(
 
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     b = parse_budget(budget)
+    if eval_rows is not None:
+        b = dataclasses.replace(b, eval_rows=eval_rows)
     model_path = resolve_model(model, show_progress=not as_json)
     if out is None:
         out = Path.cwd() / f"{model_path.stem.split('.')[0]}-{task}-pack"
-    summary = make_pack(MakePackConfig(
-        model=model_path, task=task, out=out.expanduser().absolute(), data=data, budget=b, threads=threads,
-        resume=resume, overwrite=overwrite, seed=seed, epochs=epochs, own_tokens=own_tokens, n_ctx=n_ctx,
-        chat_template=chat_template, show_progress=True,
-    ))
+    out = out.expanduser().absolute()
+    try:
+        summary = make_pack(MakePackConfig(
+            model=model_path, task=task, out=out, data=data, budget=b, threads=threads,
+            resume=resume, overwrite=overwrite, seed=seed, epochs=epochs, own_tokens=own_tokens, n_ctx=n_ctx,
+            chat_template=chat_template, eval_max_tokens=eval_tokens, show_progress=True,
+        ))
+    except KeyboardInterrupt:
+        print(f"make-pack stopped; run the same command again to resume (work files: {out}.work)", file=sys.stderr)
+        raise
     if as_json:
         typer.echo(json.dumps(summary, default=str))
         return

@@ -155,6 +155,7 @@ class StageProgress:
             self.say(f"{self._index(name)}: {fraction:.0%} ({now - self._started:.0f} s in)")
 
     def finish(self, name: str, note: str) -> None:
+        self._last_log = time.monotonic()  # the end line below says it; no "100%" line before it
         self.update(name, 1.0)
         self.say(f"{self._index(name)}: {note}")
 

@@ -47,10 +47,17 @@ class Budget:
 
 BUDGETS = {
     "quick": Budget("quick", 40, 10),
-    "default": Budget("default", 120, 25),
+    "default": Budget("default", 100, 25),
     "full": Budget("full", None, 50),
 }
 DEFAULT_BUDGET = "default"
+"""Why 100 rows per file: measured on SmolLM2-135M Q4_1 (1 thread, CPU time, so the load of the shared
+machine mostly cancels out), ``extract --limit 3`` took 19.3 CPU-s for 51 rows, 6 of them harmful
+targets (the model's own 48-token answer is generated; the rest are one prefill each): ~3.2 CPU-s per
+harmful row, the light rows included. At 100 rows per file there are 100 + 60 harmful rows: 160 x 3.2
+= 512 CPU-s on SmolLM2; x4 for a 0.5B model (494M vs 135M parameters) = 2048 CPU-s; on 2 threads
+(~1.8x) ~19 min of extraction, plus training and the 75-prompt evaluation: ~25 min, under the 30 min
+target of issue 12. README states the measured make-pack time on SmolLM2."""
 
 
 def parse_budget(text: str | None) -> Budget:
