@@ -60,6 +60,9 @@ harmful row, the light rows included. At 100 rows per file there are 100 + 60 ha
 target of issue 12. README states the measured make-pack time on SmolLM2."""
 
 
+MIN_ROWS = 5
+
+
 def parse_budget(text: str | None) -> Budget:
     """``quick``, ``default``, ``full`` or a row limit per file (eval rows scale with it, 5..50)."""
     if text is None:
@@ -71,8 +74,9 @@ def parse_budget(text: str | None) -> Budget:
         rows = int(text)
     except ValueError:
         raise DataError(f"--budget must be quick, default, full or a number of rows per file, not {text!r}") from None
-    if rows < 1:
-        raise DataError("--budget must be at least 1 row per file")
+    if rows < MIN_ROWS:
+        raise DataError(f"--budget must be at least {MIN_ROWS} rows per file (MoSE needs more than 4 training "
+                        "targets to form its experts)")
     return Budget(str(rows), rows, max(5, min(50, rows // 4)))
 
 
