@@ -172,8 +172,8 @@ def make_pack_cmd(
     seed: int = typer.Option(0, "--seed"),
     own_tokens: int = typer.Option(48, "--own-tokens", min=1, help="Length of the model's own (undesired) answer."),
     n_ctx: int = typer.Option(2048, "--n-ctx"),
-    chat_template: str = typer.Option(None, "--chat-template", help="Chat template NAME or FILE for models without "
-                                      "one (passed to extract and eval when this build supports it)."),
+    chat_template: str = typer.Option(None, "--chat-template", help="Chat template NAME or FILE (as in extract and "
+                                      "eval; default: the model's own)."),
     eval_rows: int = typer.Option(None, "--eval-rows", min=1, help="Rows per test file in the short evaluation "
                                   "(default from the budget: 10 quick, 25 default, 50 full)."),
     eval_tokens: int = typer.Option(32, "--eval-tokens", min=1, help="New tokens per evaluated answer (greedy)."),

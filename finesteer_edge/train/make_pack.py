@@ -429,11 +429,12 @@ class MakePack:
 
         split, files = self._eval_files()
         cfg = self.cfg
-        res = run_suite(SuiteConfig(
-            suite=cfg.task, model=cfg.model, pack=cfg.out, test=files, val={}, methods=["base", "finesteer"],
-            strengths=[1.0], max_tokens=cfg.eval_max_tokens, limit=cfg.budget.eval_rows, threads=cfg.threads,
-            n_ctx=cfg.n_ctx, progress=False, seed=cfg.seed, reuse_checks=0, command="make-pack eval",
-        ))
+        res = run_suite(SuiteConfig(**_options(
+            SuiteConfig, suite=cfg.task, model=cfg.model, pack=cfg.out, test=files, val={},
+            methods=["base", "finesteer"], strengths=[1.0], max_tokens=cfg.eval_max_tokens,
+            limit=cfg.budget.eval_rows, threads=cfg.threads, n_ctx=cfg.n_ctx, progress=False, seed=cfg.seed,
+            reuse_checks=0, command="make-pack eval", chat_template=cfg.chat_template,
+        )))
         res = compact(res)
         res["split"] = split
         (self.work / "eval.json").write_text(json.dumps(res, indent=1, default=str), encoding="utf-8")
