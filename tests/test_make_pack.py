@@ -211,3 +211,20 @@ def test_make_pack_on_smollm2(smollm2: Path, tmp_path: Path) -> None:
     assert s["results"]["eval"]["held_out"] and s["results"]["eval"]["finesteer"]["n_harmful"] == 5
     r = run_cli("verify", str(out), "--model", str(smollm2), "--json")
     assert r.returncode == 0, r.stderr
+
+
+def test_budgets_and_truthfulqa_summary() -> None:
+    from finesteer_edge.errors import DataError
+    from finesteer_edge.train.make_pack import BUDGETS, format_summary, parse_budget
+
+    assert parse_budget(None) == BUDGETS["default"] and parse_budget("QUICK").rows == 40
+    assert parse_budget("full").rows is None and parse_budget("200").eval_rows == 50
+    with pytest.raises(DataError, match="at least 5"):
+        parse_budget("4")
+    s = {"task": "truthfulqa", "pack": "/p", "model": "/m.gguf", "work_dir": "/p.work", "seconds": 12.0,
+         "stages": {"extract": {"status": "ran"}, "eval": {"status": "skipped"}},
+         "results": {"gate": {"kind": "scs", "layer": 3, "val_recall": 0.9, "val_fpr": 0.1},
+                     "eval": {"split": "val", "held_out": False, "rows_per_file": 5,
+                              "base": {"mc1": 0.2}, "finesteer": {"mc1": 0.4, "gate_rate": 0.6, "n_items": 5}}}}
+    text = format_summary(s)
+    assert "MC1 40.0% (base 20.0%)" in text and "NOT held out" in text and "eval skipped" in text
