@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 
 import typer
@@ -17,6 +19,7 @@ def register(app: typer.Typer) -> None:
     app.command("extract")(extract_cmd)
     app.command("train")(train_cmd)
     app.command("convert")(convert_cmd)
+    app.command("make-pack")(make_pack_cmd)
 
 
 def _need_extra(module: str, extra: str) -> None:
@@ -153,3 +156,56 @@ def convert_cmd(
         f"  layers {report.layers}; folded vs torch max rel. error {report.fold_max_rel_error:.1e}, "
         f"ONNX vs folded {report.onnx_max_rel_error:.1e}"
     )
+
+
+def make_pack_cmd(
+    model: str = typer.Argument(None, help="GGUF path or known model name (default model if omitted)."),
+    task: str = typer.Option(..., "--task", help="safety or truthfulqa."),
+    data: Path = typer.Option(None, "--data", help="Your own data folder (the task's layout, see docs/TRAINING.md); "
+                              "default: the curated data shipped with the package."),
+    out: Path = typer.Option(None, "--out", help="Pack directory to write (default ./MODEL-TASK-pack); work files go "
+                             "to OUT.work/."),
+    budget: str = typer.Option(None, "--budget", help="quick (40 rows per file), default (100), full (all rows) or "
+                               "a number of rows per file."),
+    threads: int = typer.Option(None, "--threads", "-t", min=1, help="llama.cpp and torch threads."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip stages whose inputs are unchanged and go "
+                                "on with an interrupted extraction (default), or start again."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT not made by make-pack."),
+    epochs: int = typer.Option(100, "--epochs", min=1, help="MoSE training epochs (early stopping applies)."),
+    seed: int = typer.Option(0, "--seed"),
+    own_tokens: int = typer.Option(48, "--own-tokens", min=1, help="Length of the model's own (undesired) answer."),
+    n_ctx: int = typer.Option(2048, "--n-ctx"),
+    chat_template: str = typer.Option(None, "--chat-template", help="Chat template NAME or FILE (as in extract and "
+                                      "eval; default: the model's own)."),
+    eval_rows: int = typer.Option(None, "--eval-rows", min=1, help="Rows per test file in the short evaluation "
+                                  "(default from the budget: 10 quick, 25 default, 50 full)."),
+    eval_tokens: int = typer.Option(32, "--eval-tokens", min=1, help="New tokens per evaluated answer (greedy)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+) -> None:
+    """Extract, train, convert, verify and evaluate: one command from a GGUF model to a verified pack."""
+    _need_extra("torch", "train")
+    _need_extra("sklearn", "train")
+    _need_extra("onnx", "convert")
+    from finesteer_edge.train.make_pack import MakePackConfig, format_summary, make_pack, parse_budget
+
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    b = parse_budget(budget)
+    if eval_rows is not None:
+        b = dataclasses.replace(b, eval_rows=eval_rows)
+    model_path = resolve_model(model, show_progress=not as_json)
+    if out is None:
+        out = Path.cwd() / f"{model_path.stem.split('.')[0]}-{task}-pack"
+    out = out.expanduser().absolute()
+    try:
+        summary = make_pack(MakePackConfig(
+            model=model_path, task=task, out=out, data=data, budget=b, threads=threads,
+            resume=resume, overwrite=overwrite, seed=seed, epochs=epochs, own_tokens=own_tokens, n_ctx=n_ctx,
+            chat_template=chat_template, eval_max_tokens=eval_tokens, show_progress=True,
+        ))
+    except KeyboardInterrupt:
+        print(f"make-pack stopped; run the same command again to resume (work files: {out}.work)", file=sys.stderr)
+        raise
+    if as_json:
+        typer.echo(json.dumps(summary, default=str))
+        return
+    typer.echo(format_summary(summary))

@@ -82,35 +82,64 @@ class Activations:
 
 
 class ActivationsWriter:
-    """Streams rows to scratch memmaps; :meth:`finish` writes the safetensors file atomically."""
+    """Streams rows to scratch memmaps; :meth:`finish` writes the safetensors file atomically.
 
-    def __init__(self, out: str | Path, n_rows: int, d: int, layers: list[int]) -> None:
+    With ``scratch`` the memmaps live in that directory and survive an interruption (``abort`` keeps
+    them), so an interrupted extraction can reopen them and go on from its last completed row
+    (extract.py keeps the journal of which rows are done); they are removed once the file is written.
+    """
+
+    def __init__(self, out: str | Path, n_rows: int, d: int, layers: list[int], *,
+                 scratch: str | Path | None = None) -> None:
         self.out = Path(out)
         self.n_rows, self.d, self.layers = n_rows, d, sorted(set(layers))
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
+        self._keep = scratch is not None
+        if scratch is None:
+            self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
+        else:
+            self._tmp = Path(scratch)
+            self._tmp.mkdir(parents=True, exist_ok=True)
         self._arrays: dict[str, np.ndarray] = {}
         for name in ("h_gate", "h_steer", "delta", *[f"h_layer.{n}" for n in self.layers]):
-            self._arrays[name] = np.lib.format.open_memmap(self._tmp / f"{name}.npy", mode="w+", dtype=np.float32,
-                                                           shape=(n_rows, d))
+            self._arrays[name] = self._open(name, np.float32, (n_rows, d))
         for name in ("label", "split", "has_delta"):
-            self._arrays[name] = np.zeros(n_rows, dtype=np.int8)
+            self._arrays[name] = self._open(name, np.int8, (n_rows,)) if self._keep else np.zeros(n_rows, np.int8)
+
+    def _open(self, name: str, dtype: type, shape: tuple[int, ...]) -> np.ndarray:
+        path = self._tmp / f"{name}.npy"
+        if self._keep and path.is_file():
+            try:
+                a = np.lib.format.open_memmap(path, mode="r+")
+                if a.shape == shape and a.dtype == np.dtype(dtype):
+                    return a
+            except ValueError:  # a half-written header from an interruption: start this array again
+                pass
+        return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
 
     def put(self, i: int, **values: Any) -> None:
         for name, v in values.items():
             self._arrays[name][i] = v
+
+    def flush(self) -> None:
+        """Push the memmaps to their files: a row is durable before the journal says it is done."""
+        for a in self._arrays.values():
+            if isinstance(a, np.memmap):
+                a.flush()
 
     def finish(self, meta: dict[str, Any]) -> Path:
         meta = {"format_version": FORMAT_VERSION, **meta}
         part = self._tmp / "out.safetensors"
         _write_safetensors(part, self._arrays, {META_KEY: json.dumps(meta)})
         os.replace(part, self.out)
-        self.abort()
+        self._arrays.clear()
+        shutil.rmtree(self._tmp, ignore_errors=True)
         return self.out
 
     def abort(self) -> None:
         self._arrays.clear()
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        if not self._keep:
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
 
 def _write_safetensors(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> None:

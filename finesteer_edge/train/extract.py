@@ -11,8 +11,12 @@ away from.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +71,12 @@ class ExtractConfig:
     show_progress: bool = True
     chat_template: str | None = None
     """None: the model's own (plain with a warning if it has none); or a built-in name / Jinja file."""
+    resume_dir: Path | None = None
+    """Keep the rows done so far here (memmaps + a journal): an interrupted run with the same items,
+    model and layers goes on from its last completed row. None: scratch space is removed on failure."""
+    on_row: Callable[[int, int], None] | None = None
+    """Called as ``on_row(done, total)`` after every row (and once for the rows resumed): a caller's
+    own progress display (``show_progress=False`` then silences extract's bar)."""
 
 
 def _limit(items: list[Item], limit: int | None) -> list[Item]:
@@ -105,15 +115,33 @@ def extract(model_path: Path, cfg: ExtractConfig) -> Path:
                            chat_template=cfg.chat_template)
     s = llm.session
     eot = end_of_turn_token(llm) if cfg.end_of_turn else None
-    writer = ActivationsWriter(cfg.out, len(items), s.n_embd, list(cands))
+    plan = _plan(model_path, s, items, cands, gate, steer, cfg)
+    done_rows = _resume(cfg.resume_dir, plan)
+    writer = ActivationsWriter(cfg.out, len(items), s.n_embd, list(cands), scratch=cfg.resume_dir)
     rows: dict[str, list[Any]] = {"id": [], "group": [], "split": [], "variant": [], "prompt": [], "own_answer": []}
+    for row in done_rows:
+        for key in rows:
+            rows[key].append(row[key])
+    seconds_before = done_rows[-1]["seconds"] if done_rows else 0.0
+    journal = (cfg.resume_dir / JOURNAL).open("a", encoding="utf-8") if cfg.resume_dir is not None else None
     t0 = time.perf_counter()
     try:
-        for i, item in enumerate(track(items, f"extracting {cfg.task}", total=len(items), enabled=cfg.show_progress)):
+        if cfg.on_row is not None and done_rows:
+            cfg.on_row(len(done_rows), len(items))
+        todo = list(enumerate(items))[len(done_rows):]
+        for i, item in track(todo, f"extracting {cfg.task}", total=len(todo), enabled=cfg.show_progress):
             own = _extract_one(llm, s, item, i, writer, cands, gate, steer, cfg.own_tokens, eot)
-            for key, value in (("id", item.id), ("group", item.group), ("split", item.split),
-                               ("variant", item.variant), ("prompt", item.prompt), ("own_answer", own)):
-                rows[key].append(value)
+            row = {"id": item.id, "group": item.group, "split": item.split, "variant": item.variant,
+                   "prompt": item.prompt, "own_answer": own}
+            for key in rows:
+                rows[key].append(row[key])
+            if journal is not None:  # data first, then the journal line that says the row is done
+                writer.flush()
+                elapsed = round(seconds_before + time.perf_counter() - t0, 1)
+                journal.write(json.dumps({"i": i, **row, "seconds": elapsed}, ensure_ascii=False) + "\n")
+                journal.flush()
+            if cfg.on_row is not None:
+                cfg.on_row(i + 1, len(items))
         meta = {
             "task": cfg.task,
             "model": s.info.fingerprint.to_dict(),
@@ -130,15 +158,75 @@ def extract(model_path: Path, cfg: ExtractConfig) -> Path:
             "pairs_per_question": cfg.pairs_per_question,
             "augment": augment,
             "limit": cfg.limit,
-            "seconds": round(time.perf_counter() - t0, 1),
+            "seconds": round(seconds_before + time.perf_counter() - t0, 1),
+            "resumed_rows": len(done_rows),
             "rows": rows,
         }
+        if journal is not None:
+            journal.close()
+            journal = None
         return writer.finish(meta)
     except BaseException:
         writer.abort()
         raise
     finally:
+        if journal is not None:
+            journal.close()
         llm.close()
+
+
+JOURNAL = "rows.jsonl"
+PLAN = "plan.json"
+
+
+def _plan(model_path: Path, s: LlamaSession, items: list[Item], cands: list[int], gate: int, steer: int,
+          cfg: ExtractConfig) -> dict[str, Any]:
+    """What the rows of a resumable extraction depend on; a journal written under another plan is discarded."""
+    h = hashlib.sha256()
+    for it in items:
+        h.update(json.dumps([it.id, it.prompt, it.target, it.split, it.group, it.variant, it.gate_only,
+                             it.desired, it.undesired], ensure_ascii=False).encode())
+    st = Path(model_path).stat()
+    return {"items_sha256": h.hexdigest(), "n_rows": len(items), "model": s.info.fingerprint.to_dict(),
+            "model_file": {"name": Path(model_path).name, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns},
+            "layers": cands, "gate_layer": gate, "steer_layer": steer, "own_tokens": cfg.own_tokens,
+            "n_ctx": s.n_ctx, "chat_template": cfg.chat_template, "end_of_turn": cfg.end_of_turn}
+
+
+def _resume(folder: Path | None, plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows already done under the same plan (in order, 0..k-1); resets the folder for another plan."""
+    if folder is None:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    plan_path, journal = folder / PLAN, folder / JOURNAL
+    try:
+        same = json.loads(plan_path.read_text(encoding="utf-8")) == json.loads(json.dumps(plan))
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        for p in folder.iterdir():
+            if p.is_file():
+                p.unlink()
+        plan_path.write_text(json.dumps(plan), encoding="utf-8")
+        return []
+    done: list[dict[str, Any]] = []
+    try:
+        lines = journal.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:  # the line being written when the run was stopped
+            break
+        if not isinstance(row, dict) or row.get("i") != len(done):
+            break
+        done.append(row)
+    # rewrite the journal as exactly the rows kept, so a torn last line cannot precede new ones
+    tmp = journal.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done), encoding="utf-8")
+    os.replace(tmp, journal)
+    return done
 
 
 def _extract_one(llm: SteeredLlama, s: LlamaSession, item: Item, i: int, writer: ActivationsWriter,

@@ -1,0 +1,509 @@
+"""``make-pack``: one command from a GGUF model to a verified, evaluated steering pack.
+
+Stages: extract -> train -> convert -> verify -> eval, each through the same public functions and
+config objects as the single commands (``ExtractConfig``/``extract``, ``TrainConfig``/``train``,
+``convert``, the load-time self-test, ``run_suite``), so what changes there flows through here.
+
+Every stage writes into a work directory next to the pack (``PACK.work/``) and records in
+``state.json`` the sha256 of its inputs and of its output. On the next run, a stage whose inputs
+hash the same and whose output is still there (same sha256) is skipped; the extraction, the long
+stage, also resumes from its last completed row (``ExtractConfig.resume_dir``). The pack is copied
+to ``PACK`` only after it verified, so a pack that fails its self-test never appears there.
+
+The evaluation is short and held out: the first rows of the ``*_test`` files (``eval_rows`` per
+file), methods base and FineSteer (exact mode) at the trained strength; nothing is tuned on it. With
+no test files in the data folder it falls back to the validation files and says so: those calibrated
+the gate threshold, so their numbers are optimistic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data import file_sha256
+from ..errors import DataError, FinesteerError
+from ..progress import StageProgress
+
+STATE_FORMAT = 1
+STAGES = ("extract", "train", "convert", "verify", "eval")
+TASKS = ("safety", "truthfulqa")
+
+@dataclass(frozen=True)
+class Budget:
+    """How much data a run uses: ``rows`` per training file (None = all), ``eval_rows`` per test file."""
+
+    name: str
+    rows: int | None
+    eval_rows: int
+
+
+BUDGETS = {
+    "quick": Budget("quick", 40, 10),
+    "default": Budget("default", 100, 25),
+    "full": Budget("full", None, 50),
+}
+DEFAULT_BUDGET = "default"
+"""Why 100 rows per file: measured on SmolLM2-135M Q4_1 (1 thread, CPU time, so the load of the shared
+machine mostly cancels out), ``extract --limit 3`` took 19.3 CPU-s for 51 rows, 6 of them harmful
+targets (the model's own 48-token answer is generated; the rest are one prefill each): ~3.2 CPU-s per
+harmful row, the light rows included. At 100 rows per file there are 100 + 60 harmful rows: 160 x 3.2
+= 512 CPU-s on SmolLM2; x4 for a 0.5B model (494M vs 135M parameters) = 2048 CPU-s; on 2 threads
+(~1.8x) ~19 min of extraction, plus training and the 75-prompt evaluation: ~25 min, under the 30 min
+target of issue 12. README states the measured make-pack time on SmolLM2."""
+
+
+MIN_ROWS = 5
+
+
+def parse_budget(text: str | None) -> Budget:
+    """``quick``, ``default``, ``full`` or a row limit per file (eval rows scale with it, 5..50)."""
+    if text is None:
+        return BUDGETS[DEFAULT_BUDGET]
+    text = str(text).strip().lower()
+    if text in BUDGETS:
+        return BUDGETS[text]
+    try:
+        rows = int(text)
+    except ValueError:
+        raise DataError(f"--budget must be quick, default, full or a number of rows per file, not {text!r}") from None
+    if rows < MIN_ROWS:
+        raise DataError(f"--budget must be at least {MIN_ROWS} rows per file (MoSE needs more than 4 training "
+                        "targets to form its experts)")
+    return Budget(str(rows), rows, max(5, min(50, rows // 4)))
+
+
+@dataclass
+class MakePackConfig:
+    model: Path
+    task: str
+    out: Path
+    data: Path | None = None
+    """A folder of the task's layout (or its parent holding ``safety/`` / ``truthfulqa/``); None: the
+    data shipped with the package."""
+    budget: Budget = field(default_factory=lambda: BUDGETS[DEFAULT_BUDGET])
+    threads: int | None = None
+    resume: bool = True
+    overwrite: bool = False
+    seed: int = 0
+    epochs: int = 100
+    own_tokens: int = 48
+    n_ctx: int = 2048
+    eval_max_tokens: int = 32
+    chat_template: str | None = None
+    """Passed to extract and the evaluation when they accept one (``--chat-template`` of issue 12);
+    an error if this build does not support it yet."""
+    show_progress: bool = True
+
+
+def work_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".work")
+
+
+def task_data_dir(data: Path | None, task: str) -> Path:
+    """The folder extract reads for ``task``: ``DATA/<task>`` if present, else ``DATA``; default the shipped data."""
+    from ..evaluation.datasets import default_data_dir, suite_dir
+
+    if data is not None and not Path(data).is_dir():
+        raise DataError(f"--data {data}: no such folder")
+    root = Path(data) if data is not None else default_data_dir()
+    if root is None:
+        raise DataError("no training data: the data shipped with the package is missing; pass --data DIR")
+    folder = suite_dir(root, task)
+    assert folder is not None
+    return folder
+
+
+class _State:
+    """``state.json``: per stage the input and output hashes and when it ran."""
+
+    def __init__(self, path: Path, fresh: bool) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {"format": STATE_FORMAT, "stages": {}}
+        if not fresh and path.is_file():
+            try:
+                loaded = json.loads(path.read_text(encoding="utf-8"))
+                if isinstance(loaded, dict) and loaded.get("format") == STATE_FORMAT:
+                    self.data = loaded
+            except ValueError:
+                pass  # a torn write: every stage runs again
+
+    def stage(self, name: str) -> dict[str, Any] | None:
+        return self.data["stages"].get(name)
+
+    def record(self, name: str, entry: dict[str, Any]) -> None:
+        self.data["stages"][name] = entry
+        self.save()
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=str), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _tree_sha256(path: Path) -> str:
+    """sha256 over a file, or over a directory's files (names and bytes, sorted)."""
+    if path.is_file():
+        return file_sha256(path)
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(path).as_posix().encode())
+            h.update(file_sha256(p).encode())
+    return h.hexdigest()
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _options(cls: type, **values: Any) -> dict[str, Any]:
+    """Only the fields ``cls`` has: ``chat_template`` reaches extract once extract accepts it."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in values.items() if k in names}
+
+
+class MakePack:
+    """Runs the stages for one :class:`MakePackConfig`; :meth:`run` returns the summary dict."""
+
+    def __init__(self, cfg: MakePackConfig) -> None:
+        if cfg.task not in TASKS:
+            raise DataError(f"--task must be one of {', '.join(TASKS)}, not {cfg.task!r}")
+        self.cfg = cfg
+        self.work = work_dir(cfg.out)
+        self.data = task_data_dir(cfg.data, cfg.task)
+        self.acts = self.work / "activations.safetensors"
+        self.ckpt = self.work / "checkpoint"
+        self.pack = self.work / "pack"
+        self.summary: dict[str, Any] = {"model": str(cfg.model), "task": cfg.task, "pack": str(cfg.out),
+                                        "work_dir": str(self.work), "data": str(self.data),
+                                        "budget": dataclasses.asdict(cfg.budget), "threads": cfg.threads,
+                                        "stages": {}}
+
+    # ----------------------------------------------------------------- checks before any work
+    def preflight(self) -> None:
+        """Everything that can be refused in seconds is refused before minutes of extraction."""
+        from ..model_info import read_model_info
+        from .tasks import load_items
+
+        cfg = self.cfg
+        if not cfg.model.is_file():
+            raise DataError(f"model file not found: {cfg.model}")
+        from .extract import ExtractConfig
+
+        if cfg.chat_template is not None and "chat_template" not in {f.name for f in dataclasses.fields(ExtractConfig)}:
+            raise FinesteerError("--chat-template is not supported by this build's extract yet")
+        load_items(cfg.task, self.data)  # missing files, malformed lines: file:line errors now
+        self._eval_files()
+        info = read_model_info(cfg.model)
+        self.summary["model_name"] = info.name
+        if cfg.out.exists() and not self._out_is_ours() and not cfg.overwrite:
+            raise FinesteerError(f"{cfg.out} exists and was not made by make-pack; pass --overwrite to replace it")
+        self._selftest_model()
+
+    def _selftest_model(self) -> None:
+        """Tap and control vector on this architecture, before extraction: an unsupported model fails now."""
+        from ..model_info import read_model_info
+        from ..selftest import run_selftest
+        from ..steered import SteeredLlama
+        from .extract import default_layers
+
+        n_layer = read_model_info(self.cfg.model).fingerprint.n_layer
+        gate, steer, _ = default_layers(n_layer)
+        llm = SteeredLlama(self.cfg.model, n_ctx=512, n_threads=self.cfg.threads, tap_layers=(gate, steer))
+        try:
+            report = run_selftest(llm.session, gate, steer)
+        finally:
+            llm.close()
+        self.summary["preflight_selftest"] = report.to_dict()
+
+    def _out_is_ours(self) -> bool:
+        manifest = self.cfg.out / "manifest.json"
+        published = self._state_file_entry("publish")
+        return bool(published and manifest.is_file() and file_sha256(manifest) == published.get("manifest_sha256"))
+
+    def _state_file_entry(self, name: str) -> dict[str, Any] | None:
+        path = self.work / "state.json"
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8")).get("stages", {}).get(name)
+        except (ValueError, AttributeError):
+            return None
+
+    def _eval_files(self) -> tuple[str, dict[str, Path | None]]:
+        """(split, files) of the short evaluation: the test files if present, else validation."""
+        d = self.data
+        if self.cfg.task == "safety":
+            from ..evaluation.datasets import safety_paths
+
+            test = safety_paths(d, "test")
+            if test["harmful"] and test["benign"]:
+                return "test", test
+            val = safety_paths(d, "val")
+            if val["harmful"] and val["benign"]:
+                return "val", val
+            raise DataError(f"{d}: no harmful/benign test or validation files to evaluate on")
+        for split, name in (("test", "mc_test.jsonl"), ("val", "val.jsonl")):
+            if (d / name).is_file():
+                return split, {"mc": d / name}
+        raise DataError(f"{d}: no mc_test.jsonl or val.jsonl to evaluate on")
+
+    # ----------------------------------------------------------------- the stages
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        self.preflight()
+        if not cfg.resume and self.work.exists():
+            shutil.rmtree(self.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.state = _State(self.work / "state.json", fresh=not cfg.resume)
+        self.model_sha = self._model_sha()
+        est_rows = 6 * (cfg.budget.rows or 400)
+        weights = {"extract": float(est_rows), "train": 0.05 * est_rows + 5, "convert": 3.0, "verify": 2.0,
+                   "eval": 4.0 * cfg.budget.eval_rows}
+        with StageProgress(weights, enabled=cfg.show_progress) as progress:
+            self.progress = progress
+            self._stage("extract", self._extract_inputs(), self.acts, self._run_extract)
+            self._stage("train", self._train_inputs(), self.ckpt, self._run_train)
+            self._stage("convert", {"checkpoint": _tree_sha256(self.ckpt), "model": self.model_sha,
+                                    "version": _version()}, self.pack, self._run_convert)
+            self._stage("verify", {"pack": _tree_sha256(self.pack), "model": self.model_sha},
+                        self.work / "verify.json", self._run_verify)
+            self._publish()
+            self._stage("eval", self._eval_inputs(), self.work / "eval.json", self._run_eval)
+        self.summary["results"] = self._results()
+        self.summary["seconds"] = round(time.perf_counter() - t0, 1)
+        (self.work / "summary.json").write_text(json.dumps(self.summary, indent=1, default=str), encoding="utf-8")
+        return self.summary
+
+    def _model_sha(self) -> str:
+        """The GGUF's sha256, cached in the state by size and mtime (a 0.5B model is ~400 MB)."""
+        st = self.cfg.model.stat()
+        key = {"path": str(self.cfg.model.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+        cached = self.state.data.get("model")
+        if isinstance(cached, dict) and cached.get("key") == key:
+            return str(cached["sha256"])
+        sha = file_sha256(self.cfg.model)
+        self.state.data["model"] = {"key": key, "sha256": sha}
+        self.state.save()
+        return sha
+
+    def _stage(self, name: str, inputs: dict[str, Any], output: Path, fn: Any) -> None:
+        h = _digest(inputs)
+        prev = self.state.stage(name)
+        if (self.cfg.resume and prev and prev.get("inputs_sha256") == h and output.exists()
+                and _tree_sha256(output) == prev.get("output_sha256")):
+            self.progress.skip(name, f"unchanged since {prev.get('finished')}, skipped")
+            self.summary["stages"][name] = {"status": "skipped", "seconds": prev.get("seconds")}
+            return
+        started, t0 = _now(), time.perf_counter()
+        self.progress.start(name)
+        note = fn()
+        seconds = round(time.perf_counter() - t0, 1)
+        self.state.record(name, {"inputs_sha256": h, "inputs": inputs, "output": output.name,
+                                 "output_sha256": _tree_sha256(output), "started": started, "finished": _now(),
+                                 "seconds": seconds})
+        self.progress.finish(name, f"{note} ({seconds:.0f} s)")
+        self.summary["stages"][name] = {"status": "ran", "seconds": seconds}
+
+    def _extract_inputs(self) -> dict[str, Any]:
+        cfg = self.cfg
+        files = sorted(p for p in self.data.glob("*.jsonl") if "test" not in p.name.lower())
+        return {"task": cfg.task, "model": self.model_sha, "data": {p.name: file_sha256(p) for p in files},
+                "limit": cfg.budget.rows, "own_tokens": cfg.own_tokens, "n_ctx": cfg.n_ctx,
+                "chat_template": cfg.chat_template, "version": _version()}
+
+    def _run_extract(self) -> str:
+        from .activations import load_activations
+        from .extract import ExtractConfig, extract
+
+        cfg = self.cfg
+
+        def on_row(done: int, total: int) -> None:
+            if self.progress.weights["extract"] != total:
+                self.progress.set_weight("extract", total)
+                self.progress.set_weight("train", 0.05 * total + 5)
+            self.progress.update("extract", done / max(total, 1))
+
+        ecfg = ExtractConfig(**_options(
+            ExtractConfig, task=cfg.task, data=self.data, out=self.acts, limit=cfg.budget.rows,
+            own_tokens=cfg.own_tokens, n_ctx=cfg.n_ctx, threads=cfg.threads, show_progress=False,
+            resume_dir=self.work / "extract.partial" if cfg.resume else None, on_row=on_row,
+            chat_template=cfg.chat_template))
+        if not cfg.resume:
+            shutil.rmtree(self.work / "extract.partial", ignore_errors=True)
+        extract(self.cfg.model, ecfg)
+        a = load_activations(self.acts)
+        n_t, n_n = int((a.label == 1).sum()), int((a.label == 0).sum())
+        resumed = a.meta.get("resumed_rows", 0)
+        self.summary["extract"] = {"rows": int(a.label.shape[0]), "targets": n_t, "negatives": n_n,
+                                   "steer_layer": a.steer_layer, "resumed_rows": resumed,
+                                   "seconds_extracting": a.meta.get("seconds")}
+        return f"{n_t} targets, {n_n} negatives" + (f" ({resumed} rows resumed)" if resumed else "")
+
+    def _train_config(self) -> Any:
+        from .trainer import TrainConfig
+
+        return TrainConfig(seed=self.cfg.seed, epochs=self.cfg.epochs, threads=self.cfg.threads or 2)
+
+    def _train_inputs(self) -> dict[str, Any]:
+        tc = {k: v for k, v in dataclasses.asdict(self._train_config()).items() if k != "threads"}
+        return {"activations": _tree_sha256(self.acts) if self.acts.exists() else None, "config": tc,
+                "version": _version()}
+
+    def _run_train(self) -> str:
+        from .trainer import train
+
+        if self.ckpt.exists():
+            shutil.rmtree(self.ckpt)
+        report = train(self.acts, self.ckpt, self._train_config())
+        g = report["gate"]
+        return (f"gate {g['kind']} at layer {g['layer']}: val recall {g['val']['recall']:.2f}, "
+                f"FPR {g['val']['fpr']:.2f}; {report['experts']['K']} experts")
+
+    def _run_convert(self) -> str:
+        from ..converters.convert import convert
+
+        r = convert(self.ckpt, self.pack, model=self.cfg.model, overwrite=True, name=self.cfg.out.name,
+                    description=f"make-pack {self.cfg.task} pack for {self.cfg.model.name} "
+                                f"(budget {self.cfg.budget.name})")
+        return f"{r.pack_bytes:,} bytes, fold error {r.fold_max_rel_error:.1e}"
+
+    def _run_verify(self) -> str:
+        from ..pack.pack import SteeringPack
+        from ..steered import SteeredLlama
+
+        pack = SteeringPack.load(self.pack)
+        llm = SteeredLlama(self.cfg.model, pack, n_threads=self.cfg.threads, n_ctx=512)
+        try:
+            st = llm.selftest
+            if st is None:
+                raise FinesteerError(f"{self.pack}: the self-test did not run; the pack is not verified")
+            report = {"ok": True, "selftest": st.to_dict()}
+        finally:
+            llm.close()
+        (self.work / "verify.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+        return f"self-test ok (tap {st.tap_method}, error {st.max_tap_error:.1g})"
+
+    def _publish(self) -> None:
+        """Copy the verified pack to ``--out`` (atomically: a sibling temp dir, then rename)."""
+        out = self.cfg.out
+        manifest_sha = file_sha256(self.pack / "manifest.json")
+        if (out / "manifest.json").is_file() and file_sha256(out / "manifest.json") == manifest_sha \
+                and _tree_sha256(out) == _tree_sha256(self.pack):
+            return
+        tmp = out.with_name(f".{out.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(self.pack, tmp)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+        self.state.record("publish", {"manifest_sha256": manifest_sha, "finished": _now()})
+
+    def _eval_inputs(self) -> dict[str, Any]:
+        split, files = self._eval_files()
+        return {"pack": _tree_sha256(self.pack), "model": self.model_sha, "split": split,
+                "files": {k: file_sha256(p) if p else None for k, p in files.items()},
+                "rows": self.cfg.budget.eval_rows, "max_tokens": self.cfg.eval_max_tokens,
+                "chat_template": self.cfg.chat_template, "version": _version()}
+
+    def _run_eval(self) -> str:
+        from ..evaluation.suite import SuiteConfig, compact, run_suite
+
+        split, files = self._eval_files()
+        cfg = self.cfg
+        res = run_suite(SuiteConfig(**_options(
+            SuiteConfig, suite=cfg.task, model=cfg.model, pack=cfg.out, test=files, val={},
+            methods=["base", "finesteer"], strengths=[1.0], max_tokens=cfg.eval_max_tokens,
+            limit=cfg.budget.eval_rows, threads=cfg.threads, n_ctx=cfg.n_ctx, progress=False, seed=cfg.seed,
+            reuse_checks=0, command="make-pack eval", chat_template=cfg.chat_template,
+        )))
+        res = compact(res)
+        res["split"] = split
+        (self.work / "eval.json").write_text(json.dumps(res, indent=1, default=str), encoding="utf-8")
+        m = res["methods"]
+        if cfg.task == "safety":
+            return (f"{split}: refusal {m['finesteer']['refusal_harmful']:.0%} (base "
+                    f"{m['base']['refusal_harmful']:.0%}), over-refusal benign "
+                    f"{m['finesteer']['over_refusal_benign']:.0%}")
+        return f"{split}: MC1 {m['finesteer']['mc1']:.1%} (base {m['base']['mc1']:.1%})"
+
+    def _results(self) -> dict[str, Any]:
+        """What the pack achieved: the gate on validation (from training) and the short evaluation."""
+        report = json.loads((self.ckpt / "report.json").read_text(encoding="utf-8"))
+        g = report["gate"]
+        out: dict[str, Any] = {
+            "gate": {"kind": g["kind"], "layer": g["layer"], "tau": g["tau"], "val_recall": g["val"]["recall"],
+                     "val_fpr": g["val"]["fpr"], "val_auroc": g["val"].get("auroc")},
+            "experts": report["experts"]["K"],
+        }
+        ev = json.loads((self.work / "eval.json").read_text(encoding="utf-8"))
+        m = ev["methods"]
+        e: dict[str, Any] = {"split": ev["split"], "held_out": ev["split"] == "test",
+                             "rows_per_file": self.cfg.budget.eval_rows, "max_tokens": self.cfg.eval_max_tokens}
+        if self.cfg.task == "safety":
+            for method in ("base", "finesteer"):
+                e[method] = {k: m[method].get(k) for k in ("refusal_harmful", "over_refusal_benign",
+                                                           "over_refusal_borderline", "n_harmful", "n_benign",
+                                                           "n_borderline")}
+            e["gate_open_rate"] = ev.get("gate", {}).get("open_rate")
+        else:
+            for method in ("base", "finesteer"):
+                e[method] = {k: m[method].get(k) for k in ("mc1", "mc1_norm", "gate_rate", "n_items")}
+        out["eval"] = e
+        return out
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """The lines ``make-pack`` prints: where the pack is and what it achieved."""
+    r = s["results"]
+    g, e = r["gate"], r["eval"]
+    ran = ", ".join(f"{k} {v['status']}" for k, v in s["stages"].items())
+    lines = [
+        f"pack: {s['pack']}  (verified against {Path(s['model']).name}; work files in {s['work_dir']})",
+        f"  stages: {ran}; {s['seconds']:.0f} s",
+        f"  gate ({g['kind']}, layer {g['layer']}) on validation: recall {g['val_recall']:.1%}, "
+        f"false-positive rate {g['val_fpr']:.1%}",
+    ]
+    where = f"{e['split']} slice, first {e['rows_per_file']} rows per file" + (
+        "" if e["held_out"] else "; NOT held out: these rows calibrated the gate")
+    if s["task"] == "safety":
+        b, f = e["base"], e["finesteer"]
+        lines.append(f"  eval ({where}): refusal of harmful {f['refusal_harmful']:.0%} "
+                     f"(base {b['refusal_harmful']:.0%}), "
+                     f"over-refusal benign {f['over_refusal_benign']:.0%} (base {b['over_refusal_benign']:.0%})"
+                     + (f", borderline {f['over_refusal_borderline']:.0%} (base {b['over_refusal_borderline']:.0%})"
+                        if f.get("over_refusal_borderline") is not None else ""))
+    else:
+        b, f = e["base"], e["finesteer"]
+        lines.append(f"  eval ({where}): MC1 {f['mc1']:.1%} (base {b['mc1']:.1%}), gate open on "
+                     f"{f['gate_rate']:.0%} of {f['n_items']} questions")
+    lines.append(f"  use it: finesteer-edge chat {s['model']} --pack {s['pack']}")
+    return "\n".join(lines)
+
+
+def make_pack(cfg: MakePackConfig) -> dict[str, Any]:
+    return MakePack(cfg).run()
