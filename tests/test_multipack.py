@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from finesteer_edge import PackSpec, SteeredLlama, SteeringPack
-from finesteer_edge.errors import ModelMismatchError, PackError, SelfTestError
+from finesteer_edge.errors import ModelMismatchError, PackError
 from finesteer_edge.llama.session import ContextSettings, LlamaSession
 from finesteer_edge.multipack import Decision, combine, describe_set
 from finesteer_edge.testing.packs import make_random_pack
