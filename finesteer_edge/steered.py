@@ -450,6 +450,8 @@ class SteeredLlama:
         common = _common_prefix(s.tokens, tokens) if reuse_cache else 0
         common = min(common, len(tokens) - 1)  # always decode at least one token to get fresh logits
         _check_context(tokens, s.n_ctx)
+        if not reuse_cache:
+            s.reset()  # a fresh turn: nothing cached in either context (the tap context too) shapes it
         s.truncate(common)
         new = tokens[common:]
         s.clear_control()

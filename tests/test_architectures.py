@@ -17,6 +17,7 @@ from finesteer_edge.architectures import LAYER_INP_ARCHITECTURES, SUPPORTED_ARCH
 from finesteer_edge.errors import SelfTestError
 from finesteer_edge.llama.chat_template import ChatTemplateError
 from finesteer_edge.llama.session import ContextSettings, LlamaSession
+from finesteer_edge.selftest import run_selftest
 from finesteer_edge.testing.packs import make_random_pack
 from finesteer_edge.testing.tiny_model import TinyConfig, write_tiny_bert, write_tiny_model
 
@@ -199,3 +200,61 @@ def test_readme_lists_exactly_the_tested_architectures() -> None:
     section = readme.split("## Supported architectures", 1)[1].split("\n## ", 1)[0]
     listed = re.findall(r"^- `([a-z0-9]+)`", section, flags=re.M)
     assert listed == list(SUPPORTED_ARCHITECTURES)
+
+
+def test_selftest_runs_twice_on_one_session(arch: dict) -> None:
+    """Two packs (or the same one twice) self-test on one session; the second run used to fail on tap_context.
+
+    The tap context kept its cache across ``reset()``: the second run's unsteered probe reused it (last token
+    computed alone) while its steered probe was a fresh prefill, ~1 ulp apart at the layers below the vector.
+    """
+    s = LlamaSession(arch["model"], ContextSettings(**KW), tap_layers=(0, 1, 2))
+    first = run_selftest(s, 0, 1)
+    again = run_selftest(s, 0, 1)
+    other = run_selftest(s, 1, 2)
+    assert first == again and other.steer_layer == 2
+    s.close()
+    both = SteeredLlama(arch["model"], packs=[arch["open"], arch["open"]], **KW)
+    assert len(both.reports) == 2 and all(r.selftest is not None for r in both.reports)
+    both.close()
+
+
+def test_a_steered_turn_leaves_no_trace_in_later_gate_reads(arch: dict) -> None:
+    """After a steered turn: a fresh turn whose gate closes is plain, bit for bit, and reads the gate as a
+    fresh instance does; on tap_context, a chat turn's gate reads the conversation as an instance that never
+    steered does (its tap context never sees a control vector)."""
+    plain = SteeredLlama(arch["model"], **KW)
+    fresh = SteeredLlama(arch["model"], arch["closed"], **KW)
+    llm = SteeredLlama(arch["model"], arch["closed"], **KW)
+    want = plain.generate(PROMPT, max_tokens=10)
+    ref = fresh.generate(PROMPT, max_tokens=10)
+    llm.set_steering(gate="always")
+    assert llm.generate(PROMPT, max_tokens=10).token_ids != want.token_ids  # steered: the vector does something
+    llm.set_steering(gate="pack")
+    got = llm.generate(PROMPT, max_tokens=10)
+    assert not got.steered and got.token_ids == want.token_ids
+    assert got.gate_score == ref.gate_score  # bit-identical: a fresh turn reuses nothing in the tap context
+    if arch["name"] in LAYER_INP_ARCHITECTURES:  # its gate reads turn 2 over turn 1's (steered) KV: by design
+        for x in (plain, fresh, llm):
+            x.close()
+        return
+    # tap_context chat: turn 1 forced steered, turn 2 gated by the pack, against an instance never steered
+    never = SteeredLlama(arch["model"], arch["closed"], **KW)
+    msgs = [{"role": "user", "content": PROMPT}]
+    llm.reset()  # chat would reuse the last generate's prompt prefix; start both conversations alike
+    llm.set_steering(gate="always")
+    t1 = llm.chat(msgs, stream=False, max_tokens=6)
+    assert t1.steered  # type: ignore[union-attr]
+    llm.set_steering(gate="pack")
+    msgs2 = msgs + [{"role": "assistant", "content": t1.text}, {"role": "user", "content": "And then?"}]  # type: ignore[union-attr]
+    never.chat(msgs, stream=False, max_tokens=6)
+    a2 = llm.chat(msgs2, stream=False, max_tokens=6)
+    b2 = never.chat(msgs2, stream=False, max_tokens=6)
+    assert a2.cached_tokens > 0 and not a2.steered  # type: ignore[union-attr]
+    assert a2.gate_score == b2.gate_score  # type: ignore[union-attr]
+    # and the gate read matches the conversation prefilled from scratch (unsteered), up to rounding
+    cold = fresh.generate(msgs2, max_tokens=1)
+    assert cold.gate_score is not None and a2.gate_score is not None  # type: ignore[union-attr]
+    assert abs(a2.gate_score - cold.gate_score) <= 1e-4 * max(1.0, abs(cold.gate_score))  # type: ignore[union-attr]
+    for x in (plain, fresh, llm, never):
+        x.close()

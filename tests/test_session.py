@@ -207,3 +207,27 @@ def test_tap_context_stops_the_graph_after_the_last_tap_layer(tiny_model: Path) 
     s.decode(s.tokenize(PROMPT), capture=True)
     assert set(seen) <= {b"l_out-0", b"l_out-1"} and b"l_out-1" in seen
     s.close()
+
+
+def test_tap_context_reset_taps_as_a_fresh_session(tiny_model: Path) -> None:
+    """``reset`` empties the tap context too: a capture after it is bit-identical to a new session's.
+
+    The tap context used to keep its cache across resets, so the re-tap computed the last token alone over
+    the cached prefix (a few ulp off a full prefill) and a "fresh" turn's gate depended on earlier turns.
+    ``truncate(0)`` (a steered exact turn before setting its vector) keeps the tap cache: it is unsteered.
+    """
+    cfg = ContextSettings(n_ctx=256, n_threads=1, tap_method="tap_context")
+    fresh = LlamaSession(tiny_model, cfg, tap_layers=(1, 2))
+    s = LlamaSession(tiny_model, cfg, tap_layers=(1, 2))
+    toks = s.tokenize(PROMPT * 2)
+    fresh.decode(toks, capture=True)
+    for _ in range(2):
+        s.decode(toks, capture=True)
+        for n in (1, 2):
+            np.testing.assert_array_equal(s.hidden(n), fresh.hidden(n))
+        s.reset()
+    s.decode(toks, capture=True)
+    s.truncate(0)
+    assert s.n_past == 0 and s._tap_tokens == toks  # the unsteered tap copy survives a generation truncate
+    s.close()
+    fresh.close()

@@ -263,6 +263,20 @@ class LlamaSession:
         return len(self.tokens)
 
     def reset(self) -> None:
+        """Forget the conversation in both contexts: what follows is computed as from a fresh session.
+
+        The tap context forgets too. A capture over a cached prefix is not bit-identical to a fresh prefill
+        (the last token computed alone vs in one batch with the rest differs by a few ulp), so keeping that
+        cache across a reset made a "fresh" turn's gate read depend on earlier turns, and failed a second
+        self-test on the same session (its unsteered probe reused the first run's cache, its steered probe,
+        under another control vector, could not). ``truncate(0)`` keeps it: it only drops generation KV.
+        """
+        self._clear_generation()
+        if self._tap_mem is not None:
+            llama_cpp.llama_memory_clear(self._tap_mem, False)
+        self._tap_tokens = []
+
+    def _clear_generation(self) -> None:
         # data=False: mark every cell free without zeroing the KV buffers. Zeroing costs O(n_ctx), not
         # O(prompt) (a memset of the whole cache, timed by bench/probes.py; ~0.5 GiB at n_ctx 4096 for an 8B),
         # and generate() resets once per turn, exact mode twice. Free cells are masked out of attention,
@@ -273,11 +287,15 @@ class LlamaSession:
         self._logits_ready = False
 
     def truncate(self, n: int) -> None:
-        """Drop KV entries from position ``n`` on."""
+        """Drop KV entries from position ``n`` on (generation context; the tap context matches prefixes itself).
+
+        A steered exact-mode turn truncates to the cached prefix, often 0, before setting its vector: the tap
+        context's unsteered copy of the prompt must survive that, or the next chat turn re-taps it all.
+        """
         if n >= len(self.tokens):
             return
         if n <= 0:
-            self.reset()
+            self._clear_generation()
             return
         if n < self._n_done:  # pending tokens (tap context) were never computed: dropping them is free
             ok = llama_cpp.llama_memory_seq_rm(self._mem, 0, n, -1)
