@@ -107,6 +107,14 @@ def eval_cmd(
     chat_template: str = typer.Option(
         None, "--chat-template", help="Prompt format: chatml, llama3, gemma, phi3, plain or a Jinja file "
                                       "(default: the model's own; plain with a warning if it has none)."),
+    contexts: str = typer.Option(None, "--contexts", help="safety: the generalisation suite instead of the method "
+                                 "comparison: test prompts in these contexts (single,history,system,after-refusal)."),
+    report: str = typer.Option(None, "--report", help="--contexts: merge the run into DIR/results.json and "
+                               "re-render DIR/RESULTS.md (e.g. docs)."),
+    context_tokens: int = typer.Option(0, "--context-tokens", min=0, help="--contexts: also generate N tokens "
+                                       "per turn and judge refusal (0 = gate only)."),
+    report_as: str = typer.Option("contexts", "--report-as", help="--contexts: key of the run in results.json "
+                                  "(e.g. contexts_before for a baseline pack)."),
 ) -> None:
     """Evaluate a pack: base vs CAA vs CAST-style vs MoSE vs FineSteer on the same prompts."""
     from finesteer_edge.evaluation.datasets import default_data_dir, safety_paths, suite_dir
@@ -128,6 +136,10 @@ def eval_cmd(
         methods = expand_methods(method)
     except ValueError as exc:
         raise FinesteerError(f"--method: {exc}") from None
+    if contexts is not None:
+        _contexts(model, suite, pack, data, contexts, limit, context_tokens, threads, n_ctx, as_json, report,
+                  report_as)
+        return
     sweep = parse_strengths(strengths)
     if data is not None and not Path(data).expanduser().is_dir():
         raise FinesteerError(f"--data {data}: no such folder")
@@ -222,3 +234,44 @@ def _write_out(res: dict, out_dir: Path) -> None:  # type: ignore[type-arg]
     except FinesteerError as exc:  # matplotlib missing: the numbers still count
         print(f"note: no plots ({exc})", file=sys.stderr)
     (out_dir / "results.json").write_text(json.dumps(res, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def _contexts(model: str, suite: str, pack: str | None, data: str | None, contexts: str, limit: int | None,
+              max_tokens: int, threads: int | None, n_ctx: int, as_json: bool, report: str | None,
+              report_as: str) -> None:
+    """``eval --contexts``: the gate in conversation contexts (finesteer_edge/evaluation/contexts.py).
+
+    Gate only unless ``--context-tokens N`` is given (then each turn is also generated and judged)."""
+    from finesteer_edge.evaluation.contexts import run_contexts
+    from finesteer_edge.evaluation.datasets import default_data_dir, suite_dir
+    from finesteer_edge.resolve import resolve_model
+
+    if suite != "safety":
+        raise FinesteerError("--contexts is a safety suite")
+    if limit is not None and limit < 1:
+        raise FinesteerError("--limit must be >= 1")
+    root = Path(data).expanduser() if data is not None else default_data_dir()
+    folder = suite_dir(root, "safety")
+    if folder is None:
+        raise FinesteerError(f"{root}: no safety folder")
+    model_path = resolve_model(model, show_progress=not as_json)
+    pack_path = _pick_pack(pack, suite, model_path)
+    res = run_contexts(model_path, pack_path, folder, contexts=tuple(c.strip() for c in contexts.split(",")
+                                                                     if c.strip()),
+                       limit=limit, max_tokens=max_tokens, threads=threads, n_ctx=n_ctx, progress=not as_json,
+                       command="finesteer-edge " + " ".join(sys.argv[1:]))
+    if report is not None:
+        from finesteer_edge.evaluation.report import write_report
+
+        out = Path(report)
+        js = out / "results.json"
+        full = json.loads(js.read_text(encoding="utf-8")) if js.exists() else {}
+        full[report_as] = res
+        notes = Path(__file__).resolve().parents[1] / "scripts" / "eval_notes.md"
+        write_report(full, out, analysis=notes.read_text(encoding="utf-8") if notes.exists() else None)
+    if as_json:
+        typer.echo(json.dumps(res, allow_nan=False))
+    else:
+        from finesteer_edge.evaluation.report import render_contexts
+
+        typer.echo("\n".join(render_contexts(res, f"{pack_path.name}: gate in conversation contexts")))

@@ -20,6 +20,7 @@ def register(app: typer.Typer) -> None:
     app.command("train")(train_cmd)
     app.command("convert")(convert_cmd)
     app.command("make-pack")(make_pack_cmd)
+    app.command("regate")(regate_cmd)
 
 
 def _need_extra(module: str, extra: str) -> None:
@@ -60,6 +61,17 @@ def extract_cmd(
     chat_template: str = typer.Option(
         None, "--chat-template", help="Prompt format: chatml, llama3, gemma, phi3, plain or a Jinja file "
                                       "(default: the model's own; plain with a warning if it has none)."),
+    gate_only: bool = typer.Option(False, "--gate-only", help="Gate rows only (prefill, no targets): every "
+                                   "train/val prompt of a safety folder in several conversation shapes."),
+    shapes: str = typer.Option("single,history,system,after_refusal", "--shapes",
+                               help="--gate-only: conversation shapes, comma-separated."),
+    shaped_fraction: float = typer.Option(1.0, "--shaped-fraction", min=0.0, max=1.0,
+                                          help="--gate-only: share of items rendered in each non-single shape."),
+    families_per_topic: int = typer.Option(None, "--families-per-topic", min=1,
+                                           help="--gate-only: phrasing families kept per topic pair."),
+    skip_single: str = typer.Option("", "--skip-single", help="--gate-only: sources (comma-separated) whose "
+                                    "first-turn rows another activations file holds."),
+    sources: str = typer.Option("", "--sources", help="--gate-only: only these sources (comma-separated)."),
 ) -> None:
     """Record hidden states and target shifts of the GGUF model on training data (never reads *test* files)."""
     _need_extra("safetensors", "train")
@@ -71,6 +83,11 @@ def extract_cmd(
         gate_layers=_layers(gate_layers), negatives=list(negatives or []), pairs_per_question=pairs_per_question,
         limit=limit, own_tokens=own_tokens, n_ctx=n_ctx, threads=threads, chat_template=chat_template,
         end_of_turn=end_of_turn,
+        gate_only=gate_only,
+        shapes=tuple(x.strip() for x in shapes.split(",") if x.strip()), shaped_fraction=shaped_fraction,
+        families_per_topic=families_per_topic,
+        skip_single=tuple(x.strip() for x in skip_single.split(",") if x.strip()),
+        sources=tuple(x.strip() for x in sources.split(",") if x.strip()),
     ))
     from finesteer_edge.train.activations import load_activations
 
@@ -97,6 +114,10 @@ def train_cmd(
     ),
     threads: int = typer.Option(2, "--threads", "-t", min=1),
     as_json: bool = typer.Option(False, "--json", help="Print the training report as JSON."),
+    gate_acts: list[Path] = typer.Option(None, "--gate-acts", help="Extra gate-only activations (extract "
+                                         "--gate-only): the gate is fitted on their rows plus the main file's."),
+    gate_select: str = typer.Option("val", "--gate-select", help="val (validation split) or loso "
+                                    "(leave-one-source-out over sources and conversation shapes)."),
 ) -> None:
     """Fit the SCS gate and the MoSE head (deterministic for a seed); writes the checkpoint and a report."""
     _need_extra("torch", "train")
@@ -107,7 +128,8 @@ def train_cmd(
         raise typer.BadParameter(f"--gate must be {choices(('auto', *TRAINED_GATE_KINDS))}")
     report = train(acts, out, TrainConfig(alpha=alpha, seed=seed, gate_kind=gate, gate_layer=gate_layer,
                                           epochs=epochs, threads=threads, negative_weight=negative_weight,
-                                          hidden=mlp_hidden))
+                                          hidden=mlp_hidden, gate_acts=list(gate_acts or []),
+                                          gate_select=gate_select))
     if as_json:
         typer.echo(json.dumps(report, default=float))
         return
@@ -209,3 +231,53 @@ def make_pack_cmd(
         typer.echo(json.dumps(summary, default=str))
         return
     typer.echo(format_summary(summary))
+
+
+def regate_cmd(
+    pack: Path = typer.Argument(..., help="FineSteer pack whose MoSE head and control vector to keep."),
+    gate_acts: list[Path] = typer.Option(..., "--gate-acts", help="Activations for the gate (repeatable; "
+                                         "extract --gate-only files and/or a safety extraction)."),
+    out: Path = typer.Option(..., "--out", help="Pack directory to write."),
+    report: Path = typer.Option(None, "--report", help="Write the gate's report.md/report.json here."),
+    gate_layers: str = typer.Option(None, "--gate-layers", help="Candidate layers (default: all extracted)."),
+    kinds: str = typer.Option("scs,scs_logistic,probe", "--kinds", help="Candidate gate kinds."),
+    name: str = typer.Option("", "--name", help="Pack name (default: the old pack's)."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Replace a pack's gate by one chosen by leave-one-source-out on gate activations (MoSE unchanged)."""
+    _need_extra("sklearn", "train")
+    _need_extra("onnx", "convert")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    from finesteer_edge.converters.regate import regate
+    from finesteer_edge.data import file_sha256
+    from finesteer_edge.train.activations import load_activations
+    from finesteer_edge.train.gate_select import candidates, gate_data, select_gate
+    from finesteer_edge.train.trainer import _loso_lines
+
+    if out.exists() and not overwrite:
+        raise FinesteerError(f"{out} exists; pass --overwrite to replace it")
+    files = [load_activations(p) for p in gate_acts]
+    if any(a.fingerprint != files[0].fingerprint for a in files):
+        raise FinesteerError("the --gate-acts files come from different models")
+    data = gate_data(files)
+    layers = _layers(gate_layers) or data.layers
+    gate, selection = select_gate(data, candidates(layers, tuple(k.strip() for k in kinds.split(",") if k.strip())),
+                                  seed=seed)
+    g = {"kind": gate.kind, "layer": gate.layer, "tau": gate.tau, "candidates": selection["candidates"],
+         "val": gate.metrics, "selection": "leave-one-source-out",
+         "gate_acts": [{"file": str(p), "sha256": file_sha256(p)} for p in gate_acts]}
+    if report is not None:
+        report.mkdir(parents=True, exist_ok=True)
+        (report / "report.json").write_text(json.dumps(g, indent=1, default=float))
+        (report / "report.md").write_text("# Gate report (regate)\n\n" + f"Chosen: {gate.metrics['candidate']}, "
+                                          f"tau {gate.tau:.4f}.\n\n" + "\n".join(_loso_lines(g)) + "\n")
+    prov = {"selection": "leave-one-source-out", "candidate": gate.metrics["candidate"],
+            "gate_acts": g["gate_acts"], "val": {k: gate.metrics[k] for k in ("recall", "fpr", "auroc")},
+            "loso": {k: gate.metrics["loso"][k] for k in ("loso_recall", "loso_fpr", "loso_min_shape_recall",
+                                                           "loso_max_shape_fpr")}}
+    regate(pack, gate, out, name=name, overwrite=overwrite, gate_provenance=prov)
+    typer.echo(f"gate: {gate.metrics['candidate']} tau {gate.tau:.4f}; LOSO recall "
+               f"{gate.metrics['loso']['loso_recall']:.3f} FPR {gate.metrics['loso']['loso_fpr']:.3f}; "
+               f"validation recall {gate.metrics['recall']:.3f} FPR {gate.metrics['fpr']:.3f}")
+    typer.echo(f"wrote {out}")

@@ -411,6 +411,29 @@ def render_markdown(report: dict[str, Any], analysis: str | None = None) -> str:
                 L.append(f"**Warning: the {suite} fidelity check ran on another pack version "
                          f"({f['pack_manifest_sha256']}) than the suite ({want}).**")
         L.append("")
+    if report.get("contexts") or report.get("contexts_before"):
+        L += ["## Generalisation: the gate in conversation contexts (issue 10)", "",
+              "The same test prompts as a first turn, after benign exchanges, under a system prompt and after an "
+              "earlier refused request; system prompts and exchanges come from a pool held out from training "
+              "(`finesteer_edge/train/shapes.py`). Written by `finesteer-edge eval --contexts ... --report docs`.",
+              ""]
+        if report.get("contexts_before"):
+            L += render_contexts(report["contexts_before"], "Before: the previous bundled pack")
+        if report.get("contexts"):
+            L += render_contexts(report["contexts"], "The bundled pack")
+        gc = report.get("gate_ceiling")
+        if gc:
+            L += [f"### Probe ceiling (cross-source, validation FPR fixed at {pct(gc['fpr'])})", "",
+                  f"`{gc['command']}` (full table: `docs/GATE_CEILING.md`): the best leave-one-source-out "
+                  "candidates over features (last prompt token, end of the user message, mean over the user "
+                  "message, three layers concatenated) and layers.", "",
+                  md_table(["candidate", "LOSO recall", "LOSO FPR", "worst-shape recall", "worst-shape FPR"],
+                           [[b["candidate"], pct(b["loso_recall"]), pct(b["loso_fpr"]),
+                             pct(b["loso_min_shape_recall"]), pct(b["loso_max_shape_fpr"])] for b in gc["best"]]),
+                  ""]
+        reading = contexts_reading(report)
+        if reading:
+            L += ["### Reading", "", *reading, ""]
     plots = report.get("plots") or {}
     if plots:
         L += ["## Plots", ""]
@@ -425,6 +448,66 @@ def render_markdown(report: dict[str, Any], analysis: str | None = None) -> str:
     L.append(" ".join(limits.split()).replace("``", "`"))
     L.append("")
     return "\n".join(L)
+
+
+def render_contexts(res: dict[str, Any], title: str) -> list[str]:
+    """Markdown lines for one context run (tables of gate-open / refusal per context)."""
+    ctxs = res["contexts"]
+    gen = res.get("max_tokens", 0) > 0
+    lines = [f"### {title}", "", f"Command: `{res.get('command', '')}`; pack `{res['pack_name']}`; "
+             f"{res['n_prompts']} test prompts per context (first {res.get('limit') or 'all'} of each set); "
+             + (f"generated greedy, {res['max_tokens']} tokens; " if gen else "gate only (no generation); ")
+             + f"{res.get('threads')} thread(s), {res['seconds']:.0f} s.", ""]
+    for key, label in (("by_class", "class"), ("by_source", "source")):
+        names = sorted({n for c in ctxs for n in res[key][c]})
+        rows = []
+        for n in names:
+            cells = []
+            for c in ctxs:
+                t = res[key][c].get(n) or {}
+                cell = pct(t.get("gate_open"))
+                if gen and t.get("refusal") is not None:
+                    cell += f" / {pct(t['refusal'])}"
+                cells.append(cell)
+            rows.append([n, res[key][ctxs[0]].get(n, {}).get("n", 0), *cells])
+        head = [label, "n", *[f"{c} (gate{' / refusal' if gen else ''})" for c in ctxs]]
+        lines += [md_table(head, rows), ""]
+    lines += [md_table(["target", "measured", "required", "met"],
+                       [[t["name"], pct(t["value"]), t["required"], "yes" if t["met"] else "**NO**"]
+                        for t in res["targets"]]), ""]
+    return lines
+
+
+def contexts_reading(report: dict[str, Any]) -> list[str]:
+    """A short reading of the context runs, every number read from the dict (no typed figures)."""
+    out = []
+    new, old = report.get("contexts"), report.get("contexts_before")
+    if not new:
+        return out
+    bc = new["by_class"]
+
+    def g(res: dict[str, Any], ctx: str, cls: str) -> float | None:
+        return (res["by_class"].get(ctx, {}).get(cls) or {}).get("gate_open")
+
+    if old:
+        parts = [f"{ctx} {pct(g(old, ctx, 'harmful'))} -> {pct(g(new, ctx, 'harmful'))}"
+                 for ctx in new["contexts"] if ctx in old["contexts"]]
+        out.append("- Gate opens on harmful test prompts (previous pack -> this pack): " + "; ".join(parts) + ".")
+        out.append(f"- Benign twins, first turn: {pct(g(old, 'single', 'twin'))} -> {pct(g(new, 'single', 'twin'))}; "
+                   f"benign turns after a refused one (twins): {pct(g(old, 'after-refusal', 'twin'))} -> "
+                   f"{pct(g(new, 'after-refusal', 'twin'))}.")
+    met = [t for t in new["targets"] if t["met"]]
+    missed = [t["name"] for t in new["targets"] if not t["met"]]
+    out.append(f"- Targets met: {len(met)} of {len(new['targets'])}"
+               + (f"; missed: {'; '.join(missed)}." if missed else "."))
+    out.append("- The `pairs-*` test rows are topics held out from training but phrased in template families the "
+               "gate was trained on, and AIRT has only a few prompts: read them as optimistic. The honest "
+               "cross-source estimate is the leave-one-source-out table of the gate's training report "
+               "(`docs/gate/GATE_REPORT.md`) and the probe ceiling below it.")
+    if "single" in bc:
+        out.append("- Per source (first turn, gate open): " + ", ".join(
+            f"{k} {pct(v['gate_open'])}" for k, v in new["by_source"]["single"].items()) + ".")
+    return out
 
 
 def write_report(report: dict[str, Any], out_dir: Path, *, name: str = "RESULTS.md",

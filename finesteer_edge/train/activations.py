@@ -16,7 +16,7 @@ import os
 import shutil
 import struct
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,8 @@ class Activations:
     layers: dict[int, np.ndarray]
     """Candidate gate layer -> (M, d) states."""
     meta: dict[str, Any]
+    features: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
+    """Optional pooled gate features (``f_<kind>.N`` tensors of a gate-only extraction): kind -> layer -> (M, d)."""
 
     @property
     def fingerprint(self) -> Fingerprint:
@@ -89,7 +91,7 @@ class ActivationsWriter:
     (extract.py keeps the journal of which rows are done); they are removed once the file is written.
     """
 
-    def __init__(self, out: str | Path, n_rows: int, d: int, layers: list[int], *,
+    def __init__(self, out: str | Path, n_rows: int, d: int, layers: list[int], extra: list[str] = (), *,
                  scratch: str | Path | None = None) -> None:
         self.out = Path(out)
         self.n_rows, self.d, self.layers = n_rows, d, sorted(set(layers))
@@ -101,7 +103,7 @@ class ActivationsWriter:
             self._tmp = Path(scratch)
             self._tmp.mkdir(parents=True, exist_ok=True)
         self._arrays: dict[str, np.ndarray] = {}
-        for name in ("h_gate", "h_steer", "delta", *[f"h_layer.{n}" for n in self.layers]):
+        for name in ("h_gate", "h_steer", "delta", *[f"h_layer.{n}" for n in self.layers], *extra):
             self._arrays[name] = self._open(name, np.float32, (n_rows, d))
         for name in ("label", "split", "has_delta"):
             self._arrays[name] = self._open(name, np.int8, (n_rows,)) if self._keep else np.zeros(n_rows, np.int8)
@@ -214,6 +216,15 @@ def load_activations(path: str | Path) -> Activations:
             if v.shape != (m, d):
                 raise ActivationsError(f"{path}: tensor {k} has shape {v.shape}")
             layers[layer] = v
+    features: dict[str, dict[int, np.ndarray]] = {}
+    for k, v in tensors.items():
+        if k.startswith("f_") and "." in k:
+            kind, _, num = k[2:].rpartition(".")
+            if not num.isdigit() or v.shape != (m, d) or v.dtype != np.float32:
+                raise ActivationsError(f"{path}: bad feature tensor {k} {v.shape}")
+            if not (np.abs(v) <= MAX_ABS_VALUE).all():
+                raise ActivationsError(f"{path}: tensor {k} contains NaN, Inf or values beyond {MAX_ABS_VALUE:g}")
+            features.setdefault(kind, {})[int(num)] = v
     layers.setdefault(gate, tensors["h_gate"])
     layers.setdefault(steer, tensors["h_steer"])
     for k in ("h_gate", "h_steer", "delta", *[f"h_layer.{n}" for n in layers if f"h_layer.{n}" in tensors]):
@@ -221,5 +232,5 @@ def load_activations(path: str | Path) -> Activations:
             raise ActivationsError(f"{path}: tensor {k} contains NaN, Inf or values beyond {MAX_ABS_VALUE:g}")
     return Activations(
         h_gate=tensors["h_gate"], h_steer=tensors["h_steer"], delta=tensors["delta"], label=tensors["label"],
-        split=tensors["split"], has_delta=tensors["has_delta"], layers=layers, meta=meta,
+        split=tensors["split"], has_delta=tensors["has_delta"], layers=layers, meta=meta, features=features,
     )

