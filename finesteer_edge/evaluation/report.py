@@ -243,6 +243,25 @@ def display_pack_path(path: str, manifest_sha256: str | None) -> str:
     return path
 
 
+def stale_pack_note(path: str, manifest_sha256: str | None) -> str | None:
+    """A warning when the bundled pack of that name has changed since these numbers were measured.
+
+    Why: the report is rendered from a stored results file, so a rebuilt or regated pack would otherwise
+    sit under numbers that describe its predecessor.
+    """
+    from ..data import file_sha256
+
+    name = Path(path).name
+    bundled = Path(__file__).resolve().parents[1] / "packs" / name / "manifest.json"
+    if not manifest_sha256 or not bundled.is_file():
+        return None
+    now = file_sha256(bundled)
+    if now == manifest_sha256:
+        return None
+    return (f"STALE: measured with an earlier version of the bundled pack `{name}`; the pack has changed since "
+            f"(manifest sha256 now `{now}`). Re-run `python scripts/run_eval.py` for its current numbers.")
+
+
 def _data_table(res: dict[str, Any]) -> str:
     rows = [[k, f"`{display_data_path(v['path'], v['sha256'])}`", v["n_used"], f"`{v['sha256']}`"]
             for k, v in res["data"].items()]
@@ -258,6 +277,9 @@ def _pack_lines(res: dict[str, Any]) -> list[str]:
              f"experts {p.get('experts')}"]
     if p.get("warning"):
         lines.append(f"- **{p['warning']}**")
+    stale = stale_pack_note(p["path"], p.get("manifest_sha256"))
+    if stale:
+        lines.append(f"- **{stale}**")
     for name, f in (p.get("files") or {}).items():
         lines.append(f"- `{name}` sha256 `{f.get('sha256')}` ({f.get('bytes')} bytes)")
     if prov.get("kind") == "random":
