@@ -16,6 +16,8 @@ class PackOutcome:
     threshold: float
     expert_weights: list[float]
     strength: float
+    enabled: bool = True
+    """False: ``SteeringSettings.enabled`` left this pack out, so its gate was forced shut this turn."""
 
 
 @dataclass

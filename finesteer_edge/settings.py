@@ -133,15 +133,25 @@ class SteeringSettings:
     """How a :class:`~finesteer_edge.SteeredLlama` steers its turns (the same for every loaded pack).
 
     ``strength`` multiplies every pack's vector, on top of each pack's own strength. ``vector_source``
-    None means each pack's own default (its manifest's ``vector_source``).
+    None means each pack's own default (its manifest's ``vector_source``). ``enabled`` names the loaded packs
+    whose gates may open (None: all): the others are forced shut for the turn, which leaves it bit-identical
+    to not loading them. Why: a server holds one context with every pack and serves each request a subset,
+    without one instance (one KV cache) per subset.
     """
 
     mode: Mode = "exact"
     strength: float = 1.0
     gate: GatePolicy = "pack"
     vector_source: VectorSource | None = None
+    enabled: tuple[str, ...] | None = None
+    """Pack names (manifest name, else directory name) whose gates may open; None = every loaded pack."""
 
     def __post_init__(self) -> None:
+        if self.enabled is not None:
+            names = (self.enabled,) if isinstance(self.enabled, str) else tuple(self.enabled)
+            if not all(isinstance(n, str) for n in names):
+                raise TypeError("enabled must be a sequence of pack names (strings) or None")
+            object.__setattr__(self, "enabled", names)
         check_choice(self.mode, MODES, "mode")
         check_choice(self.gate, GATE_POLICIES, "gate")
         if self.vector_source is not None:

@@ -201,9 +201,30 @@ class SteeredLlama:
         if not isinstance(base, SteeringSettings):
             raise TypeError(f"settings must be SteeringSettings, not {type(base).__name__}")
         new = replace(base, **changes) if changes else base
+        self._check_settings(new)
         with self._guard():
             self._steering = new
         return new
+
+    def _check_settings(self, st: SteeringSettings) -> SteeringSettings:
+        """Refuse an ``enabled`` list naming a pack this instance does not hold (a typo must not mean unsteered)."""
+        if not isinstance(st, SteeringSettings):
+            raise TypeError(f"steering must be SteeringSettings, not {type(st).__name__}")
+        if st.enabled is not None:
+            loaded = self.pack_names
+            unknown = [n for n in st.enabled if n not in loaded]
+            if unknown:
+                raise ValueError(f"enabled names pack(s) {', '.join(map(repr, unknown))} that this instance does not "
+                                 f"hold (loaded: {', '.join(loaded) or 'none'})")
+        return st
+
+    def _turn_settings(self, steering: SteeringSettings | None) -> SteeringSettings:
+        return self._steering if steering is None else self._check_settings(steering)
+
+    @property
+    def pack_names(self) -> list[str]:
+        """Every pack's name (manifest name, else directory name), in load order: what ``enabled`` refers to."""
+        return [_name(p) for p, _ in self._packs]
 
     @property
     def mode(self) -> str:
@@ -277,6 +298,7 @@ class SteeredLlama:
         prompt_or_messages: str | Sequence[Message],
         *,
         sampling: SamplingParams | None = None,
+        steering: SteeringSettings | None = None,
         max_tokens: int = _UNSET,
         temperature: float = _UNSET,
         seed: int | None = _UNSET,
@@ -295,14 +317,17 @@ class SteeredLlama:
         keyword given here replacing its field. ``repeat_penalty``/``repeat_last_n``/``dry_multiplier`` (or
         a whole :class:`Penalties`, which wins) add llama.cpp's repetition penalties to the sampler chain,
         greedy or not (off by default), the same for steered and unsteered turns.
+        ``steering``: settings for this turn only (checked; the instance's own, :attr:`steering`, are left as
+        they are), e.g. a subset of packs via ``enabled``.
         """
         params = _sampling(sampling, max_tokens=max_tokens, temperature=temperature, seed=seed, top_k=top_k,
                            top_p=top_p, min_p=min_p, stop=stop,
                            penalties=_penalties(penalties, repeat_penalty=repeat_penalty,
                                                 repeat_last_n=repeat_last_n, dry_multiplier=dry_multiplier))
         messages = normalize_messages(prompt_or_messages)
+        st = self._turn_settings(steering)
         with self._guard():
-            return _drain(self._turn(messages, params, self._steering, reuse_cache=False))
+            return _drain(self._turn(messages, params, st, reuse_cache=False))
 
     def chat(
         self,
@@ -310,6 +335,7 @@ class SteeredLlama:
         *,
         stream: bool = True,
         sampling: SamplingParams | None = None,
+        steering: SteeringSettings | None = None,
         max_tokens: int = _UNSET,
         temperature: float = _UNSET,
         seed: int | None = _UNSET,
@@ -326,21 +352,23 @@ class SteeredLlama:
 
         The KV cache of earlier turns is kept and reused. With ``stream`` (default) this returns an
         iterator yielding text pieces and, last, the :class:`GenerationResult`; otherwise the result.
-        Sampling as in :meth:`generate`.
+        Sampling and ``steering`` as in :meth:`generate`.
         """
         params = _sampling(sampling, max_tokens=max_tokens, temperature=temperature, seed=seed, top_k=top_k,
                            top_p=top_p, min_p=min_p, stop=stop,
                            penalties=_penalties(penalties, repeat_penalty=repeat_penalty,
                                                 repeat_last_n=repeat_last_n, dry_multiplier=dry_multiplier))
         msgs = normalize_messages(messages)
+        st = self._turn_settings(steering)
         if not stream:
             with self._guard():
-                return _drain(self._turn(msgs, params, self._steering, reuse_cache=True))
-        return self._stream(msgs, params)
+                return _drain(self._turn(msgs, params, st, reuse_cache=True))
+        return self._stream(msgs, params, st)
 
-    def _stream(self, msgs: list[dict[str, str]], params: SamplingParams) -> Iterator[str | GenerationResult]:
+    def _stream(self, msgs: list[dict[str, str]], params: SamplingParams,
+                steering: SteeringSettings | None = None) -> Iterator[str | GenerationResult]:
         with self._guard():
-            yield from self._turn(msgs, params, self._steering, reuse_cache=True)
+            yield from self._turn(msgs, params, steering or self._steering, reuse_cache=True)
 
     def reset(self) -> None:
         """Forget the conversation (empties the KV cache)."""
@@ -427,6 +455,8 @@ class SteeredLlama:
         s = self._session
         out = pack.evaluate(s.hidden(m.gate_layer), s.hidden(m.head_layer))
         is_open = {"pack": out.gate_score >= m.tau, "always": True, "never": False}[st.gate]
+        if st.enabled is not None and _name(pack) not in st.enabled:
+            is_open = False  # left out of this turn: shut, so the turn is as without the pack
         strength = st.strength * pack_strength
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, not warned
             if self._vector_source(pack) == "head":
@@ -487,6 +517,7 @@ class SteeredLlama:
                     name=p.manifest.name or p.path.name, steered=d.open, gate_score=d.gate_score,
                     threshold=p.manifest.tau, expert_weights=[float(x) for x in d.expert_weights],
                     strength=steering.strength * ps,
+                    enabled=steering.enabled is None or _name(p) in steering.enabled,
                 ) for (p, ps), d in zip(self._packs, decisions, strict=True)],
             )
             yield from self._generate(result, t0, sampling, plan)
@@ -554,6 +585,10 @@ class SteeredLlama:
                 yield
             finally:
                 self._owner = None
+
+
+def _name(pack: SteeringPack) -> str:
+    return pack.manifest.name or pack.path.name
 
 
 def _sampling(sampling: SamplingParams | None, **loose: Any) -> SamplingParams:

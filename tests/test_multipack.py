@@ -176,3 +176,51 @@ def test_two_packs_on_a_tap_context_architecture(tmp_path: Path) -> None:
         assert [(o.gate_score, o.steered) for o in r.packs] == [(x.gate_score, x.steered) for x in singles]
         assert r.token_ids == singles[0].token_ids
         assert singles[1].token_ids == plain.generate(p, max_tokens=6).token_ids
+
+
+@pytest.fixture(scope="module")
+def named(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two open packs with distinct manifest names (``enabled`` refers to packs by name)."""
+    root = tmp_path_factory.mktemp("named")
+    return {"x": make_random_pack(tiny_model, root / "x", gate_layer=1, steer_layer=2, tau=-1.0, vector_norm=40.0,
+                                  name="x"),
+            "y": make_random_pack(tiny_model, root / "y", gate_layer=0, steer_layer=2, tau=-1.0, vector_norm=40.0,
+                                  seed=1, name="y")}
+
+
+def test_enabled_serves_a_subset_per_turn_without_changing_the_instance(tiny_model: Path, named: dict) -> None:
+    from dataclasses import replace
+
+    both = SteeredLlama(tiny_model, packs=[named["x"], named["y"]], **KW)
+    assert both.pack_names == ["x", "y"]
+    only_x = SteeredLlama(tiny_model, named["x"], **KW)
+    plain = SteeredLlama(tiny_model, **KW)
+    before = both.steering
+    for p in PROMPTS[:2]:
+        full = both.generate(p, max_tokens=N)
+        sub = both.generate(p, max_tokens=N, steering=replace(before, enabled=("x",)))
+        assert sub.token_ids == only_x.generate(p, max_tokens=N).token_ids
+        assert full.token_ids != sub.token_ids  # y really was on in the full turn, really off in the subset
+        assert [(o.name, o.enabled, o.steered) for o in sub.packs] == [("x", True, True), ("y", False, False)]
+        assert [o.gate_score for o in sub.packs] == [o.gate_score for o in full.packs]
+        both.reset()  # chat reuses the KV cache, which holds the steered turn above
+        none = both.chat([{"role": "user", "content": p}], stream=False, max_tokens=N,
+                         steering=replace(before, enabled=()))
+        assert not none.steered and none.token_ids == plain.generate(p, max_tokens=N).token_ids
+    assert both.steering == before  # per-turn settings leave the instance's own alone
+    streamed = list(both.chat([{"role": "user", "content": "hi"}], max_tokens=N,
+                              steering=replace(before, enabled=["y"])))
+    assert [o.enabled for o in streamed[-1].packs] == [False, True]
+
+
+def test_enabled_refuses_unknown_pack_names(tiny_model: Path, named: dict) -> None:
+    from finesteer_edge import SteeringSettings
+
+    llm = SteeredLlama(tiny_model, packs=[named["x"]], **KW)
+    with pytest.raises(ValueError, match="'nope'.*loaded: x"):
+        llm.generate("hi", max_tokens=2, steering=SteeringSettings(enabled=("nope",)))
+    with pytest.raises(ValueError, match="nope"):
+        llm.set_steering(enabled=("nope",))
+    with pytest.raises(TypeError):
+        SteeringSettings(enabled=(1,))  # type: ignore[arg-type]
+    assert SteeringSettings(enabled="x").enabled == ("x",)
