@@ -11,7 +11,17 @@ from finesteer_edge.errors import FinesteerError
 from finesteer_edge.model_info import read_model_info
 from finesteer_edge.resolve import default_pack_for, resolve_model, resolve_pack
 
-from .run_cmds import ALLOW_OPT, CTX_OPT, MODE_OPT, MODEL_ARG, NO_PACK_OPT, STRENGTH_OPT, THREADS_OPT, VECTOR_OPT
+from .run_cmds import (
+    ALLOW_OPT,
+    CTX_OPT,
+    MODE_OPT,
+    MODEL_ARG,
+    NO_PACK_OPT,
+    STRENGTH_OPT,
+    TEMPLATE_OPT,
+    THREADS_OPT,
+    VECTOR_OPT,
+)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -24,8 +34,8 @@ def serve_cmd(
     model: str = MODEL_ARG,
     pack: list[str] = typer.Option(
         None, "--pack", "-p",
-        help="Pack directory or bundled pack name (repeatable; the first is the default of requests that do not "
-             "name one). Default: the model's bundled pack.",
+        help="Pack directory or bundled pack name (repeatable; every pack is loaded into each slot's one context, "
+             "and requests that do not name packs get all of them). Default: the model's bundled pack.",
     ),
     no_pack: bool = NO_PACK_OPT,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default: this machine only)."),
@@ -46,6 +56,7 @@ def serve_cmd(
                                         help="Seconds a request waits for a slot before a 503."),
     max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", min=1024, help="Larger request bodies get 413."),
     model_alias: str = typer.Option(None, "--model-alias", help="Model id in /v1/models (default: the file stem)."),
+    chat_template: str = TEMPLATE_OPT,
 ) -> None:
     """OpenAI-compatible server (/v1/chat/completions, /v1/completions, /v1/models, /health), steered per request."""
     try:
@@ -79,14 +90,14 @@ def serve_cmd(
     cfg = ServeConfig(model_path=model_path, pack_paths=pack_paths, model_id=model_alias, parallel=parallel,
                       n_ctx=n_ctx, n_threads=threads, strength=strength, mode=mode, gate=gate, vector=vector,
                       allow_unsteered=allow_unsteered, max_queue=max_queue, queue_timeout=queue_timeout,
-                      max_body_bytes=max_body_bytes, api_key=api_key)
+                      max_body_bytes=max_body_bytes, api_key=api_key, chat_template=chat_template)
     engine = build_engine(cfg)  # loads and verifies every pack: a PackError ends here with exit code 2
     try:
         packs = ", ".join(engine.packs) or "none"
-        n = engine.pool.slots[0].instances
-        threads_used = next(iter(n.values())).n_threads
+        threads_used = engine.pool.slots[0].llm.n_threads
+        template = engine.pool.slots[0].llm.chat_template.name
         print(f"finesteer-edge serve: {engine.model_id} on http://{host}:{port}/v1  slots {parallel}  "
-              f"threads {threads_used}/slot  packs: {packs}", file=sys.stderr)
+              f"threads {threads_used}/slot  packs: {packs}  chat template: {template}", file=sys.stderr)
         for name, why in engine.failed.items():
             print(f"STEERING DISABLED: pack {name} is not served: {why}", file=sys.stderr)
         config = uvicorn.Config(create_app(engine), host=host, port=port, log_level="warning", access_log=False,

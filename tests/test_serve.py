@@ -37,7 +37,9 @@ def server(tiny_model: Path, packs: dict[str, Path], tmp_path_factory: pytest.Te
     cmd = finesteer_serve_cmd(str(tiny_model), "--pack", str(packs["open"]), "--pack", str(packs["shut"]),
                               "--port", str(port), "--parallel", "2", "--threads", THREADS, "--n-ctx", str(N_CTX),
                               "--api-key", KEY, "--max-body-bytes", "65536")
-    with running(cmd, port, tmp_path_factory.mktemp("serve_log") / "server.log") as s:
+    # Two malloc arenas (one per slot thread) instead of glibc's default 8 per core: the load test below looks
+    # for leaks, and arena growth steps (docs/SERVE.md "Memory") are not leaks but can exceed its 16 MiB bound.
+    with running(cmd, port, tmp_path_factory.mktemp("serve_log") / "server.log", env={"MALLOC_ARENA_MAX": "2"}) as s:
         yield s
 
 
@@ -103,15 +105,17 @@ def test_models_and_health(raw: Raw, client: openai.OpenAI) -> None:
     status, h = raw("GET", "/health", key=None)  # no key needed for the health check
     assert status == 200
     assert h["status"] == "ok" and h["slots"]["total"] == 2
-    assert h["defaults"]["packs"] == ["open"] and set(h["packs"]) == {"open", "shut"}
+    assert h["defaults"]["packs"] == ["open", "shut"] and set(h["packs"]) == {"open", "shut"}
 
 
-def test_default_request_is_steered_by_the_first_pack(client: openai.OpenAI, plain: SteeredLlama) -> None:
+def test_default_request_gets_every_pack_each_gated_on_its_own(client: openai.OpenAI, plain: SteeredLlama) -> None:
     r = chat(client)
     st = r.model_extra["steering"]
     assert st["steered"] is True and st["mode"] == "exact" and st["gate"] == "pack" and st["vector"] == "head"
-    (p,) = st["packs"]
+    p, q = st["packs"]
     assert p["name"] == "open" and p["steered"] and p["gate_score"] >= p["threshold"] == 0.0
+    assert q["name"] == "shut" and not q["steered"] and q["gate_score"] < q["threshold"] == 2.0
+    assert p["vector"] == q["vector"] == "head"
     assert len(p["expert_weights"]) == 4 and abs(sum(p["expert_weights"]) - 1) < 1e-4 and p["strength"] == 1.0
     assert r.usage.completion_tokens == 24 and r.choices[0].finish_reason == "length"
     # steering changes this model's answer (else the identity tests below would prove nothing)
@@ -158,6 +162,96 @@ def test_per_request_mode_vector_and_strength_are_applied_and_reported(client: o
     assert chat(client).choices[0].message.content == base
 
 
+@pytest.fixture(scope="module")
+def local(tiny_model: Path, packs: dict[str, Path]):
+    """The runtime run locally with the server's settings: both packs in one instance, and ``open`` alone."""
+    both = SteeredLlama(tiny_model, packs=[packs["open"], packs["shut"]], n_ctx=N_CTX, n_threads=int(THREADS))
+    alone = SteeredLlama(tiny_model, packs["open"], n_ctx=N_CTX, n_threads=int(THREADS))
+    yield {"both": both, "open": alone}
+    both.close()
+    alone.close()
+
+
+def _local(llm: SteeredLlama, enabled: tuple[str, ...] | None = None, gate: str = "pack", **kw):
+    from finesteer_edge import SteeringSettings
+
+    kw.setdefault("max_tokens", 24)
+    return llm.generate(MSG, steering=SteeringSettings(gate=gate, enabled=enabled), **kw)  # type: ignore[arg-type]
+
+
+def test_two_packs_in_one_request_report_two_outcomes(client: openai.OpenAI, local: dict) -> None:
+    r = chat(client, {"packs": ["open", "shut"]})
+    st = r.model_extra["steering"]
+    ref = _local(local["both"])
+    assert r.choices[0].message.content == ref.text
+    assert [(p["name"], p["steered"]) for p in st["packs"]] == [("open", True), ("shut", False)]
+    assert [p["gate_score"] for p in st["packs"]] == pytest.approx([o.gate_score for o in ref.packs], rel=1e-6)
+    assert stream_text(client, {"packs": ["open", "shut"]}) == (ref.text, st)  # the final chunk reports both
+    again = chat(client, {"packs": ["shut", "open", "shut"]}).model_extra["steering"]  # in the order asked, once each
+    assert [p["name"] for p in again["packs"]] == ["shut", "open"]
+
+
+def test_combined_vector_and_subsets_match_the_local_runtime(client: openai.OpenAI, local: dict) -> None:
+    """Both gates forced open: the server adds both vectors as SteeredLlama(packs=[both]) does; a subset
+    applies only its own (the other pack is loaded in the slot but shut)."""
+    both = chat(client, {"packs": ["open", "shut"], "gate": "always"})
+    assert [p["steered"] for p in both.model_extra["steering"]["packs"]] == [True, True]
+    ref_both = _local(local["both"], gate="always")
+    ref_open = _local(local["open"], gate="always")
+    ref_shut = _local(local["both"], ("shut",), gate="always")
+    assert len({ref_both.text, ref_open.text, ref_shut.text}) == 3  # each vector changes the answer
+    assert both.choices[0].message.content == ref_both.text and both.usage.completion_tokens == ref_both.tokens
+    sub = chat(client, {"packs": ["open"], "gate": "always"})
+    assert sub.choices[0].message.content == ref_open.text
+    assert [p["name"] for p in sub.model_extra["steering"]["packs"]] == ["open"]
+    assert chat(client, {"packs": ["shut"], "gate": "always"}).choices[0].message.content == ref_shut.text
+
+
+def test_concurrent_requests_with_different_pack_subsets(client: openai.OpenAI, local: dict,
+                                                          plain: SteeredLlama) -> None:
+    subsets: dict[str, object] = {"open": {"packs": ["open"], "gate": "always"},
+                                  "shut": {"packs": ["shut"], "gate": "always"},
+                                  "both": {"packs": ["open", "shut"], "gate": "always"}, "none": None}
+    refs = {"open": _local(local["open"], gate="always", max_tokens=200, **LONG).text,
+            "shut": _local(local["both"], ("shut",), gate="always", max_tokens=200, **LONG).text,
+            "both": _local(local["both"], gate="always", max_tokens=200, **LONG).text,
+            "none": plain.generate(MSG, max_tokens=200, **LONG).text}
+    assert len(set(refs.values())) == 4
+    out: dict[str, tuple[str, dict]] = {}
+    start = threading.Barrier(len(subsets))
+
+    def run(name: str) -> None:
+        start.wait()
+        out[name] = stream_text(client, subsets[name], max_tokens=200, **LONG)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in subsets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert {k: v[0] for k, v in out.items()} == refs
+    assert [p["name"] for p in out["both"][1]["packs"]] == ["open", "shut"] and out["none"][1]["packs"] == []
+
+
+def test_chat_template_is_passed_to_the_slots(tiny_model: Path, tmp_path: Path, plain: SteeredLlama) -> None:
+    port = free_port()
+    cmd = finesteer_serve_cmd(str(tiny_model), "--no-pack", "--chat-template", "chatml", "--port", str(port),
+                              "--threads", THREADS, "--n-ctx", str(N_CTX))
+    with SteeredLlama(tiny_model, None, n_ctx=N_CTX, n_threads=int(THREADS), chat_template="chatml") as ref, \
+            running(cmd, port, tmp_path / "server.log") as srv:
+        assert "chat template: chatml" in srv.log_text()
+        c = openai.OpenAI(base_url=srv.base_url, api_key="none", max_retries=0, timeout=120)
+        text = c.chat.completions.create(model="tiny", messages=MSG, max_tokens=24, temperature=0).choices[0]
+        expected = ref.generate(MSG, max_tokens=24).text
+        assert expected != plain.generate(MSG, max_tokens=24).text  # the template changes the prompt
+        assert text.message.content == expected
+    bad = finesteer_serve_cmd(str(tiny_model), "--no-pack", "--chat-template", "nosuch", "--port", str(free_port()))
+    import subprocess
+
+    proc = subprocess.run(bad, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "nosuch" in proc.stderr
+
+
 def test_completions_endpoint(client: openai.OpenAI, plain: SteeredLlama) -> None:
     r = client.completions.create(model="tiny", prompt="hello there", max_tokens=24, temperature=0,
                                   extra_body={"steering": None})
@@ -188,7 +282,7 @@ def _err(excinfo: pytest.ExceptionInfo) -> dict:
 
 @pytest.mark.parametrize("steering, param, code", [
     ({"packs": ["nope"]}, "steering.packs", "unknown_pack"),
-    ({"packs": ["open", "shut"]}, "steering.packs", "too_many_packs"),
+    ({"packs": ["open", "nope"]}, "steering.packs", "unknown_pack"),
     ({"strength": 100}, "steering.strength", "invalid_strength"),
     ({"strength": "strong"}, "steering.strength", "invalid_request"),
     ({"mode": "slow"}, "steering.mode", "invalid_request"),

@@ -131,7 +131,7 @@ def create_app(engine: Engine) -> FastAPI:
         sampling = dict(max_tokens=engine.config.n_ctx if limit is None else limit, temperature=req.temperature,
                         top_p=req.top_p, top_k=req.top_k, min_p=req.min_p, seed=req.seed, stop=req.stops())
         slot = await engine.pool.acquire()
-        turn = Turn(engine.pool, slot, choice, messages, sampling, on_end=ended)
+        turn = Turn(engine.pool, slot, choice, messages, sampling, engine.packs, on_end=ended)
         active.add(turn)
         try:
             first = await turn.next(request)

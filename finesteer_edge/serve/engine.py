@@ -1,7 +1,8 @@
 """Start-up: load the model once, load and verify every pack, build the slots.
 
 Every pack is loaded, checked against the model (fingerprint), checksummed and self-tested on every
-slot's context (``SteeredLlama.__init__`` does all three). A pack that fails stops the server with its
+slot's context (``SteeredLlama.__init__`` does all three). A slot is one ``SteeredLlama`` holding every
+pack, so memory is one context per slot whatever the number of packs. A pack that fails stops the server with its
 :class:`PackError` (the CLI prints one ``error:`` line, exit code 2). Only with ``allow_unsteered`` is it
 left out instead, loudly, and requests naming it get a 400 saying why: never silently unsteered.
 """
@@ -17,7 +18,7 @@ from ..llama.session import LlamaModel
 from ..pack.pack import SteeringPack
 from ..steered import SteeredLlama
 from .slots import Slot, SlotPool
-from .steering import InstanceDefaults, SteeringDefaults
+from .steering import SteeringDefaults
 
 log = logging.getLogger("finesteer_edge.serve")
 
@@ -40,6 +41,8 @@ class ServeConfig:
     queue_timeout: float = 60.0
     max_body_bytes: int = 1 << 20
     api_key: str | None = None
+    chat_template: str | None = None
+    """``--chat-template``: a built-in name, a Jinja file, or None for the GGUF's own."""
 
 
 @dataclass
@@ -67,9 +70,15 @@ def _load_pack(path: Path, model: LlamaModel) -> SteeringPack:
     return pack
 
 
-def _instance(model: LlamaModel, pack: SteeringPack | None, cfg: ServeConfig) -> SteeredLlama:
-    return SteeredLlama(model, pack, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, strength=cfg.strength,
-                        mode=None, gate="pack", vector_source=None)
+def _instance(model: LlamaModel, packs: list[SteeringPack], cfg: ServeConfig) -> SteeredLlama:
+    """One slot's context with every pack (settings come per turn; these are only the constructor's)."""
+    return SteeredLlama(model, packs=packs, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, strength=cfg.strength,
+                        mode=None, gate="pack", vector_source=None, allow_unsteered=cfg.allow_unsteered,
+                        chat_template=cfg.chat_template)
+
+
+def _name(pack: SteeringPack) -> str:
+    return pack.manifest.name or pack.path.name
 
 
 def build_engine(cfg: ServeConfig) -> Engine:
@@ -80,13 +89,14 @@ def build_engine(cfg: ServeConfig) -> Engine:
     packs: dict[str, SteeringPack] = {}
     failed: dict[str, str] = {}
     names: list[str] = []
+    slots: list[Slot] = []
     try:
         for path in cfg.pack_paths:
             name = path.name
             pack = None
             try:
                 pack = _load_pack(path, model)
-                name = pack.manifest.name or path.name
+                name = _name(pack)
             except PackError as exc:
                 _refuse(name, exc, cfg, failed)
             if name in packs or name in failed and pack is not None:
@@ -95,36 +105,23 @@ def build_engine(cfg: ServeConfig) -> Engine:
             if pack is not None:
                 packs[name] = pack
             names.append(name)
-        slots: list[Slot] = []
         for i in range(cfg.parallel):
-            slot = Slot(i, {})
-            for name, pack in list(packs.items()):
-                try:
-                    llm = _instance(model, pack, cfg)
-                except PackError as exc:  # the self-test on this context failed
-                    for s in [*slots, slot]:
-                        dropped = s.instances.pop(name, None)
-                        s.defaults.pop(name, None)
-                        if dropped is not None:
-                            dropped.close()
-                    packs.pop(name)
-                    _refuse(name, exc, cfg, failed)
-                    continue
-                slot.instances[name] = llm
-                slot.defaults[name] = InstanceDefaults(llm.mode, llm.vector_source)
-            slots.append(slot)
-        for slot in slots:
-            if not slot.instances:
-                llm = _instance(model, None, cfg)
-                slot.instances[None] = llm
-                slot.defaults[None] = InstanceDefaults(llm.mode, llm.vector_source)
+            llm = _instance(model, list(packs.values()), cfg)  # a PackError here (self-test) stops the server
+            slots.append(Slot(i, llm))
+            # allow_unsteered: a pack whose self-test failed on this context was left out of it (loudly);
+            # it is then not served at all (it may still sit, never enabled, in earlier slots' instances).
+            held = set(llm.pack_names)
+            for name in [n for n in packs if n not in held]:
+                packs.pop(name)
+                failed[name] = llm.unsteered_reason or "its self-test failed on a slot's context"
     except BaseException:
+        for slot in slots:
+            slot.close()
         model.close()
         raise
-    # The first --pack is the default of requests that do not name one (one pack per request today).
-    first = names[0] if names else None
-    default_packs = (first,) if first in packs else ()
-    unsteered = failed.get(first) if first is not None and not default_packs else None
+    # Requests that do not name packs get every served pack; a configured one that failed is reported.
+    default_packs = tuple(n for n in names if n in packs)
+    unsteered = "; ".join(f"{n}: {failed[n]}" for n in names if n in failed) or None
     defaults = SteeringDefaults(packs=default_packs, strength=cfg.strength, mode=cfg.mode, gate=cfg.gate,
                                 vector=cfg.vector, unsteered_reason=unsteered)
     pool = SlotPool(slots, max_queue=cfg.max_queue, queue_timeout=cfg.queue_timeout)

@@ -1,8 +1,9 @@
 """The slot pool: N llama.cpp contexts on one loaded model, each request holding one slot at a time.
 
-A slot has one :class:`SteeredLlama` per loaded pack (or one plain instance without packs), all on the
-same :class:`LlamaModel`, so weights are in memory once and every context has its own KV cache and
-control vector: concurrent requests never see each other's steering. A request owns its slot for the
+A slot has one :class:`SteeredLlama` holding every served pack (or none), all slots on the same
+:class:`LlamaModel`, so weights are in memory once and every slot has one context with its own KV cache
+and control vector: concurrent requests never see each other's steering. A request's pack subset is a
+per-turn setting (``SteeringSettings.enabled``), not another instance. A request owns its slot for the
 whole turn; the generation thread hands it back when the turn ends (normally, on error, or when the
 client went away). Waiting requests queue up to ``max_queue``; beyond that, or after ``queue_timeout``
 seconds, the server answers 503 with ``Retry-After``.
@@ -13,29 +14,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..steered import SteeredLlama
 from .errors import APIError
-from .steering import InstanceDefaults
 
 
 @dataclass
 class Slot:
     index: int
-    instances: dict[str | None, SteeredLlama]
-    """Pack name -> its instance; ``None`` -> a plain instance (only when no pack is loaded)."""
-    defaults: dict[str | None, InstanceDefaults] = field(default_factory=dict)
-
-    def pick(self, pack: str | None) -> tuple[SteeredLlama, InstanceDefaults]:
-        """The instance for ``pack``; for no steering, a plain one or any pack's (its gate is then forced
-        shut, which is bit-identical to running without the pack)."""
-        key = pack if pack is not None else (None if None in self.instances else next(iter(self.instances)))
-        return self.instances[key], self.defaults[key]
+    llm: SteeredLlama
+    """This slot's one context, with every served pack loaded."""
 
     def close(self) -> None:
-        for llm in self.instances.values():
-            llm.close()
+        self.llm.close()
 
 
 class SlotPool:

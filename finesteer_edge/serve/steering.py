@@ -1,9 +1,11 @@
 """A request's ``steering`` field -> the settings of one turn, in one place.
 
-Today's runtime holds one pack per :class:`SteeredLlama` and takes mode, strength, gate and vector
-source as attributes, so :func:`resolve` picks the pack (or none) and :func:`apply` sets the attributes
-on the slot's instance for that pack before the turn. When the runtime gains several packs per
-instance and frozen settings objects, only these two functions change.
+Every slot holds one :class:`SteeredLlama` with all served packs loaded. :func:`resolve` validates a
+request's packs and settings; :func:`settings` turns them into the turn's :class:`SteeringSettings`, whose
+``enabled`` lists the requested packs: the others are forced shut for that turn only (bit-identical to not
+loading them), so a request's subset is served from one prefill in one context, as
+``SteeredLlama(packs=[...])`` does. The settings go to ``chat(steering=...)`` per turn; nothing is set
+on the shared instance, so nothing leaks into the next request.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..pack.pack import SteeringPack
 from ..result import GenerationResult
 from ..settings import SteeringSettings
-from ..steered import SteeredLlama
+from ..vocab import vector_source_from_manifest
 from .errors import APIError
 from .schemas import SteeringRequest
 
@@ -38,15 +41,15 @@ class SteeringDefaults:
 
 @dataclass(frozen=True)
 class SteeringChoice:
-    """Resolved settings of one turn. ``pack`` None = no steering (bit-identical to a no-pack run)."""
+    """Resolved settings of one turn. ``packs`` empty = no steering (bit-identical to a no-pack run)."""
 
-    pack: str | None
+    packs: tuple[str, ...]
     strength: float
     mode: str | None
     gate: str
     vector: str | None
     note: str | None = None
-    """Reported in the response: why a request that asked for the defaults is unsteered."""
+    """Reported in the response: why a request that asked for the defaults lacks a configured pack."""
 
 
 def resolve(requested: SteeringRequest | None, given: bool, defaults: SteeringDefaults,
@@ -54,7 +57,7 @@ def resolve(requested: SteeringRequest | None, given: bool, defaults: SteeringDe
     """Validate a request's steering against the loaded packs; raise :class:`APIError` (400) if it cannot be
     honoured. ``given`` False: the field was absent (defaults); given and None: steering off."""
     if given and requested is None:
-        return SteeringChoice(None, defaults.strength, None, "never", None)
+        return SteeringChoice((), defaults.strength, None, "never", None)
     req = requested or SteeringRequest()
     packs = tuple(req.packs) if req.packs is not None else defaults.packs
     strength = defaults.strength if req.strength is None else req.strength
@@ -69,46 +72,47 @@ def resolve(requested: SteeringRequest | None, given: bool, defaults: SteeringDe
             names = ", ".join(sorted(loaded)) or "none"
             raise APIError(400, f"unknown pack {name!r} (loaded packs: {names})", param="steering.packs",
                            code="unknown_pack")
-    if len(set(packs)) > 1:
-        raise APIError(400, "this server applies one pack per request; name one of "
-                       f"{', '.join(sorted(set(packs)))} in steering.packs", param="steering.packs",
-                       code="too_many_packs")
+    packs = tuple(dict.fromkeys(packs))  # a name given twice is one pack, applied once
     mode = req.mode or defaults.mode
     gate = req.gate or defaults.gate
     vector = req.vector or defaults.vector
+    note = defaults.unsteered_reason if req.packs is None else None
     if not packs:
-        note = defaults.unsteered_reason if req.packs is None else None
-        return SteeringChoice(None, strength, None, "never", None, note)
-    return SteeringChoice(packs[0], float(strength), mode, gate, vector)
+        return SteeringChoice((), strength, None, "never", None, note)
+    return SteeringChoice(packs, float(strength), mode, gate, vector, note)
 
 
-@dataclass(frozen=True)
-class InstanceDefaults:
-    """An instance's settings as constructed (the pack's own mode and vector source)."""
-
-    mode: str
-    vector_source: str
+def _vector(choice: SteeringChoice, pack: SteeringPack) -> str:
+    return choice.vector or vector_source_from_manifest(pack.manifest.vector_source)  # type: ignore[arg-type]
 
 
-def apply(choice: SteeringChoice, llm: SteeredLlama, own: InstanceDefaults) -> None:
-    """Set every per-turn setting (all of them, every time: nothing leaks from the previous request), through
-    ``set_steering`` so the runtime's checks apply."""
-    gate = choice.gate if choice.pack is not None else "never"
-    llm.set_steering(SteeringSettings(mode=choice.mode or own.mode, strength=choice.strength, gate=gate,
-                                      vector_source=choice.vector or own.vector_source))
+def settings(choice: SteeringChoice, loaded: dict[str, SteeringPack]) -> SteeringSettings:
+    """The turn's settings: every field set every time. Mode default: ``exact`` if any requested pack's
+    manifest says so (as ``SteeredLlama`` picks for its packs); vector default: each pack's own."""
+    if not choice.packs:
+        return SteeringSettings(mode="exact", strength=choice.strength, gate="never", enabled=())
+    modes = [loaded[n].manifest.mode for n in choice.packs]
+    mode = choice.mode or ("exact" if "exact" in modes else "fast")
+    return SteeringSettings(mode=mode, strength=choice.strength, gate=choice.gate,  # type: ignore[arg-type]
+                            vector_source=choice.vector, enabled=choice.packs)  # type: ignore[arg-type]
 
 
-def report(choice: SteeringChoice, result: GenerationResult, vector_source: str) -> dict[str, object]:
-    """The ``steering`` object of a response: what was asked and, per pack, what the gate decided."""
-    if choice.pack is None:
-        out: dict[str, object] = {"steered": False, "packs": [], "mode": None, "gate": None, "vector": None}
-        if choice.note:
-            out["unsteered_reason"] = choice.note
-        return out
-    packs = [
-        {"name": p.name, "steered": p.steered, "gate_score": p.gate_score, "threshold": p.threshold,
-         "expert_weights": p.expert_weights, "strength": p.strength}
-        for p in result.packs
-    ]
-    return {"steered": result.steered, "packs": packs, "mode": result.mode, "gate": choice.gate,
-            "vector": vector_source}
+def report(choice: SteeringChoice, result: GenerationResult, loaded: dict[str, SteeringPack]) -> dict[str, object]:
+    """The ``steering`` object of a response: what was asked and, for every requested pack, what its gate
+    decided (the packs the request left out are not reported: their gates were shut by the request)."""
+    out: dict[str, object]
+    if not choice.packs:
+        out = {"steered": False, "packs": [], "mode": None, "gate": None, "vector": None}
+    else:
+        by_name = {p.name: p for p in result.packs}
+        packs = [
+            {"name": n, "steered": by_name[n].steered, "gate_score": by_name[n].gate_score,
+             "threshold": by_name[n].threshold, "expert_weights": by_name[n].expert_weights,
+             "strength": by_name[n].strength, "vector": _vector(choice, loaded[n])}
+            for n in choice.packs
+        ]
+        out = {"steered": result.steered, "packs": packs, "mode": result.mode, "gate": choice.gate,
+               "vector": _vector(choice, loaded[choice.packs[0]])}
+    if choice.note:
+        out["unsteered_reason"] = choice.note
+    return out

@@ -17,9 +17,10 @@ from typing import Any
 
 from starlette.requests import Request
 
+from ..pack.pack import SteeringPack
 from ..result import GenerationResult
 from .slots import Slot, SlotPool
-from .steering import SteeringChoice, apply, report
+from .steering import SteeringChoice, report, settings
 
 DONE = object()
 """Queue item after the GenerationResult: the turn is over."""
@@ -34,7 +35,9 @@ class ClientGone(Exception):
 
 class Turn:
     def __init__(self, pool: SlotPool, slot: Slot, choice: SteeringChoice, messages: Sequence[dict[str, str]],
-                 sampling: dict[str, Any], on_end: Callable[[Turn], None] | None = None) -> None:
+                 sampling: dict[str, Any], packs: dict[str, SteeringPack],
+                 on_end: Callable[[Turn], None] | None = None) -> None:
+        self._packs = packs
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self.cancel = threading.Event()
@@ -56,14 +59,14 @@ class Turn:
               sampling: dict[str, Any]) -> None:
         it = None
         try:
-            llm, own = slot.pick(choice.pack)
-            apply(choice, llm, own)
+            llm = slot.llm
+            steering = settings(choice, self._packs)
             # A fresh KV cache per request: the last request's cache may hold steered keys and values.
             llm.reset()
-            it = llm.chat(messages, stream=True, **sampling)
+            it = llm.chat(messages, stream=True, steering=steering, **sampling)
             for item in it:  # type: ignore[union-attr]
                 if isinstance(item, GenerationResult):
-                    self.steering = report(choice, item, llm.vector_source)
+                    self.steering = report(choice, item, self._packs)
                 else:
                     self.pieces += 1
                     self.pieces_after_cancel += self.cancel.is_set()
