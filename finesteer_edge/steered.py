@@ -168,6 +168,8 @@ class SteeredLlama:
         pack_schedules = [p.manifest.schedule for p, _ in self._packs if p.manifest.schedule is not None]
         self.schedule: Schedule = schedule or (pack_schedules[0] if pack_schedules else ALWAYS)
         """The turn's schedule (plain attribute, for sweeps): the argument, else the first pack's, else always on."""
+        self._auto_schedule: Schedule | None = None if schedule is not None else self.schedule
+        """The schedule picked from the packs (not given): a turn with ``enabled`` picks again from its packs."""
         self.spread = None
         """A layer spread (:class:`~finesteer_edge.spread.Spread`) applied to every pack instead of each
         pack's own ``spread`` (None: each pack's manifest decides); plain attribute, for sweeps."""
@@ -472,6 +474,16 @@ class SteeredLlama:
                 raise PackError("the steering vector is not finite; refusing to generate")
         return Decision(out.gate_score, bool(is_open), vectors, out.expert_weights)
 
+    def _turn_schedule(self, steering: SteeringSettings) -> Schedule:
+        """This turn's schedule: :attr:`schedule`, except that when ``enabled`` picks packs and the schedule was
+        taken from the packs (not given, not changed), it is the first enabled pack's that has one: a pack
+        left out of the turn does not shape it."""
+        if steering.enabled is None or self.schedule is not self._auto_schedule:
+            return self.schedule
+        own = [p.manifest.schedule for p, _ in self._packs
+               if _name(p) in steering.enabled and p.manifest.schedule is not None]
+        return own[0] if own else ALWAYS
+
     def _turn(self, messages: list[dict[str, str]], sampling: SamplingParams, steering: SteeringSettings, *,
               reuse_cache: bool) -> Iterator[str | GenerationResult]:
         t0 = time.perf_counter()
@@ -496,15 +508,16 @@ class SteeredLlama:
         try:
             if steered:
                 vectors = self.steer_vectors(decisions).vectors
-                reprefill = steering.mode == "exact" and self.schedule.prompt
+                schedule = self._turn_schedule(steering)
+                reprefill = steering.mode == "exact" and schedule.prompt
                 if reprefill:
                     s.truncate(common)  # before the vector: a tap-context session then never computes them unsteered
                 buffer = s.control_buffer(vectors)
                 s.set_control(*buffer)
                 if reprefill:
                     s.decode(new)
-                if not self.schedule.always_on:
-                    plan = ScheduledControl(s, self.schedule, *buffer)
+                if not schedule.always_on:
+                    plan = ScheduledControl(s, schedule, *buffer)
             first = decisions[0] if decisions else None
             result = GenerationResult(
                 text="", steered=steered,

@@ -224,3 +224,21 @@ def test_enabled_refuses_unknown_pack_names(tiny_model: Path, named: dict) -> No
     with pytest.raises(TypeError):
         SteeringSettings(enabled=(1,))  # type: ignore[arg-type]
     assert SteeringSettings(enabled="x").enabled == ("x",)
+
+
+def test_a_left_out_pack_does_not_shape_the_turn_with_its_schedule(tiny_model: Path, named: dict,
+                                                                   tmp_path: Path) -> None:
+    """The turn's schedule comes from the enabled packs: the first pack's short schedule must not cut the
+    vector of the second when only the second is enabled."""
+    from dataclasses import replace
+
+    s = make_random_pack(tiny_model, tmp_path / "s", gate_layer=1, steer_layer=2, tau=-1.0, seed=5, name="s")
+    m = json.loads((s / "manifest.json").read_text())
+    m["schedule"] = {"prompt": False, "tokens": 1}
+    (s / "manifest.json").write_text(json.dumps(m))
+    both = SteeredLlama(tiny_model, packs=[s, named["x"]], **KW)
+    only_x = SteeredLlama(tiny_model, named["x"], **KW)
+    assert both.schedule.tokens == 1 and only_x.schedule.tokens is None
+    for p in PROMPTS[:2]:
+        sub = both.generate(p, max_tokens=N, steering=replace(both.steering, enabled=("x",)))
+        assert sub.token_ids == only_x.generate(p, max_tokens=N).token_ids
