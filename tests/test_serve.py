@@ -252,6 +252,20 @@ def test_chat_template_is_passed_to_the_slots(tiny_model: Path, tmp_path: Path, 
     assert proc.returncode != 0 and "nosuch" in proc.stderr
 
 
+def test_one_context_per_slot_holds_every_pack(tiny_model: Path, packs: dict[str, Path]) -> None:
+    from finesteer_edge.serve.engine import ServeConfig, build_engine
+
+    engine = build_engine(ServeConfig(tiny_model, [packs["open"], packs["shut"]], parallel=2, n_ctx=256, n_threads=1,
+                                      chat_template="chatml"))
+    try:
+        llms = [slot.llm for slot in engine.pool.slots]
+        assert len({id(x) for x in llms}) == 2 and all(x.pack_names == ["open", "shut"] for x in llms)
+        assert all(x.chat_template.name == "chatml" for x in llms)
+        assert engine.defaults.packs == ("open", "shut") and not engine.failed
+    finally:
+        engine.close()
+
+
 def test_completions_endpoint(client: openai.OpenAI, plain: SteeredLlama) -> None:
     r = client.completions.create(model="tiny", prompt="hello there", max_tokens=24, temperature=0,
                                   extra_body={"steering": None})
