@@ -76,7 +76,7 @@ def regate(pack_dir: Path, gate: GateFit, out: Path, *, name: str = "", descript
         tau=gate.tau, mean_vector=old.mean_vector(), method="finesteer", vector_source=m.vector_source,
         mode=m.mode, name=name or m.name, description=m.description if description is None else description,
         model_name=m.model_name, provenance=json.loads(json.dumps(provenance, default=float)),
-        overwrite=overwrite, feature_layer=m.feature_layer,
+        overwrite=overwrite, feature_layer=m.feature_layer, schedule=m.schedule, spread=m.spread,
         verify=lambda tmp: errs.append(_check_onnx(tmp, head, probe)) or _same_mose(old, tmp, probe),
     )
     return pack

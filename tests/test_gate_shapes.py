@@ -95,7 +95,12 @@ def test_train_selects_the_gate_by_leave_one_source_out(tiny_model: Path, tmp_pa
     assert r.returncode == 0, r.stderr
     r = run_cli("train", str(main), "--out", str(ckpt), "--epochs", "3", "--gate-acts", str(gate))
     assert r.returncode == 0, r.stderr
-    r = run_cli("regate", str(pack0 := make_random_pack(tiny_model, tmp_path / "p0", gate_layer=1, steer_layer=2)),
+    pack0 = make_random_pack(tiny_model, tmp_path / "p0", gate_layer=1, steer_layer=2)
+    manifest = json.loads((pack0 / "manifest.json").read_text())  # a pack that carries its own schedule and spread
+    manifest["schedule"] = {"prompt": True, "tokens": 16, "decay": "linear", "steps": 4, "floor": 0.0}
+    manifest["spread"] = {"layers": [1, 2]}
+    (pack0 / "manifest.json").write_text(json.dumps(manifest))
+    r = run_cli("regate", str(pack0),
                 "--gate-acts", str(gate), "--gate-acts", str(main), "--out", str(tmp_path / "p1"), "--report",
                 str(tmp_path / "rg"))
     assert r.returncode == 0, r.stderr
@@ -104,6 +109,9 @@ def test_train_selects_the_gate_by_leave_one_source_out(tiny_model: Path, tmp_pa
     h = np.random.default_rng(0).standard_normal(256).astype(np.float32)
     assert np.allclose(old.evaluate(h, h).vector, new.evaluate(h, h).vector, rtol=1e-5, atol=1e-6)
     assert new.manifest.provenance["gate"]["selection"] == "leave-one-source-out"
+    # Regating replaces the gate only: the pack's schedule and spread survive (they were dropped before).
+    assert new.manifest.schedule == old.manifest.schedule and new.manifest.schedule.tokens == 16
+    assert new.manifest.spread == old.manifest.spread and new.manifest.spread is not None
     assert r.returncode == 0, r.stderr
     rep = json.loads((ckpt / "report.json").read_text())
     g = rep["gate"]
