@@ -323,9 +323,8 @@ class SteeredLlama:
         they are), e.g. a subset of packs via ``enabled``.
         """
         params = _sampling(sampling, max_tokens=max_tokens, temperature=temperature, seed=seed, top_k=top_k,
-                           top_p=top_p, min_p=min_p, stop=stop,
-                           penalties=_penalties(penalties, repeat_penalty=repeat_penalty,
-                                                repeat_last_n=repeat_last_n, dry_multiplier=dry_multiplier))
+                           top_p=top_p, min_p=min_p, stop=stop, penalties=penalties,
+                           repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, dry_multiplier=dry_multiplier)
         messages = normalize_messages(prompt_or_messages)
         st = self._turn_settings(steering)
         with self._guard():
@@ -357,9 +356,8 @@ class SteeredLlama:
         Sampling and ``steering`` as in :meth:`generate`.
         """
         params = _sampling(sampling, max_tokens=max_tokens, temperature=temperature, seed=seed, top_k=top_k,
-                           top_p=top_p, min_p=min_p, stop=stop,
-                           penalties=_penalties(penalties, repeat_penalty=repeat_penalty,
-                                                repeat_last_n=repeat_last_n, dry_multiplier=dry_multiplier))
+                           top_p=top_p, min_p=min_p, stop=stop, penalties=penalties,
+                           repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, dry_multiplier=dry_multiplier)
         msgs = normalize_messages(messages)
         st = self._turn_settings(steering)
         if not stream:
@@ -604,21 +602,25 @@ def _name(pack: SteeringPack) -> str:
     return pack.manifest.name or pack.path.name
 
 
-def _sampling(sampling: SamplingParams | None, **loose: Any) -> SamplingParams:
-    """``sampling`` (or the defaults) with the loose keywords that were given put in; checked."""
+def _sampling(sampling: SamplingParams | None, *, penalties: Penalties | None = _UNSET,
+              repeat_penalty: float = _UNSET, repeat_last_n: int = _UNSET, dry_multiplier: float = _UNSET,
+              **loose: Any) -> SamplingParams:
+    """``sampling`` (or the defaults) with the loose keywords that were given put in; checked.
+
+    The loose penalty fields build a :class:`Penalties`; a whole ``penalties`` object wins over them.
+    """
     if sampling is not None and not isinstance(sampling, SamplingParams):
         raise TypeError(f"sampling must be SamplingParams, not {type(sampling).__name__}")
     given = {k: v for k, v in loose.items() if v is not _UNSET}
+    if penalties is not _UNSET and penalties is not None:
+        given["penalties"] = penalties
+    else:
+        fields = {k: v for k, v in (("repeat_penalty", repeat_penalty), ("repeat_last_n", repeat_last_n),
+                                    ("dry_multiplier", dry_multiplier)) if v is not _UNSET}
+        if fields:
+            given["penalties"] = Penalties(**fields)
     base = sampling or SamplingParams()
     return replace(base, **given) if given else base
-
-
-def _penalties(penalties: Penalties | None, **loose: Any) -> Penalties | None:
-    """The penalties to put into SamplingParams: a whole object wins; else the loose fields given (or _UNSET)."""
-    if penalties is not _UNSET and penalties is not None:
-        return penalties
-    given = {k: v for k, v in loose.items() if v is not _UNSET}
-    return Penalties(**given) if given else _UNSET
 
 
 def _drain(it: Iterator[str | GenerationResult]) -> GenerationResult:
