@@ -169,7 +169,7 @@ class SteeredLlama:
         self.schedule: Schedule = schedule or (pack_schedules[0] if pack_schedules else ALWAYS)
         """The turn's schedule (plain attribute, for sweeps): the argument, else the first pack's, else always on."""
         self._auto_schedule: Schedule | None = None if schedule is not None else self.schedule
-        """The schedule picked from the packs (not given): a turn with ``enabled`` picks again from its packs."""
+        """The schedule picked from the packs (not given): each turn picks again from its open packs."""
         self.spread = None
         """A layer spread (:class:`~finesteer_edge.spread.Spread`) applied to every pack instead of each
         pack's own ``spread`` (None: each pack's manifest decides); plain attribute, for sweeps."""
@@ -472,14 +472,14 @@ class SteeredLlama:
                 raise PackError("the steering vector is not finite; refusing to generate")
         return Decision(out.gate_score, bool(is_open), vectors, out.expert_weights)
 
-    def _turn_schedule(self, steering: SteeringSettings) -> Schedule:
-        """This turn's schedule: :attr:`schedule`, except that when ``enabled`` picks packs and the schedule was
-        taken from the packs (not given, not changed), it is the first enabled pack's that has one: a pack
-        left out of the turn does not shape it."""
-        if steering.enabled is None or self.schedule is not self._auto_schedule:
+    def _turn_schedule(self, decisions: Sequence[Decision]) -> Schedule:
+        """This turn's schedule: :attr:`schedule` if it was given or changed; else the schedule of the packs whose
+        gates opened (the first of them that has one; none: the whole turn). A pack that stayed shut or was left
+        out (``enabled``) does not shape the turn, so a turn with one open gate is that pack's turn alone."""
+        if self.schedule is not self._auto_schedule:
             return self.schedule
-        own = [p.manifest.schedule for p, _ in self._packs
-               if _name(p) in steering.enabled and p.manifest.schedule is not None]
+        own = [p.manifest.schedule for (p, _), d in zip(self._packs, decisions, strict=True)
+               if d.open and p.manifest.schedule is not None]
         return own[0] if own else ALWAYS
 
     def _turn(self, messages: list[dict[str, str]], sampling: SamplingParams, steering: SteeringSettings, *,
@@ -506,7 +506,7 @@ class SteeredLlama:
         try:
             if steered:
                 vectors = self.steer_vectors(decisions).vectors
-                schedule = self._turn_schedule(steering)
+                schedule = self._turn_schedule(decisions)
                 reprefill = steering.mode == "exact" and schedule.prompt
                 if reprefill:
                     s.truncate(common)  # before the vector: a tap-context session then never computes them unsteered

@@ -12,6 +12,7 @@ from finesteer_edge import PackSpec, SteeredLlama, SteeringPack
 from finesteer_edge.errors import ModelMismatchError, PackError
 from finesteer_edge.llama.session import ContextSettings, LlamaSession
 from finesteer_edge.multipack import Decision, combine, describe_set
+from finesteer_edge.schedule import Schedule
 from finesteer_edge.testing.packs import make_random_pack
 
 from .conftest import run_cli
@@ -242,3 +243,29 @@ def test_a_left_out_pack_does_not_shape_the_turn_with_its_schedule(tiny_model: P
     for p in PROMPTS[:2]:
         sub = both.generate(p, max_tokens=N, steering=replace(both.steering, enabled=("x",)))
         assert sub.token_ids == only_x.generate(p, max_tokens=N).token_ids
+
+
+def test_a_shut_pack_does_not_shape_the_turn_with_its_schedule(tiny_model: Path, named: dict,
+                                                                tmp_path: Path) -> None:
+    """A pack whose gate stays shut is as if not loaded: its short schedule must not cut the open pack's vector
+    (it did: the turn took the first loaded pack's schedule, open or not)."""
+    s = make_random_pack(tiny_model, tmp_path / "s", gate_layer=1, steer_layer=2, tau=2.0, seed=5, name="s")
+    m = json.loads((s / "manifest.json").read_text())
+    m["schedule"] = {"prompt": False, "tokens": 1}
+    (s / "manifest.json").write_text(json.dumps(m))
+    both = SteeredLlama(tiny_model, packs=[s, named["x"]], **KW)
+    only_x = SteeredLlama(tiny_model, named["x"], **KW)
+    for p in PROMPTS[:2]:
+        r = both.generate(p, max_tokens=N)
+        assert [o.steered for o in r.packs] == [False, True]
+        assert r.token_ids == only_x.generate(p, max_tokens=N).token_ids
+    # and when the scheduled pack's gate opens, its schedule applies: the turn differs from the whole-turn vector
+    s_open = make_random_pack(tiny_model, tmp_path / "so", gate_layer=1, steer_layer=2, tau=-1.0, seed=5, name="s")
+    m["files"] = json.loads((s_open / "manifest.json").read_text())["files"]
+    m["tau"] = -1.0
+    (s_open / "manifest.json").write_text(json.dumps(m))
+    sched = SteeredLlama(tiny_model, s_open, **KW)
+    whole = SteeredLlama(tiny_model, s_open, schedule=Schedule(tokens=None), **KW)
+    outs = [(sched.generate(p, max_tokens=N).token_ids, whole.generate(p, max_tokens=N).token_ids)
+            for p in PROMPTS]
+    assert any(a != b for a, b in outs)
