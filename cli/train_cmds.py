@@ -12,7 +12,7 @@ import typer
 
 from finesteer_edge.errors import FinesteerError
 from finesteer_edge.resolve import resolve_model
-from finesteer_edge.vocab import MODES, TRAINED_GATE_KINDS, choices
+from finesteer_edge.vocab import GATE_CANDIDATE_KINDS, GATE_FEATURES, MODES, TRAINED_GATE_KINDS, choices
 
 
 def register(app: typer.Typer) -> None:
@@ -240,7 +240,10 @@ def regate_cmd(
     out: Path = typer.Option(..., "--out", help="Pack directory to write."),
     report: Path = typer.Option(None, "--report", help="Write the gate's report.md/report.json here."),
     gate_layers: str = typer.Option(None, "--gate-layers", help="Candidate layers (default: all extracted)."),
-    kinds: str = typer.Option("scs,scs_logistic,probe", "--kinds", help="Candidate gate kinds."),
+    kinds: str = typer.Option(",".join(GATE_CANDIDATE_KINDS), "--kinds", help="Candidate gate kinds."),
+    features: str = typer.Option(None, "--gate-features", help="Candidate gate features, of "
+                                 f"{', '.join(GATE_FEATURES)} (default: every one the files hold; the pooled ones "
+                                 "come from extract --gate-only)."),
     name: str = typer.Option("", "--name", help="Pack name (default: the old pack's)."),
     overwrite: bool = typer.Option(False, "--overwrite"),
     seed: int = typer.Option(0, "--seed"),
@@ -252,7 +255,7 @@ def regate_cmd(
     from finesteer_edge.converters.regate import regate
     from finesteer_edge.data import file_sha256
     from finesteer_edge.train.activations import load_activations
-    from finesteer_edge.train.gate_select import candidates, gate_data, select_gate
+    from finesteer_edge.train.gate_select import candidates, gate_data, runtime_features, select_gate
     from finesteer_edge.train.trainer import _loso_lines
 
     if out.exists() and not overwrite:
@@ -262,9 +265,15 @@ def regate_cmd(
         raise FinesteerError("the --gate-acts files come from different models")
     data = gate_data(files)
     layers = _layers(gate_layers) or data.layers
-    gate, selection = select_gate(data, candidates(layers, tuple(k.strip() for k in kinds.split(",") if k.strip())),
-                                  seed=seed)
-    g = {"kind": gate.kind, "layer": gate.layer, "tau": gate.tau, "candidates": selection["candidates"],
+    feats = tuple(f.strip() for f in features.split(",") if f.strip()) if features else runtime_features(data)
+    missing = sorted(set(feats) - set(data.features()))
+    if missing:
+        raise FinesteerError(f"gate features {missing} are not in every --gate-acts file; they hold "
+                             f"{', '.join(data.features())}")
+    gate, selection = select_gate(data, candidates(layers, tuple(k.strip() for k in kinds.split(",") if k.strip()),
+                                                   feats), seed=seed)
+    g = {"kind": gate.kind, "layer": gate.layer, "feature": gate.feature, "tau": gate.tau,
+         "candidates": selection["candidates"],
          "val": gate.metrics, "selection": "leave-one-source-out",
          "gate_acts": [{"file": str(p), "sha256": file_sha256(p)} for p in gate_acts]}
     if report is not None:

@@ -47,9 +47,11 @@ def write_pack(
     verify: Callable[[Path], object] | None = None,
     schedule: Schedule | None = None,
     spread: Spread | None = None,
+    gate_feature: str = "last",
 ) -> Path:
     """Write ``out`` (a directory). ``mean_vector`` (layer -> (d,)) becomes ``control.gguf``; ``schedule`` and
-    ``spread`` go into the manifest (issue 11; None: steer the whole turn at the steer layer).
+    ``spread`` go into the manifest (issue 11; None: steer the whole turn at the steer layer), and so does what the gate
+reads (``gate_feature``, issue 10; ``last``: the last prompt token, as before).
 
     ``verify(tmp_dir)`` runs on the finished pack before it is moved into place; if it raises, nothing
     is left behind.
@@ -76,7 +78,7 @@ def write_pack(
             tau=float(tau),
             gate_kind=head.gate.kind, n_experts=head.n_experts, basis_rank=head.basis_rank,
             vector_source=vector_source, mode=mode, files=files, provenance=dict(provenance or {}),
-            schedule=schedule, spread=spread,
+            schedule=schedule, spread=spread, gate_feature=gate_feature,
         )
         (tmp / MANIFEST).write_text(manifest.to_json())
         if verify is not None:

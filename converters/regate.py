@@ -68,7 +68,7 @@ def regate(pack_dir: Path, gate: GateFit, out: Path, *, name: str = "", descript
     provenance = {
         "regated_from": {"path": str(pack_dir), "manifest_sha256": file_digest(Path(pack_dir) / "manifest.json"),
                          "provenance": m.provenance, "gate": {"kind": m.gate_kind, "layer": m.gate_layer,
-                                                              "tau": m.tau}},
+                                                              "tau": m.tau, "feature": m.gate_feature}},
         "gate": gate_provenance or {},
     }
     pack = write_pack(
@@ -77,6 +77,7 @@ def regate(pack_dir: Path, gate: GateFit, out: Path, *, name: str = "", descript
         mode=m.mode, name=name or m.name, description=m.description if description is None else description,
         model_name=m.model_name, provenance=json.loads(json.dumps(provenance, default=float)),
         overwrite=overwrite, feature_layer=m.feature_layer, schedule=m.schedule, spread=m.spread,
+        gate_feature=gate.feature,
         verify=lambda tmp: errs.append(_check_onnx(tmp, head, probe)) or _same_mose(old, tmp, probe),
     )
     return pack

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConcurrentUseError, PackError
+from .gate_input import gate_state, needs_span, user_span
 from .llama.chat_template import ChatTemplate, Message, normalize_messages
 from .llama.session import ContextSettings, LlamaModel, LlamaSession
 from .llama.stops import StopMatcher
@@ -165,6 +166,8 @@ class SteeredLlama:
         manifest_modes = [p.manifest.mode for p, _ in self._packs]
         default_mode = "exact" if "exact" in manifest_modes or not manifest_modes else "fast"
         self._steering = replace(requested, mode=mode or default_mode)
+        self._needs_span = needs_span([p.manifest for p, _ in self._packs])
+        """Some pack's gate reads the last user message's tokens: prefills pool that span."""
         pack_schedules = [p.manifest.schedule for p, _ in self._packs if p.manifest.schedule is not None]
         self.schedule: Schedule = schedule or (pack_schedules[0] if pack_schedules else ALWAYS)
         """The turn's schedule (plain attribute, for sweeps): the argument, else the first pack's, else always on."""
@@ -435,6 +438,27 @@ class SteeredLlama:
             fits(lo)
         return tried[lo], lo
 
+    def prefill_span(self, messages: Sequence[Message], tokens: Sequence[int]) -> tuple[int, int] | None:
+        """The token span a capturing prefill of ``messages`` (rendered as ``tokens``) must pool for the packs'
+        gates (the last user message), or None when every gate reads the last prompt token."""
+        if not self._needs_span:
+            return None
+        return user_span(self._template, self._session, messages, len(tokens))
+
+    def decide_prompt(self, prompt_or_messages: str | Sequence[Message],
+                      steering: SteeringSettings | None = None) -> list[Decision]:
+        """Every pack's gate and vector for a conversation, from one fresh unsteered prefill (no generation):
+        what a turn would decide. The KV cache is left holding that prefill."""
+        msgs = normalize_messages(prompt_or_messages)
+        with self._guard():
+            s = self._session
+            tokens = self.prompt_tokens(msgs)
+            _check_context(tokens, s.n_ctx)
+            s.clear_control()
+            s.reset()
+            s.decode(tokens, capture=True, span=self.prefill_span(msgs, tokens))
+            return self.decide_all(self._turn_settings(steering))
+
     def decide(self) -> Decision:
         """The first pack's gate and vector for the hidden states of the last prefill (a pack required)."""
         if not self._packs:
@@ -453,7 +477,7 @@ class SteeredLlama:
     def _decide(self, pack: SteeringPack, pack_strength: float, st: SteeringSettings) -> Decision:
         m = pack.manifest
         s = self._session
-        out = pack.evaluate(s.hidden(m.gate_layer), s.hidden(m.head_layer))
+        out = pack.evaluate(gate_state(s, m), s.hidden(m.head_layer))
         is_open = {"pack": out.gate_score >= m.tau, "always": True, "never": False}[st.gate]
         if st.enabled is not None and _name(pack) not in st.enabled:
             is_open = False  # left out of this turn: shut, so the turn is as without the pack
@@ -487,8 +511,11 @@ class SteeredLlama:
         t0 = time.perf_counter()
         s = self._session
         tokens, dropped = self._fit_context(messages, sampling.max_tokens)
+        span = self.prefill_span(drop_oldest_turns(messages, dropped) if dropped else messages, tokens)
         common = _common_prefix(s.tokens, tokens) if reuse_cache else 0
         common = min(common, len(tokens) - 1)  # always decode at least one token to get fresh logits
+        if span is not None:
+            common = min(common, span[0])  # the gate pools the user message: compute it in this prefill
         _check_context(tokens, s.n_ctx)
         if not reuse_cache:
             s.reset()  # a fresh turn: nothing cached in either context (the tap context too) shapes it
@@ -497,7 +524,7 @@ class SteeredLlama:
         s.clear_control()
         decisions: list[Decision] = []
         if self._packs:
-            s.decode(new, capture=True)  # one prefill: every pack's gate reads the same unsteered states
+            s.decode(new, capture=True, span=span)  # one prefill: every pack's gate reads the same unsteered states
             decisions = self.decide_all(steering)
         else:
             s.decode(new)

@@ -25,9 +25,23 @@ GateKind = Literal["scs", "scs_logistic", "logistic", "always"]
 """The gate a pack's head computes (manifest ``gate.kind``)."""
 GATE_KINDS: tuple[GateKind, ...] = get_args(GateKind)
 
+GateFeature = Literal["last", "user_mean", "user_end"]
+"""What the gate reads at its layer (manifest ``gate.feature``; absent = ``last``): the state of the prompt's last
+token (the end of the rendered conversation, after the assistant header), the mean over the tokens of the last
+user message, or the state of that message's last token. Issue 10: the pooled user-message state carried harm
+across data sources and conversation shapes better than the last token (docs/GATE_CEILING.md)."""
+GATE_FEATURES: tuple[GateFeature, ...] = get_args(GateFeature)
+SPAN_GATE_FEATURES: tuple[GateFeature, ...] = ("user_end", "user_mean")
+"""The features read over the last user message's token span (the runtime locates it in the rendered prompt)."""
+
 TrainedGateKind = Literal["scs", "scs_logistic"]
 """The gates ``train`` fits and checkpoints hold; both project onto a PCA subspace (mean ``m``, basis ``V``)."""
 TRAINED_GATE_KINDS: tuple[TrainedGateKind, ...] = get_args(TrainedGateKind)
+
+GateCandidateKind = Literal["scs", "scs_logistic", "probe"]
+"""What gate selection fits and scores: the two trained gate kinds and an L2 logistic ``probe`` on the whole state
+(stored as a rank-1 ``scs_logistic`` gate, so packs only ever hold ``GateKind``s)."""
+GATE_CANDIDATE_KINDS: tuple[GateCandidateKind, ...] = get_args(GateCandidateKind)
 
 VectorSource = Literal["head", "mean"]
 """API spelling. ``head``: the MoSE head's query-specific vector; ``mean``: the pack's static mean vector."""

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from finesteer_edge.gate_input import user_span
 from finesteer_edge.pack.pack import SteeringPack
 from finesteer_edge.steered import SteeredLlama
 from finesteer_edge.testing.packs import make_random_pack
 from finesteer_edge.train.activations import load_activations
-from finesteer_edge.train.extract import conversation_states, user_span
+from finesteer_edge.train.extract import conversation_states
 from finesteer_edge.train.shapes import SHAPES, context_for
 
 from .conftest import SHARED_DATA, run_cli
@@ -45,7 +46,7 @@ def test_user_span_covers_the_user_message(tiny_model: Path) -> None:
     msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
             {"role": "user", "content": "How do I bake bread?"}]
     toks = llm.prompt_tokens(msgs)
-    start, end = user_span(llm, msgs, len(toks))
+    start, end = user_span(llm._template, llm.session, msgs, len(toks))
     s = llm.session
     text = b"".join(s.piece(t, special=True) for t in toks[start:end]).decode()
     assert text.strip() == "How do I bake bread?"

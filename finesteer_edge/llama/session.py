@@ -315,15 +315,21 @@ class LlamaSession:
                 f"{self.n_ctx}; shorten it or raise n_ctx"
             )
 
-    def decode(self, tokens: list[int], *, capture: bool | str = False, all_logits: bool = False) -> np.ndarray | None:
+    def decode(self, tokens: list[int], *, capture: bool | str = False, all_logits: bool = False,
+               span: tuple[int, int] | None = None) -> np.ndarray | None:
         """Append ``tokens`` to the KV cache; logits of the last one become available.
 
         ``capture=True`` (or ``"last"``) records the last token's hidden states at the tap layers;
-        ``capture="all"`` records every token's (for teacher-forced response means). ``all_logits``
+        ``capture="all"`` records every token's (for teacher-forced response means). ``span`` ([start, end)
+        positions in the conversation, i.e. in ``tokens`` after this call) also pools the states of those tokens
+        (``tap.span_mean`` / ``tap.span_last``); they must not lie in the cached prefix. ``all_logits``
         returns the (len(tokens), n_vocab) logits of every position (for scoring continuations).
         """
         if not tokens:
             raise ValueError("decode needs at least one token")
+        n0, n1 = len(self.tokens), len(self.tokens) + len(tokens)
+        if span is not None and not (capture and n0 <= span[0] < span[1] <= n1):
+            raise ValueError(f"span {span} must be captured and lie within the new tokens [{n0}, {n1})")
         self.check_fits(len(tokens), reserve=0)
         tap = self.tap if capture else None
         if capture and tap is None:
@@ -332,23 +338,23 @@ class LlamaSession:
             # Tap context: capture there; the generation context computes these tokens only when something
             # needs it (logits, sampling, the next decode), so a steered exact-mode turn that truncates them
             # first never computes them unsteered at all.
-            self._tap_decode(list(tokens), capture="all" if capture == "all" else "last")
+            self._tap_decode(list(tokens), capture="all" if capture == "all" else "last", span=span)
             self.tokens.extend(tokens)
             self._logits_ready = True
             if all_logits:
                 return self._gen_decode(all_logits=True)
             return None
         self.tokens.extend(tokens)
-        return self._gen_decode(all_logits=all_logits, tap=tap, capture_all=capture == "all")
+        return self._gen_decode(all_logits=all_logits, tap=tap, capture_all=capture == "all", span=span)
 
     def _gen_decode(self, *, all_logits: bool = False, tap: HiddenTap | None = None,
-                    capture_all: bool = False) -> np.ndarray | None:
+                    capture_all: bool = False, span: tuple[int, int] | None = None) -> np.ndarray | None:
         """Compute ``tokens[_n_done:]`` in the generation context."""
         todo = self.tokens[self._n_done:]
         if not todo:
             return None
         if tap is not None:
-            tap.start(all_rows=capture_all)
+            tap.start(all_rows=capture_all, span=_relative(span, self._n_done))
         try:
             rows = _run_batches(self, self._ctx, todo, self._n_done, all_logits=all_logits, tap=tap)
         except BaseException:
@@ -371,7 +377,7 @@ class LlamaSession:
             self._gen_decode()
             self._logits_ready = ready or self._logits_ready
 
-    def _tap_decode(self, new: list[int], *, capture: str) -> None:
+    def _tap_decode(self, new: list[int], *, capture: str, span: tuple[int, int] | None = None) -> None:
         """Capture ``new`` (appended to ``tokens``) in the tap context, reusing its cached prefix.
 
         The tap context holds the conversation as computed under the control vector of the moment it was
@@ -388,6 +394,8 @@ class LlamaSession:
         target = context + new
         keep = _common_prefix(self._tap_tokens, target)
         keep = min(keep, len(context) if capture == "all" else len(target) - 1)
+        if span is not None:
+            keep = min(keep, span[0])  # the pooled span is computed in this capture, never read from the cache
         if keep < len(self._tap_tokens):
             if keep == 0 or not llama_cpp.llama_memory_seq_rm(self._tap_mem, 0, keep, -1):
                 llama_cpp.llama_memory_clear(self._tap_mem, False)
@@ -399,7 +407,7 @@ class LlamaSession:
                 self._tap_tokens.extend(context[keep:])
                 keep = len(context)
             todo = target[keep:]
-            self.tap.start(all_rows=capture == "all")
+            self.tap.start(all_rows=capture == "all", span=_relative(span, keep))
             try:
                 _run_batches(self, self._tap_ctx, todo, keep, tap=self.tap)
             finally:
@@ -423,6 +431,17 @@ class LlamaSession:
         if self.tap is None:
             raise RuntimeError("this session has no hidden-state tap")
         return self.tap.last(layer)
+
+    def hidden_span(self, layer: int, feature: str) -> np.ndarray:
+        """The pooled state of the last capture's ``span`` at ``layer``: ``user_mean`` (mean over the span's
+        tokens) or ``user_end`` (its last token)."""
+        if self.tap is None:
+            raise RuntimeError("this session has no hidden-state tap")
+        if feature == "user_mean":
+            return self.tap.span_mean(layer)
+        if feature == "user_end":
+            return self.tap.span_last(layer)
+        raise ValueError(f"not a span feature: {feature!r}")
 
     def hidden_rows(self, layer: int) -> np.ndarray:
         """(n_tokens, n_embd) states at ``layer`` from the last ``capture="all"`` decode."""
@@ -509,6 +528,15 @@ class LlamaSession:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown may have torn down llama_cpp
             self.close()
+
+
+def _relative(span: tuple[int, int] | None, pos0: int) -> tuple[int, int] | None:
+    """A conversation span as positions among the rows of a capture that starts at ``pos0``."""
+    if span is None:
+        return None
+    if span[0] < pos0:
+        raise RuntimeError(f"the token span {span} starts in the cached prefix (< {pos0}); truncate to it first")
+    return span[0] - pos0, span[1] - pos0
 
 
 def _run_batches(s: LlamaSession, ctx: llama_cpp.llama_context_p, tokens: list[int], pos0: int, *,

@@ -35,8 +35,9 @@ class HiddenTap(Protocol):
     method: str
     layers: tuple[int, ...]
 
-    def start(self, all_rows: bool = False) -> None:
-        """A prefill begins: forget earlier captures; with ``all_rows`` keep every token's state."""
+    def start(self, all_rows: bool = False, span: tuple[int, int] | None = None) -> None:
+        """A prefill begins: forget earlier captures; with ``all_rows`` keep every token's state; with ``span``
+        ([start, end) positions among this prefill's tokens) pool the states of those tokens."""
 
     def after_decode(self, n_tokens: int) -> None:
         """One ``llama_decode`` of ``n_tokens`` finished."""
@@ -50,9 +51,19 @@ class HiddenTap(Protocol):
     def rows(self, layer: int) -> np.ndarray:
         """Hidden states (n_tokens, n_embd) of every token of the last ``all_rows`` prefill."""
 
+    def span_mean(self, layer: int) -> np.ndarray:
+        """Mean state (n_embd,) over the ``span`` tokens of the last prefill, at ``layer``."""
+
+    def span_last(self, layer: int) -> np.ndarray:
+        """State (n_embd,) of the ``span``'s last token in the last prefill, at ``layer``."""
+
 
 class _Captures:
-    """Per-layer storage shared by both taps: the last row, or all rows when asked."""
+    """Per-layer storage shared by both taps: the last row, all rows when asked, and a pooled span.
+
+    The span is pooled as the rows stream by (a running float64 sum), so a gate that reads the mean over the
+    user message costs O(n_embd) memory per layer however long the prompt.
+    """
 
     def __init__(self, layers: tuple[int, ...], n_embd: int) -> None:
         self.layers = layers
@@ -60,17 +71,46 @@ class _Captures:
         self._last: dict[int, np.ndarray] = {}
         self._rows: dict[int, list[np.ndarray]] = {}
         self._all = False
+        self._span: tuple[int, int] | None = None
+        self._pos: dict[int, int] = {}
+        self._sum: dict[int, np.ndarray] = {}
+        self._span_last: dict[int, np.ndarray] = {}
 
-    def start(self, all_rows: bool = False) -> None:
+    def start(self, all_rows: bool = False, span: tuple[int, int] | None = None) -> None:
         self._last.clear()
         self._rows = {layer: [] for layer in self.layers}
         self._all = all_rows
+        if span is not None and not 0 <= span[0] < span[1]:
+            raise ValueError(f"bad token span {span}")
+        self._span = span
+        self._pos = dict.fromkeys(self.layers, 0)
+        self._sum = {layer: np.zeros(self._n_embd) for layer in self.layers} if span else {}
+        self._span_last = {}
 
-    def _store(self, layer: int, rows: np.ndarray) -> None:
-        """``rows`` is (n, n_embd) and may alias llama.cpp memory: copy what is kept."""
+    def _wants_rows(self, layer: int, n: int) -> bool:
+        """Whether the next ``n`` rows at ``layer`` overlap the span (then all of them are needed)."""
+        if self._span is None:
+            return False
+        p = self._pos[layer]
+        return p < self._span[1] and p + n > self._span[0]
+
+    def _store(self, layer: int, rows: np.ndarray, n_rows: int | None = None) -> None:
+        """``rows`` is (n, n_embd) and may alias llama.cpp memory: copy what is kept. ``n_rows``: how many
+        positions this decode covered when only its last row was fetched (the span was not in it)."""
         self._last[layer] = rows[-1].copy()
         if self._all:
             self._rows[layer].append(rows.copy())
+        n = len(rows) if n_rows is None else n_rows
+        if self._span is not None:
+            p = self._pos[layer]
+            a, b = max(self._span[0], p), min(self._span[1], p + n)
+            if a < b:
+                if n_rows is not None and n_rows != len(rows):
+                    raise RuntimeError("the tap fetched one row of a decode that holds the span")
+                self._sum[layer] += rows[a - p:b - p].sum(0, dtype=np.float64)
+                if b == self._span[1]:
+                    self._span_last[layer] = rows[b - 1 - p].copy()
+        self._pos[layer] = self._pos.get(layer, 0) + n
 
     def last(self, layer: int) -> np.ndarray:
         return self._last[layer]
@@ -80,6 +120,21 @@ class _Captures:
             raise RuntimeError("the last prefill did not capture all rows")
         parts = self._rows[layer]
         return np.concatenate(parts) if parts else np.zeros((0, self._n_embd), np.float32)
+
+    def _check_span(self, layer: int) -> tuple[int, int]:
+        if self._span is None:
+            raise RuntimeError("the last prefill pooled no token span")
+        if self._pos.get(layer, 0) < self._span[1]:
+            raise RuntimeError(f"the last prefill ended before the token span {self._span} at layer {layer}")
+        return self._span
+
+    def span_mean(self, layer: int) -> np.ndarray:
+        a, b = self._check_span(layer)
+        return (self._sum[layer] / (b - a)).astype(np.float32)
+
+    def span_last(self, layer: int) -> np.ndarray:
+        self._check_span(layer)
+        return self._span_last[layer]
 
 
 class LayerInpTap(_Captures):
@@ -145,18 +200,19 @@ class CbEvalTap(_Captures):
         if self._api.get_type(tensor) != 0 or nrows <= 0 or nbytes != nrows * self._n_embd * 4:
             self.error = f"unexpected l_out-{layer} tensor (type/shape)"
             return True
-        if self._all:
+        if self._all or self._wants_rows(layer, nrows):
             buf = np.empty((nrows, self._n_embd), np.float32)
             self._api.tensor_get(tensor, buf.ctypes.data_as(ctypes.c_void_p), 0, nbytes)
+            self._store(layer, buf)
         else:  # only the last row: the last ubatch's last token is the prompt's last token
             buf = np.empty((1, self._n_embd), np.float32)
             self._api.tensor_get(tensor, buf.ctypes.data_as(ctypes.c_void_p), (nrows - 1) * self._n_embd * 4,
                                  self._n_embd * 4)
-        self._store(layer, buf)
+            self._store(layer, buf, n_rows=nrows)
         return name != self._stop
 
-    def start(self, all_rows: bool = False) -> None:
-        super().start(all_rows)
+    def start(self, all_rows: bool = False, span: tuple[int, int] | None = None) -> None:
+        super().start(all_rows, span)
         self.error = None
         self.capturing = True
         self._seen = set()

@@ -16,10 +16,15 @@ from ..model_info import Fingerprint
 from ..schedule import Schedule, ScheduleError
 from ..spread import Spread, SpreadError
 from ..strict_json import loads_strict
-from ..vocab import GATE_KINDS, MANIFEST_VECTOR_SOURCES, MODES, PACK_METHODS
+from ..vocab import GATE_FEATURES, GATE_KINDS, MANIFEST_VECTOR_SOURCES, MODES, PACK_METHODS
 
 FORMAT_NAME = "finesteer-edge-pack"
 FORMAT_VERSION = 1
+"""The version written for packs every runtime since 0.1 reads as intended."""
+SPAN_FEATURE_VERSION = 2
+"""Written for packs whose gate reads a user-message span (``gate.feature``): a runtime that only knows version 1
+would ignore the field and gate on the last token, silently wrong, so it must refuse the pack instead."""
+READ_VERSIONS = (FORMAT_VERSION, SPAN_FEATURE_VERSION)
 MANIFEST = "manifest.json"
 HEAD = "head.onnx"
 CONTROL = "control.gguf"
@@ -63,6 +68,9 @@ class Manifest:
     """When in a steered turn the vector is on (optional; None: the whole turn, as before issue 11)."""
     spread: Spread | None = None
     """Split the vector evenly over a layer range instead of the steer layer alone (optional)."""
+    gate_feature: str = "last"
+    """What the gate reads at ``gate_layer`` (``finesteer_edge.vocab.GateFeature``): the last prompt token's state,
+    or a pooled state of the last user message (packs with one are written as format version 2)."""
 
     @property
     def head_layer(self) -> int:
@@ -71,7 +79,7 @@ class Manifest:
     def to_json(self) -> str:
         d: dict[str, Any] = {
             "format": FORMAT_NAME,
-            "format_version": self.format_version,
+            "format_version": SPAN_FEATURE_VERSION if self.gate_feature != "last" else self.format_version,
             "name": self.name,
             "description": self.description,
             "method": self.method,
@@ -79,7 +87,7 @@ class Manifest:
             "layers": {"gate": self.gate_layer, "steer": self.steer_layer, "feature": self.head_layer},
             "alpha": self.alpha,
             "tau": self.tau,
-            "gate": {"kind": self.gate_kind},
+            "gate": {"kind": self.gate_kind, **({"feature": self.gate_feature} if self.gate_feature != "last" else {})},
             "experts": self.n_experts,
             "basis_rank": self.basis_rank,
             "vector_source": self.vector_source,
@@ -136,8 +144,9 @@ def parse_manifest(raw: bytes) -> Manifest:
     if d.get("format") != FORMAT_NAME:
         raise PackFormatError(f"manifest.json is not a {FORMAT_NAME} manifest")
     version = _get(d, "format_version", int)
-    if version != FORMAT_VERSION:
-        raise PackFormatError(f"pack format version {version} is not supported (this runtime reads {FORMAT_VERSION})")
+    if version not in READ_VERSIONS:
+        raise PackFormatError(f"pack format version {version} is not supported (this runtime reads "
+                              f"{', '.join(map(str, READ_VERSIONS))})")
     model = _get(d, "model", dict)
     try:
         fp = Fingerprint(
@@ -183,6 +192,13 @@ def parse_manifest(raw: bytes) -> Manifest:
     for label, text in (("name", name), ("description", description), ("model.name", str(model.get("name", "")))):
         if any((ord(c) < 32 and c not in "\n\t") or 127 <= ord(c) < 160 for c in text):
             raise PackFormatError(f"manifest: {label} contains control characters")
+    gate_feature = _choice(_get(gate, "feature", str, "gate."), GATE_FEATURES, "gate.feature") \
+        if "feature" in gate else "last"
+    if gate_feature != "last" and version < SPAN_FEATURE_VERSION:
+        raise PackFormatError(f"manifest: gate.feature {gate_feature!r} needs format_version {SPAN_FEATURE_VERSION}")
+    if gate_feature != "last" and gate_layer >= fp.n_layer - 1:
+        # llama.cpp keeps only the output rows in the last block: no user-message span to pool there
+        raise PackFormatError(f"manifest: gate.feature {gate_feature!r} cannot read the last layer ({gate_layer})")
     schedule = spread = None
     try:
         if d.get("schedule") is not None:
@@ -206,6 +222,7 @@ def parse_manifest(raw: bytes) -> Manifest:
         alpha=_finite(_get(d, "alpha", (int, float)), "alpha"),
         tau=_finite(_get(d, "tau", (int, float)), "tau"),
         gate_kind=_choice(_get(gate, "kind", str, "gate."), GATE_KINDS, "gate.kind"),
+        gate_feature=gate_feature,
         n_experts=n_experts,
         basis_rank=basis_rank,
         vector_source=_choice(_get(d, "vector_source", str), MANIFEST_VECTOR_SOURCES, "vector_source"),

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import CheckpointError
 from ..model_info import Fingerprint
-from ..vocab import TRAINED_GATE_KINDS
+from ..vocab import GATE_FEATURES, TRAINED_GATE_KINDS, check_choice
 
 FORMAT_NAME = "finesteer-edge-checkpoint"
 FORMAT_VERSION = 1
@@ -96,6 +96,8 @@ class GateParamsCkpt:
     components: np.ndarray | None = None
     weights: np.ndarray | None = None
     bias: float = 0.0
+    feature: str = "last"
+    """What the gate reads (``finesteer_edge.vocab.GateFeature``); checkpoints before issue 10 have none: last."""
 
 
 @dataclass
@@ -158,6 +160,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             mean=tensors["m"].astype(np.float64), components=tensors["V"].astype(np.float64),
             weights=tensors["gate_w"].astype(np.float64) if "gate_w" in tensors else None,
             bias=float(gate_cfg.get("bias", 0.0)),
+            feature=check_choice(gate_cfg.get("feature", "last"), GATE_FEATURES, "gate.feature"),
         )
         steer_layer, alpha = int(config["steer_layer"]), float(config["alpha"])
         fp = Fingerprint.from_dict(config["model"]) if "model" in config else None

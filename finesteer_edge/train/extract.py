@@ -25,16 +25,19 @@ import numpy as np
 
 from ..data import file_sha256
 from ..errors import DataError, LayerError
+from ..gate_input import pool, user_span
 from ..llama.session import LlamaSession
 from ..progress import track
 from ..steered import SteeredLlama
+from ..vocab import SPAN_GATE_FEATURES
 from .activations import SPLIT_CODES, ActivationsWriter
 from .shapes import context_for
 from .tasks import SELF, Item, load_gate_items, load_items, style_variants
 
-POOLED_FEATURES = ("user_end", "user_mean")
+POOLED_FEATURES = SPAN_GATE_FEATURES
 """Candidate gate features besides the runtime's last-prompt-token state (``h_layer.N``): the state at
-the last token of the user's message and the mean over its tokens (gate-only extraction)."""
+the last token of the user's message and the mean over its tokens (gate-only extraction; computed by
+``finesteer_edge.gate_input.pool``, as the runtime pools them)."""
 
 # When the model's own answer is empty (it stops at once), contrast against a plain compliant opener.
 FALLBACK_COMPLIANCE = "Sure, here is how to do that."
@@ -372,26 +375,6 @@ def conversation(item: Item) -> list[dict[str, str]]:
     return [*item.context, {"role": "user", "content": item.prompt}]
 
 
-def user_span(llm: SteeredLlama, messages: list[dict[str, str]], n_tokens: int) -> tuple[int, int]:
-    """[start, end) token positions of the last user message's content in the rendered prompt.
-
-    Found by rendering, locating the content's characters and tokenizing the text before it and up to
-    its end (chat templates put a special token or newline around the content, so the boundaries do
-    not merge); clipped to the prompt and never empty.
-    """
-    s = llm.session
-    text = llm._template.render(messages, add_generation_prompt=True)
-    content = messages[-1]["content"].strip()
-    pos = text.rfind(content)
-    if pos < 0:
-        return n_tokens - 1, n_tokens
-    bos = 1 if s.add_bos and not text.startswith(s.token_text(s.bos)) else 0
-    start = bos + len(s.tokenize(text[:pos], add_special=False, parse_special=True))
-    end = bos + len(s.tokenize(text[: pos + len(content)], add_special=False, parse_special=True))
-    end = min(max(end, 1), n_tokens)
-    return min(start, end - 1), end
-
-
 def conversation_states(llm: SteeredLlama, messages: list[dict[str, str]],
                         layers: list[int]) -> tuple[dict[int, np.ndarray], tuple[int, int]]:
     """Every prompt token's state at ``layers`` for a whole conversation, from one fresh prefill, and the
@@ -405,7 +388,7 @@ def conversation_states(llm: SteeredLlama, messages: list[dict[str, str]],
     prompt = llm.prompt_tokens(messages)
     if len(prompt) + 2 > s.n_ctx:
         raise DataError(f"the conversation is {len(prompt)} tokens, too long for n_ctx {s.n_ctx}")
-    span = user_span(llm, messages, len(prompt))
+    span = user_span(llm._template, s, messages, len(prompt))
     s.reset()
     s.decode(prompt, capture="all")
     return {n: s.hidden_rows(n) for n in layers}, span
@@ -423,7 +406,7 @@ def _extract_gate_row(llm: SteeredLlama, s: LlamaSession, item: Item, i: int, wr
     for n in cands:
         rows = states[n]
         values[f"h_layer.{n}"] = rows[-1]
-        values[f"f_user_end.{n}"] = rows[end - 1]
-        values[f"f_user_mean.{n}"] = rows[start:end].mean(0)
+        for kind in POOLED_FEATURES:
+            values[f"f_{kind}.{n}"] = pool(rows, (start, end), kind)
     values.update(split=SPLIT_CODES[item.split], label=1 if item.target else 0)
     writer.put(i, **values)

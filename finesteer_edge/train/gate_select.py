@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..vocab import GATE_CANDIDATE_KINDS, GATE_FEATURES, check_choice
 from .activations import Activations
 from .scs import GateFit, auroc, calibrate_tau, fit_gate
 from .tasks import short_source
@@ -204,16 +205,24 @@ def _logit(s: np.ndarray, kind: str) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def candidates(layers: list[int], kinds: tuple[str, ...] = ("scs", "scs_logistic", "probe"),
-               feature: str = "last") -> list[Candidate]:
+def candidates(layers: list[int], kinds: tuple[str, ...] = GATE_CANDIDATE_KINDS,
+               features: tuple[str, ...] = ("last",)) -> list[Candidate]:
+    """Every (feature, layer, kind[, C]) to score; ``features`` are what the gate may read (``GateFeature``)."""
     out = []
-    for layer in layers:
-        for k in kinds:
-            if k == "probe":
-                out += [Candidate(k, layer, feature, c) for c in PROBE_C]
-            else:
-                out.append(Candidate(k, layer, feature))
+    for feature in features:
+        check_choice(feature, GATE_FEATURES, "gate feature")
+        for layer in layers:
+            for k in kinds:
+                if k == "probe":
+                    out += [Candidate(k, layer, feature, c) for c in PROBE_C]
+                else:
+                    out.append(Candidate(k, layer, feature))
     return out
+
+
+def runtime_features(d: GateData) -> tuple[str, ...]:
+    """The features these rows hold that a pack's gate can read at run time (``last`` always)."""
+    return tuple(f for f in GATE_FEATURES if f in d.features())
 
 
 def select_gate(d: GateData, cands: list[Candidate], *, seed: int = 0) -> tuple[GateFit, dict[str, Any]]:
@@ -224,10 +233,12 @@ def select_gate(d: GateData, cands: list[Candidate], *, seed: int = 0) -> tuple[
     h = d.x[(best.feature, best.layer)]
     tr, va = d.split == 0, d.split == 1
     g = fit_kind(best.kind, best.c, best.layer, h[tr], d.y[tr], seed)
+    g.feature = best.feature
     sv = g.score(h[va])
     g.tau, how = calibrate_tau(sv[d.y[va] == 1], sv[d.y[va] == 0])
     rec, fpr = _rates(sv, d.y[va], g.tau)
-    g.metrics = {"selection": "leave-one-source-out", "candidate": best.name, "tau_method": how,
+    g.metrics = {"selection": "leave-one-source-out", "candidate": best.name, "feature": best.feature,
+                 "tau_method": how,
                  "auroc": auroc(sv[d.y[va] == 1], sv[d.y[va] == 0]), "recall": rec, "fpr": fpr,
                  "balanced_accuracy": ((rec or 0) + 1 - (fpr or 0)) / 2, "margin": 0.0,
                  "components": int(g.components.shape[1]), "explained_variance": g.explained,

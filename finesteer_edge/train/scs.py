@@ -36,6 +36,8 @@ class GateFit:
     tau: float
     explained: float
     metrics: dict[str, Any] = field(default_factory=dict)
+    feature: str = "last"
+    """What the gate reads at ``layer`` (``finesteer_edge.vocab.GateFeature``); the scores above take that state."""
 
     def score(self, h: np.ndarray) -> np.ndarray:
         z, energy = _coords(h, self.mean, self.components)
