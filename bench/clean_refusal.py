@@ -97,11 +97,7 @@ class Runner:
     def gate(self, text: str) -> float:
         k = "gate|" + hashlib.sha256(text.encode()).hexdigest()
         if k not in self.cache:
-            s = self.llm.session
-            s.clear_control()
-            s.reset()
-            s.decode(self.llm.prompt_tokens([{"role": "user", "content": text}]), capture=True)
-            self._put(k, {"score": float(self.llm.decide().gate_score)})
+            self._put(k, {"score": float(self.llm.decide_prompt(text)[0].gate_score)})
         return self.cache[k]["score"]
 
     def _put(self, k: str, row: dict[str, Any]) -> None:

@@ -45,13 +45,8 @@ REUSE_CHECKS = 2
 
 def gates(llm: SteeredLlama, text: str) -> list[tuple[float, bool]]:
     """Each pack's (gate score, open) from one unsteered prefill of ``text`` as a user turn."""
-    s = llm.session
-    toks = llm.prompt_tokens([{"role": "user", "content": text}])
-    s.clear_control()
-    s.reset()
-    s.decode(toks, capture=True)
-    out = [(float(d.gate_score), bool(d.open)) for d in llm.decide_all()]
-    s.reset()
+    out = [(float(d.gate_score), bool(d.open)) for d in llm.decide_prompt(text)]
+    llm.session.reset()
     return out
 
 

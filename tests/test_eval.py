@@ -419,6 +419,21 @@ def test_fidelity_on_tiny_model(tiny_model: Path, eval_setup: dict[str, Path]) -
     assert fid["vector_cos_min"] > 0.999 and fid["logit_shift_cos_min"] > 0.99
 
 
+def test_fidelity_of_a_user_message_gate(tiny_model: Path, tmp_path: Path) -> None:
+    """The torch reference pools HF hidden_states over the same user-message span as the runtime's tap."""
+    from finesteer_edge.evaluation.fidelity import run_fidelity
+
+    pack = make_random_pack(tiny_model, tmp_path / "um", tau=0.5, gate_kind="scs_logistic", gate_feature="user_mean")
+    llm = SteeredLlama(tiny_model, pack, **KW)
+    fid = run_fidelity(llm, HARMFUL[:2] + BENIGN[:2], progress=False)
+    assert fid["n"] == 4 and fid["gate_agreement"] == 1.0 and fid["score_abs_diff_max"] < 1e-3
+    # negative control: the same gate weights on the last token score these prompts otherwise
+    last = SteeredLlama(tiny_model, make_random_pack(tiny_model, tmp_path / "l", tau=0.5, gate_kind="scs_logistic"),
+                        **KW)
+    gap = [abs(llm.decide_prompt(p)[0].gate_score - last.decide_prompt(p)[0].gate_score) for p in HARMFUL[:2]]
+    assert min(gap) > 10 * fid["score_abs_diff_max"]
+
+
 # ------------------------------------------------------------------------------------------ SmolLM2 (slow)
 @pytest.fixture(scope="module")
 def smol_pack(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -40,7 +40,7 @@ def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 def reference(model: Path, llm: SteeredLlama, messages: list[dict[str, str]]) -> dict[str, np.ndarray]:
     """Every feature by hand: one fresh prefill capturing all rows, pooled with numpy."""
     toks = llm.prompt_tokens(messages)
-    a, b = user_span(llm._template, llm.session, messages, len(toks))
+    a, b = user_span(llm.chat_template, llm.session, messages, len(toks))
     s = LlamaSession(model, ContextSettings(n_ctx=512, n_threads=1, strict=True), tap_layers=(GATE, 2))
     s.decode(toks, capture="all")
     rows = s.hidden_rows(GATE).astype(np.float64)

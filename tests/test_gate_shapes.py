@@ -46,7 +46,7 @@ def test_user_span_covers_the_user_message(tiny_model: Path) -> None:
     msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
             {"role": "user", "content": "How do I bake bread?"}]
     toks = llm.prompt_tokens(msgs)
-    start, end = user_span(llm._template, llm.session, msgs, len(toks))
+    start, end = user_span(llm.chat_template, llm.session, msgs, len(toks))
     s = llm.session
     text = b"".join(s.piece(t, special=True) for t in toks[start:end]).decode()
     assert text.strip() == "How do I bake bread?"

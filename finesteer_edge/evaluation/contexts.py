@@ -72,7 +72,6 @@ def run_contexts(model: Path, pack: Path, folder: Path, *, contexts: tuple[str, 
         [r["prompt"] for r in rows if r["cls"] == "harmful"]
     t0 = time.perf_counter()
     llm = SteeredLlama(model, pack, n_ctx=n_ctx, n_threads=threads)
-    s = llm.session
     results: list[dict[str, Any]] = []
     try:
         work = [(c, r) for c in contexts for r in rows]
@@ -84,9 +83,7 @@ def run_contexts(model: Path, pack: Path, folder: Path, *, contexts: tuple[str, 
                 g = llm.generate(msgs, max_tokens=max_tokens)
                 out = {"open": g.steered, "score": g.gate_score, "refused": is_refusal(g.text)}
             else:
-                s.reset()
-                s.decode(llm.prompt_tokens(msgs), capture=True)
-                d = llm.decide()
+                d = llm.decide_prompt(msgs)[0]
                 out = {"open": d.open, "score": d.gate_score}
             results.append({"context": ctx, "id": r["id"], "source": r["source"], "cls": r["cls"], **out})
     finally:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..gate_input import gate_state, pool, user_span
 from ..progress import track
 
 if TYPE_CHECKING:
@@ -65,12 +66,14 @@ def run_fidelity(llm: SteeredLlama, prompts: Sequence[str], *, reference: Any = 
     s = llm.session
     rows: list[dict[str, Any]] = []
     for text in track(list(prompts), label, enabled=progress):
-        toks = llm.prompt_tokens([{"role": "user", "content": text}])
+        msgs = [{"role": "user", "content": text}]
+        toks = llm.prompt_tokens(msgs)
+        span = user_span(llm.chat_template, s, msgs, len(toks))
         # ours: unsteered prefill with taps, head, then the steered prefill (exact mode) at strength 1
         s.clear_control()
         s.reset()
-        s.decode(toks, capture=True)
-        ours = pack.evaluate(s.hidden(m.gate_layer), s.hidden(m.head_layer))
+        s.decode(toks, capture=True, span=llm.prefill_span(msgs, toks))
+        ours = pack.evaluate(gate_state(s, m), s.hidden(m.head_layer))
         base_ours = s.logits()
         s.set_control(*s.control_buffer({m.steer_layer: ours.vector}))
         s.reset()
@@ -83,7 +86,8 @@ def run_fidelity(llm: SteeredLlama, prompts: Sequence[str], *, reference: Any = 
         with torch.no_grad():
             out = model(ids, output_hidden_states=True)
         hs = out.hidden_states
-        ref = pack.evaluate(hs[m.gate_layer + 1][0, -1].numpy(), hs[m.head_layer + 1][0, -1].numpy())
+        ref = pack.evaluate(pool(hs[m.gate_layer + 1][0].numpy(), span, m.gate_feature),
+                            hs[m.head_layer + 1][0, -1].numpy())
         base_ref = out.logits[0, -1].numpy()
         vec = torch.from_numpy(np.asarray(ref.vector, dtype=np.float32))
 

@@ -155,8 +155,9 @@ def continuation_tokens(llm: SteeredLlama, prompt_tokens: Sequence[int], text: s
     return toks
 
 
-def score_continuations(llm: SteeredLlama, prompt_tokens: Sequence[int],
-                        continuations: Sequence[Sequence[int]]) -> tuple[list[np.ndarray], bool, float | None]:
+def score_continuations(llm: SteeredLlama, prompt_tokens: Sequence[int], continuations: Sequence[Sequence[int]],
+                        messages: Sequence[dict[str, str]] | None = None,
+                        ) -> tuple[list[np.ndarray], bool, float | None]:
     """Per-token log-probabilities of each continuation after the prompt, steered as ``llm`` would steer.
 
     Returns (log-probs per continuation, whether the vector was on, gate score or None without a pack).
@@ -170,8 +171,8 @@ def score_continuations(llm: SteeredLlama, prompt_tokens: Sequence[int],
     s.clear_control()
     s.reset()
     try:
-        if llm.packs:
-            s.decode(prompt, capture=True)
+        if llm.packs:  # messages: the conversation behind the prompt, for gates that read the user message
+            s.decode(prompt, capture=True, span=llm.prefill_span(messages, prompt) if messages is not None else None)
             decisions = llm.decide_all()
         else:
             s.decode(prompt)
@@ -201,9 +202,10 @@ def score_continuations(llm: SteeredLlama, prompt_tokens: Sequence[int],
 
 def score_item(llm: SteeredLlama, item: MCItem) -> MCScore:
     """Score every choice of ``item`` (see the module docstring for how steering is applied)."""
-    prompt = llm.prompt_tokens([{"role": "user", "content": item.question}])
+    messages = [{"role": "user", "content": item.question}]
+    prompt = llm.prompt_tokens(messages)
     conts = [continuation_tokens(llm, prompt, c) for c in item.choices]
-    lps, steered, gate_score = score_continuations(llm, prompt, conts)
+    lps, steered, gate_score = score_continuations(llm, prompt, conts, messages)
     return MCScore(
         id=item.id,
         logprob_sum=[float(x.sum()) for x in lps],

@@ -398,15 +398,8 @@ def gate_scores(llm: SteeredLlama, prompts: Sequence[Prompt], *, progress: bool 
                 label: str = "gate") -> list[float]:
     """Gate scores of prompts from an unsteered prefill only (no generation)."""
     assert llm.pack is not None
-    s = llm.session
-    out = []
-    for p in track(list(prompts), label, enabled=progress):
-        toks = llm.prompt_tokens([{"role": "user", "content": p.text}])
-        s.clear_control()
-        s.reset()
-        s.decode(toks, capture=True)
-        out.append(float(llm.decide().gate_score))
-    s.reset()
+    out = [float(llm.decide_prompt(p.text)[0].gate_score) for p in track(list(prompts), label, enabled=progress)]
+    llm.session.reset()
     return out
 
 

@@ -388,7 +388,7 @@ def conversation_states(llm: SteeredLlama, messages: list[dict[str, str]],
     prompt = llm.prompt_tokens(messages)
     if len(prompt) + 2 > s.n_ctx:
         raise DataError(f"the conversation is {len(prompt)} tokens, too long for n_ctx {s.n_ctx}")
-    span = user_span(llm._template, s, messages, len(prompt))
+    span = user_span(llm.chat_template, s, messages, len(prompt))
     s.reset()
     s.decode(prompt, capture="all")
     return {n: s.hidden_rows(n) for n in layers}, span
