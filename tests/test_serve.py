@@ -15,6 +15,7 @@ import pytest
 from finesteer_edge import SteeredLlama
 from finesteer_edge.testing.packs import make_random_pack
 from finesteer_edge.testing.servers import finesteer_serve_cmd, free_port, running
+from finesteer_edge.testing.tiny_model import TinyConfig, write_tiny_model
 
 KEY = "sk-test-key"
 N_CTX = 1024
@@ -418,6 +419,44 @@ def test_client_disconnect_stops_generation(server, client: openai.OpenAI, plain
     last = h["stats"]["last_cancelled"]
     assert last["pieces_after_cancel"] <= 1
     assert last["pieces"] < full.tokens
+
+
+ENDLESS_CTX = 8192
+
+
+@pytest.fixture(scope="module")
+def endless_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model whose greedy turns never end by themselves: a turn that fills its 8192-token context
+    takes about 17 s on one thread, long enough to disconnect from in the middle of it."""
+    return write_tiny_model(tmp_path_factory.mktemp("endless") / "endless.gguf", "llama",
+                            TinyConfig(context_length=ENDLESS_CTX), endless=True)
+
+
+def test_non_streaming_client_disconnect_stops_generation(endless_model: Path, tmp_path: Path) -> None:
+    """A non-streaming client that gives up frees its slot at once: the turn is cancelled within a token of
+    the disconnect, not run to max_tokens (before, the route only looked for a disconnect after 0.25 s
+    without a token, which never happens while tokens flow, so the turn ran on to the end of the context)."""
+    port = free_port()
+    cmd = finesteer_serve_cmd(str(endless_model), "--no-pack", "--port", str(port), "--parallel", "1",
+                              "--threads", THREADS, "--n-ctx", str(ENDLESS_CTX))
+    with running(cmd, port, tmp_path / "server.log") as srv:
+        for i, endpoint in enumerate(("chat", "completions")):
+            impatient = openai.OpenAI(base_url=srv.base_url, api_key="none", max_retries=0, timeout=0.5)
+            with pytest.raises(openai.APITimeoutError):
+                if endpoint == "chat":  # no max_tokens: up to the whole context
+                    impatient.chat.completions.create(model="tiny", messages=MSG, temperature=0)
+                else:
+                    impatient.completions.create(model="tiny", prompt="hello there", max_tokens=ENDLESS_CTX,
+                                                 temperature=0)
+            impatient.close()
+            gone = time.monotonic()
+            h = _wait_idle(srv, 1, i + 1, timeout=30)
+            assert time.monotonic() - gone < 5, "the slot stayed busy after the client left"
+            last = h["stats"]["last_cancelled"]
+            assert 0 < last["pieces"] < ENDLESS_CTX // 2 and last["pieces_after_cancel"] <= 1, last
+        c = openai.OpenAI(base_url=srv.base_url, api_key="none", max_retries=0, timeout=5)  # the slot is free
+        assert c.chat.completions.create(model="tiny", messages=MSG, max_tokens=8, temperature=0).usage \
+            .completion_tokens == 8
 
 
 def test_full_queue_is_a_503_with_retry_after(tiny_model: Path, tmp_path: Path, plain: SteeredLlama) -> None:

@@ -133,33 +133,39 @@ def create_app(engine: Engine) -> FastAPI:
         slot = await engine.pool.acquire()
         turn = Turn(engine.pool, slot, choice, messages, sampling, engine.packs, on_end=ended)
         active.add(turn)
+        turn.watch(request)  # a client that leaves cancels the turn (a stream's: until it starts, then sse-starlette)
         try:
-            first = await turn.next(request)
+            first = await turn.next()
         except BaseException:
-            turn.cancel.set()
-            active.discard(turn)
+            drop(turn)
             raise
         if isinstance(first, BaseException):
-            active.discard(turn)
+            drop(turn)
             raise as_api_error(first)
         return turn, first
 
-    async def finish(turn: Turn, first: object, request: Request) -> GenerationResult:
+    def drop(turn: Turn) -> None:
+        """The route is done with ``turn``: stop it if it still runs and stop watching its client."""
+        turn.cancel.set()
+        turn.unwatch()
+        active.discard(turn)
+
+    async def finish(turn: Turn, first: object) -> GenerationResult:
         item = first
         try:
             while not isinstance(item, GenerationResult):
                 if isinstance(item, BaseException):
                     raise as_api_error(item)
-                item = await turn.next(request)
+                item = await turn.next()  # ClientGone when the client disconnects (the turn is cancelled)
             return item
         finally:
-            turn.cancel.set()
-            active.discard(turn)
+            drop(turn)
 
     def stream(turn: Turn, first: object, chunk: Callable[..., dict[str, Any]], rid: str, opening: list[Any],
                include_usage: bool) -> EventSourceResponse:
         created = int(time.time())
         model = engine.model_id
+        turn.unwatch()  # sse-starlette watches the connection from here on and cancels events() on a disconnect
 
         async def events() -> AsyncIterator[dict[str, str]]:
             item = first
@@ -183,8 +189,7 @@ def create_app(engine: Engine) -> FastAPI:
                     item = await turn.next()
                 yield {"data": "[DONE]"}
             finally:  # also on disconnect (sse-starlette cancels us): stop the turn within a token
-                turn.cancel.set()
-                active.discard(turn)
+                drop(turn)
 
         return EventSourceResponse(events(), ping=15, headers={"Cache-Control": "no-cache"})
 
@@ -196,7 +201,7 @@ def create_app(engine: Engine) -> FastAPI:
             if req.stream:
                 return stream(turn, first, schemas.chat_chunk, rid, [{"role": "assistant", "content": ""}],
                               req.include_usage)
-            result = await finish(turn, first, request)
+            result = await finish(turn, first)
             return schemas.chat_response(rid, engine.model_id, result, turn.steering or {})
         except ClientGone:
             return JSONResponse({}, status_code=499)
@@ -208,7 +213,7 @@ def create_app(engine: Engine) -> FastAPI:
             rid = schemas.new_id("cmpl")
             if req.stream:
                 return stream(turn, first, schemas.text_chunk, rid, [], req.include_usage)
-            result = await finish(turn, first, request)
+            result = await finish(turn, first)
             return schemas.text_response(rid, engine.model_id, result, turn.steering or {})
         except ClientGone:
             return JSONResponse({}, status_code=499)

@@ -4,13 +4,18 @@ llama.cpp calls block, so a turn runs in a worker thread of the pool (one per sl
 per request makes the allocator's per-thread arenas, and so the RSS, grow). The turn owns the request's
 slot until it ends and then gives it back. The route awaits pieces from the queue. When the client
 goes away the route sets ``cancel``; the thread checks it after every piece and closes the generator,
-so generation stops within a token and the slot is free again.
+so generation stops within a token and the slot is free again. A streaming route learns of the
+disconnect from sse-starlette; for a non-streaming one (and for any request until its first piece) the
+turn watches the connection itself (:meth:`Turn.watch`: a task waiting for the ASGI ``http.disconnect``
+message, as Starlette's own streaming response does), so the disconnect is noticed when it happens,
+whether tokens are flowing or not, with no polling.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,11 +27,13 @@ from ..result import GenerationResult
 from .slots import Slot, SlotPool
 from .steering import SteeringChoice, report, settings
 
+log = logging.getLogger("finesteer_edge.serve")
+
 DONE = object()
 """Queue item after the GenerationResult: the turn is over."""
 
-_POLL = 0.25
-"""Seconds between disconnect checks while a non-streaming request waits."""
+GONE = object()
+"""Queue item put by the watcher: the client disconnected (:meth:`Turn.next` raises :class:`ClientGone`)."""
 
 
 class ClientGone(Exception):
@@ -49,6 +56,7 @@ class Turn:
         self.cancelled = False
         """The turn ended because it was cancelled (client gone, shutdown), not by itself."""
         self._on_end = on_end
+        self._watcher: asyncio.Task[None] | None = None
         self._future = pool.executor.submit(self._work, pool, slot, choice, list(messages), sampling)
 
     def _put(self, item: object) -> None:
@@ -85,17 +93,38 @@ class Turn:
             if self._on_end is not None:
                 self._on_end(self)
 
-    async def next(self, request: Request | None = None) -> object:
-        """The next item: a text piece, the GenerationResult, an exception, or DONE. With ``request``, a
-        client that disconnects while we wait cancels the turn (raises :class:`ClientGone`)."""
-        while True:
-            try:
-                return await asyncio.wait_for(self._queue.get(), _POLL if request is not None else None)
-            except asyncio.TimeoutError:
-                assert request is not None
-                if await request.is_disconnected():
-                    self.cancel.set()
-                    raise ClientGone() from None
+    def watch(self, request: Request) -> None:
+        """Cancel the turn the moment ``request``'s client disconnects, until :meth:`unwatch`. For a
+        non-streaming request (and any request until its first piece): a stream is watched by
+        sse-starlette, and two tasks should not both read one connection's messages."""
+        if self._watcher is None:
+            self._watcher = self._loop.create_task(self._watch(request))
+
+    def unwatch(self) -> None:
+        """Stop watching the connection (idempotent)."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+
+    async def _watch(self, request: Request) -> None:
+        try:
+            # The body has been read, so the next message is http.disconnect (sent when the client goes
+            # away, or once the response is complete); Starlette's StreamingResponse waits the same way.
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # not expected; say so rather than let a gone client's turn run unnoticed
+            log.exception("cannot watch the connection for a disconnect; the turn runs to its end")
+            return
+        self.cancel.set()
+        self._queue.put_nowait(GONE)
+
+    async def next(self) -> object:
+        """The next item: a text piece, the GenerationResult, an exception, or DONE; raises
+        :class:`ClientGone` when the watched client disconnected (the turn is already cancelled)."""
+        item = await self._queue.get()
+        if item is GONE:
+            raise ClientGone()
+        return item
 
     def join(self, timeout: float | None = None) -> None:
         with contextlib.suppress(Exception):  # its outcome went to the queue already
