@@ -10,6 +10,7 @@ import typer
 from finesteer_edge.errors import FinesteerError
 from finesteer_edge.model_info import read_model_info
 from finesteer_edge.resolve import default_pack_for, resolve_model, resolve_pack
+from finesteer_edge.vocab import GATE_POLICIES, MODES, VECTOR_SOURCES, choices
 
 from .run_cmds import (
     ALLOW_OPT,
@@ -48,7 +49,8 @@ def serve_cmd(
     n_ctx: int = CTX_OPT,
     strength: float = STRENGTH_OPT,
     mode: str = MODE_OPT,
-    gate: str = typer.Option("pack", "--gate", help="Default gate: pack (threshold), always or never."),
+    gate: str = typer.Option("pack", "--gate",
+                             help=f"Default gate: {choices(GATE_POLICIES)} (pack: the pack's threshold decides)."),
     vector: str = VECTOR_OPT,
     allow_unsteered: bool = ALLOW_OPT,
     max_queue: int = typer.Option(16, "--max-queue", min=0, help="Requests that may wait for a slot; more get 503."),
@@ -69,10 +71,10 @@ def serve_cmd(
                              "pip install 'finesteer-edge[serve]'") from exc
     if pack and no_pack:
         raise typer.BadParameter("--pack and --no-pack exclude each other")
-    for value, allowed, opt in ((mode, ("exact", "fast"), "--mode"), (gate, ("pack", "always", "never"), "--gate"),
-                                (vector, ("head", "mean"), "--vector")):
+    for flag, value, allowed in (("--mode", mode, MODES), ("--gate", gate, GATE_POLICIES),
+                                 ("--vector", vector, VECTOR_SOURCES)):
         if value is not None and value not in allowed:
-            raise typer.BadParameter(f"{opt} must be one of {', '.join(allowed)}, not {value!r}")
+            raise typer.BadParameter(f"{flag} must be {choices(allowed)}, not {value!r}")
     from finesteer_edge.serve.steering import MAX_STRENGTH
 
     if not abs(strength) <= MAX_STRENGTH:

@@ -488,6 +488,19 @@ def _broken_copy(pack: Path, dest: Path) -> Path:
     return dest
 
 
+def test_bad_steering_options_are_refused_with_the_shared_vocabulary(tiny_model: Path) -> None:
+    """--mode/--gate/--vector are checked against finesteer_edge.vocab (one home for the words), as generate
+    checks them: a usage error naming the choices, before any model is loaded."""
+    from finesteer_edge.vocab import GATE_POLICIES, MODES, VECTOR_SOURCES, choices
+
+    from .conftest import run_cli
+
+    for flag, allowed in (("--mode", MODES), ("--gate", GATE_POLICIES), ("--vector", VECTOR_SOURCES)):
+        proc = run_cli("serve", str(tiny_model), "--no-pack", flag, "bogus", "--port", str(free_port()), timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert f"{flag} must be {choices(allowed)}, not 'bogus'" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_a_failing_pack_stops_the_server(tiny_model: Path, tiny_model_other: Path, packs: dict[str, Path],
                                          tmp_path: Path) -> None:
     from .conftest import run_cli

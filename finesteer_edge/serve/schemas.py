@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..result import GenerationResult
+from ..vocab import GatePolicy, Mode, VectorSource
 
 
 class SteeringRequest(BaseModel):
@@ -23,9 +24,9 @@ class SteeringRequest(BaseModel):
 
     packs: list[str] | None = Field(None, description="Packs to apply (names from /v1/models); [] = none.")
     strength: float | None = Field(None, allow_inf_nan=False)
-    mode: Literal["exact", "fast"] | None = None
-    gate: Literal["pack", "always", "never"] | None = None
-    vector: Literal["head", "mean"] | None = None
+    mode: Mode | None = None
+    gate: GatePolicy | None = None
+    vector: VectorSource | None = None
 
 
 class TextPart(BaseModel):
