@@ -262,6 +262,9 @@ def test_one_context_per_slot_holds_every_pack(tiny_model: Path, packs: dict[str
         llms = [slot.llm for slot in engine.pool.slots]
         assert len({id(x) for x in llms}) == 2 and all(x.pack_names == ["open", "shut"] for x in llms)
         assert all(x.chat_template.name == "chatml" for x in llms)
+        # every pack passed verify_pack on every slot's context, self-test included
+        assert all([(r.pack_name, r.ran, r.ok) for r in x.reports] == [
+            (n, ["checksums", "fingerprint", "selftest"], True) for n in ("open", "shut")] for x in llms)
         assert engine.defaults.packs == ("open", "shut") and not engine.failed
     finally:
         engine.close()

@@ -1,7 +1,9 @@
 """Start-up: load the model once, load and verify every pack, build the slots.
 
-Every pack is loaded, checked against the model (fingerprint), checksummed and self-tested on every
-slot's context (``SteeredLlama.__init__`` does all three). A slot is one ``SteeredLlama`` holding every
+Every pack passes :func:`finesteer_edge.verify.verify_pack`, the one place that decides whether a pack may be
+used with a model (the runtime and the CLI's ``verify`` call it too): checksums and fingerprint once at
+start-up, before any context is allocated, then the llama.cpp self-test on every slot's context (which
+``SteeredLlama.__init__`` runs through ``verify_pack`` as well). A slot is one ``SteeredLlama`` holding every
 pack, so memory is one context per slot whatever the number of packs. A pack that fails stops the server with its
 :class:`PackError` (the CLI prints one ``error:`` line, exit code 2). Only with ``allow_unsteered`` is it
 left out instead, loudly, and requests naming it get a 400 saying why: never silently unsteered.
@@ -17,6 +19,7 @@ from ..errors import PackError
 from ..llama.session import LlamaModel
 from ..pack.pack import SteeringPack
 from ..steered import SteeredLlama
+from ..verify import verify_pack
 from .slots import Slot, SlotPool
 from .steering import SteeringDefaults
 
@@ -65,9 +68,10 @@ class Engine:
 
 
 def _load_pack(path: Path, model: LlamaModel) -> SteeringPack:
-    pack = SteeringPack.load(path)
-    pack.check_model(model.info)
-    return pack
+    """Load and check ``path`` (checksums, fingerprint); the self-test follows on each slot's context."""
+    report = verify_pack(path, model, selftest=False)
+    assert report.pack is not None
+    return report.pack
 
 
 def _instance(model: LlamaModel, packs: list[SteeringPack], cfg: ServeConfig) -> SteeredLlama:
