@@ -36,10 +36,11 @@ def pipeline(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     r = run_cli("train", str(acts), "--out", str(ckpt), "--epochs", "8", "--seed", "3")
     assert r.returncode == 0, r.stderr
     assert "gate:" in r.stdout and "experts: K=" in r.stdout
+    train_stdout = r.stdout
     r = run_cli("convert", str(ckpt), "--out", str(pack), "--model", str(tiny_model))
     assert r.returncode == 0, r.stderr
     assert "folded" in r.stdout and "unfolded" in r.stdout
-    return {"acts": acts, "ckpt": ckpt, "pack": pack, "root": root}
+    return {"acts": acts, "ckpt": ckpt, "pack": pack, "root": root, "train_stdout": train_stdout}  # type: ignore[dict-item]
 
 
 def test_activations_file(pipeline: dict[str, Path], tiny_model: Path) -> None:
@@ -99,16 +100,12 @@ def test_pack_verifies_and_generates(pipeline: dict[str, Path], tiny_model: Path
     assert m["provenance"]["fold_max_rel_error"] <= 1e-5
 
 
-def test_folded_head_equals_torch_module(pipeline: dict[str, Path]) -> None:
-    """Fold exactness against the trained torch module itself, and ONNX against both."""
+def _torch_module(ckpt):  # type: ignore[no-untyped-def]
+    """The MoSE torch module rebuilt from a saved checkpoint's weights (float32, eval mode)."""
     import torch
 
-    from finesteer_edge.converters.fold import fold_checkpoint
-    from finesteer_edge.pack.pack import SteeringPack
-    from finesteer_edge.train.checkpoint import load_checkpoint
     from finesteer_edge.train.mose import make_module
 
-    ckpt = load_checkpoint(pipeline["ckpt"])
     p = ckpt.mose
     module = make_module(p.d, p.C, p.U, hidden=p.W1.shape[0], gamma=p.gamma, input_scale=p.input_scale)
     sd = {"query.weight": p.W_q, "query.bias": p.b_q, "key.weight": p.W_k, "key.bias": p.b_k, "value.weight": p.W_v,
@@ -116,6 +113,20 @@ def test_folded_head_equals_torch_module(pipeline: dict[str, Path]) -> None:
           "t": np.float64(p.t), "gamma": np.float64(p.gamma), "C": p.C, "U": p.U,
           "input_scale": np.float64(p.input_scale)}
     module.load_state_dict({k: torch.tensor(np.asarray(v), dtype=torch.float32) for k, v in sd.items()})
+    module.eval()
+    return module
+
+
+def test_folded_head_equals_torch_module(pipeline: dict[str, Path]) -> None:
+    """Fold exactness against the trained torch module itself, and ONNX against both."""
+    import torch
+
+    from finesteer_edge.converters.fold import fold_checkpoint
+    from finesteer_edge.pack.pack import SteeringPack
+    from finesteer_edge.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(pipeline["ckpt"])
+    module = _torch_module(ckpt)
     module.double()
     h = load_activations(pipeline["acts"]).h_steer[:8].astype(np.float64)
     with torch.no_grad():
@@ -128,6 +139,64 @@ def test_folded_head_equals_torch_module(pipeline: dict[str, Path]) -> None:
     for i in range(3):
         out = pack.evaluate(h[i].astype(np.float32), h[i].astype(np.float32))
         assert np.linalg.norm(out.vector - ckpt.alpha * ref[i]) / np.linalg.norm(ref[i]) <= 1e-4
+
+
+def test_training_report_figures_agree(pipeline: dict[str, Path]) -> None:
+    """Issue 12: the report said "best epoch ... val MSE 0.01685" and then "Validation: MSE 0.03486": the first
+    was the early-stopping loss over targets *and* zero-target negatives, the second over targets only, both
+    called val MSE, and the summary compared the first with the static mean's targets-only MSE.
+
+    Recomputed here from the saved checkpoint on the activations' validation rows: every number that
+    report.md or the printed summary calls an MSE is the targets-only MSE of the saved (best-epoch) head, the
+    static mean's figure is on the same rows, and the selection loss is labelled and is the weighted loss.
+    """
+    import re
+
+    import torch
+
+    from finesteer_edge.train.checkpoint import load_checkpoint
+    from finesteer_edge.train.trainer import _variant_deltas
+
+    ckpt = load_checkpoint(pipeline["ckpt"])
+    module = _torch_module(ckpt)
+    acts = load_activations(pipeline["acts"])
+    delta, has = _variant_deltas(acts)  # a style rewrite shares its original's target shift
+    val = acts.mask(split="val", target=True) & has
+    neg = acts.mask(split="val", target=False)
+    assert val.any() and neg.any()  # both kinds of rows: the two losses differ
+    x, y = acts.h_steer[val], delta[val]
+    with torch.no_grad():
+        pred = module(torch.from_numpy(x.astype(np.float32)))[0].numpy()
+        pred_neg = module(torch.from_numpy(acts.layers[acts.steer_layer][neg].astype(np.float32)))[0].numpy()
+    mse = float(np.mean((pred - y) ** 2))
+    mse_mean = float(np.mean((ckpt.mean_delta[None] - y) ** 2))
+    w = float(ckpt.config["provenance"]["train_config"]["negative_weight"])
+    weighted = (float(np.sum((pred - y) ** 2)) + w * float(np.sum(pred_neg ** 2))) / ((len(y) + w * len(pred_neg))
+                                                                                      * y.shape[1])
+    assert abs(weighted - mse) > 1e-4  # the old mislabelling is visible at the printed precision
+
+    report = json.loads((pipeline["ckpt"] / "report.json").read_text())
+    m = report["mose"]
+    assert m["val_mse"] == pytest.approx(mse, rel=1e-5)
+    assert m["val_mse_mean_vector"] == pytest.approx(mse_mean, rel=1e-5)
+    assert m["best_val_mse"] == pytest.approx(weighted, rel=1e-4)  # the key keeps its meaning (readers)
+    assert m["n_val"] == int(val.sum()) and m["n_val_negatives"] == int(neg.sum())
+
+    md, summary = (pipeline["ckpt"] / "report.md").read_text(), pipeline["train_stdout"]
+    for text in (md, summary):
+        called_mse = [float(v) for v in re.findall(r"MSE ([0-9]+\.[0-9]+)", text)]
+        assert called_mse and all(v == pytest.approx(mse, abs=1e-5) for v in called_mse), (called_mse, mse, text)
+        static = [float(v) for v in re.findall(r"MSE [0-9.]+ \(static mean ([0-9]+\.[0-9]+)\)", text)]
+        assert static and all(v == pytest.approx(mse_mean, abs=1e-5) for v in static), (static, mse_mean, text)
+        sel = [float(v) for v in re.findall(r"selection loss ([0-9]+\.[0-9]+)", text)]
+        assert sel and all(v == pytest.approx(weighted, abs=1e-5) for v in sel), (sel, weighted, text)
+        assert "targets + negatives" in text  # what the selection loss is over
+    # the loss curve holds the selection loss per epoch: its best-epoch row is the reported best, not an "MSE"
+    assert "| val MSE |" not in md
+    lines = md.splitlines()
+    curve = lines[next(i for i, line in enumerate(lines) if line.startswith("| epoch |")):]
+    best_row = next(line for line in curve if line.startswith(f"| {m['best_epoch']} |"))
+    assert float(best_row.split("|")[3]) == pytest.approx(weighted, abs=1e-5)
 
 
 def test_control_gguf_holds_only_directions(pipeline: dict[str, Path]) -> None:

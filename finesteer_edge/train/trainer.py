@@ -21,6 +21,10 @@ from .mose import K_RANGE, build_experts, make_module, train_mose
 from .scs import GateFit, choose_gate, fit_gate
 
 DEFAULT_ALPHA = 1.0
+SELECTION_TARGETS = "MSE over the validation targets"
+SELECTION_NEGATIVES = "weighted MSE over the validation targets + negatives (zero target)"
+"""What ``mose.best_val_mse`` (the loss that picks the best epoch) is over: with negatives in training it is
+not the targets-only ``val_mse``, and the report must not call both "val MSE" (issue 12)."""
 
 
 @dataclass
@@ -80,7 +84,8 @@ def train(acts_path: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
     h_steer_in = acts.layers.get(acts.steer_layer, acts.h_steer)
     fit_x, fit_y, fit_w = x_tr, y_tr, None
     val_x, val_y, val_w = x_va, y_va, None
-    if cfg.negative_weight > 0 and acts.mask(split="train", target=False).any():
+    with_negatives = cfg.negative_weight > 0 and bool(acts.mask(split="train", target=False).any())
+    if with_negatives:
         fit_x, fit_y, fit_w = _with_negatives(acts, h_steer_in, x_tr, y_tr, "train", cfg.negative_weight)
         val_x, val_y, val_w = _with_negatives(acts, h_steer_in, x_va, y_va, "val", cfg.negative_weight)
     scale = float(np.median(np.linalg.norm(x_tr, axis=1)))
@@ -116,8 +121,14 @@ def train(acts_path: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
                  "gate_acts": [{"file": str(p), "sha256": file_sha256(p)} for p in cfg.gate_acts]},
         "experts": {"K": int(experts.prototypes.shape[0]), "calinski_harabasz": experts.ch_table,
                     "cluster_sizes": experts.sizes, "basis_rank": int(experts.basis.shape[1])},
-        "mose": {"n_train": int(len(x_tr)), "n_val": int(len(x_va)), "best_epoch": result.best_epoch,
-                 "best_val_mse": result.best_val, "stopped_early": result.stopped_early,
+        "mose": {"n_train": int(len(x_tr)), "n_val": int(len(x_va)),
+                 "n_train_negatives": int(len(fit_x) - len(x_tr)), "n_val_negatives": int(len(val_x) - len(x_va)),
+                 "negative_weight": cfg.negative_weight if with_negatives else 0.0,
+                 "best_epoch": result.best_epoch,
+                 # the early-stopping loss (key kept for readers): the weighted MSE over the validation targets
+                 # and, when trained with them, the zero-target negatives; "val_mse" is over the targets only
+                 "best_val_mse": result.best_val, "selection_loss": SELECTION_NEGATIVES if with_negatives
+                 else SELECTION_TARGETS, "stopped_early": result.stopped_early,
                  "input_scale": input_scale, "gamma": float(sd["gamma"]), "t": float(sd["t"]),
                  "history": result.history, **quality},
         "alpha": cfg.alpha,
@@ -278,16 +289,35 @@ def render_report(r: dict[str, Any]) -> str:
               f"K = {e['K']} by Calinski-Harabasz; cluster sizes {e['cluster_sizes']}; residual basis rank "
               f"{e['basis_rank']}.", "", "| K | Calinski-Harabasz |", "|---:|---:|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in e["calinski_harabasz"].items()]
-    lines += ["", f"Trained on {m['n_train']} targets, validated on {m['n_val']}; best epoch {m['best_epoch']} "
-              f"(val MSE {m['best_val_mse']:.5f}{', stopped early' if m['stopped_early'] else ''}).", ""]
+    n_neg_tr, n_neg_va = m.get("n_train_negatives", 0), m.get("n_val_negatives", 0)
+    lines += ["", f"Trained on {m['n_train']} targets"
+              + (f" + {n_neg_tr} negatives (zero target, weight {m['negative_weight']:g})" if n_neg_tr else "")
+              + f", validated on {m['n_val']} targets" + (f" + {n_neg_va} negatives" if n_neg_va else "")
+              + f"; best epoch {m['best_epoch']} by the "
+              f"{_selection(m)}{', stopped early' if m['stopped_early'] else ''}.", ""]
     if "val_mse" in m:
-        lines += [f"Validation: MSE {m['val_mse']:.5f} vs {m['val_mse_mean_vector']:.5f} for the static mean vector; "
-                  f"cosine to the true shift {m['val_cosine']:.3f} vs {m['val_cosine_mean_vector']:.3f}.", ""]
-    lines += ["| epoch | train MSE | val MSE | lr |", "|---:|---:|---:|---:|"]
+        lines += [f"Validation targets ({m['n_val']} rows) at the best epoch: MSE {m['val_mse']:.5f} "
+                  f"(static mean {m['val_mse_mean_vector']:.5f}); cosine to the true shift {m['val_cosine']:.3f} "
+                  f"(static mean vector {m['val_cosine_mean_vector']:.3f}).", ""]
+    lines += ["Loss curve (the val column is the selection loss above).", "",
+              "| epoch | train loss | val selection loss | lr |", "|---:|---:|---:|---:|"]
     hist = m["history"]
-    for h in hist[:: max(1, len(hist) // 20)] + ([hist[-1]] if hist else []):
+    shown = hist[:: max(1, len(hist) // 20)]
+    if hist and shown[-1] is not hist[-1]:
+        shown.append(hist[-1])
+    for h in shown:
         lines.append(f"| {h['epoch']} | {h['train_mse']:.5f} | {h['val_mse']:.5f} | {h['lr']:.2e} |")
     return "\n".join(lines) + "\n"
+
+
+def _selection(m: dict[str, Any]) -> str:
+    """``selection loss X (what it is over)``; a report from before the field existed says what it was then."""
+    what = m.get("selection_loss") or "validation loss of early stopping"
+    if what == SELECTION_NEGATIVES:
+        what = f"weighted MSE over val targets + negatives, weight {m['negative_weight']:g}"
+    elif what == SELECTION_TARGETS:
+        what = "MSE over val targets"
+    return f"selection loss {m['best_val_mse']:.5f} ({what})"
 
 
 def _pct(x: float | None) -> str:
@@ -329,8 +359,8 @@ def summarize(report: dict[str, Any]) -> str:
            else ""),
         f"experts: K={e['K']} sizes {e['cluster_sizes']}, CH "
         + "{" + ", ".join(f"{k}: {v:.1f}" for k, v in e["calinski_harabasz"].items()) + "}",
-        f"mose: best epoch {m['best_epoch']}, val MSE {m['best_val_mse']:.5f}"
-        + (f" (static mean {m['val_mse_mean_vector']:.5f}), cosine {m['val_cosine']:.3f} "
-           f"(static {m['val_cosine_mean_vector']:.3f})" if "val_mse" in m else ""),
+        f"mose: best epoch {m['best_epoch']}, {_selection(m)}"
+        + (f"; val targets: MSE {m['val_mse']:.5f} (static mean {m['val_mse_mean_vector']:.5f}), cosine "
+           f"{m['val_cosine']:.3f} (static {m['val_cosine_mean_vector']:.3f})" if "val_mse" in m else ""),
     ]
     return "\n".join(parts)
