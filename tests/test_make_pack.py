@@ -207,6 +207,28 @@ def test_verify_failure_publishes_nothing(made: dict, tiny_model: Path, tmp_path
     line = _error(make_pack(tiny_model, out, "--budget", budget))
     assert "sha256 of head.onnx" in line
     assert not out.exists()
+    v = json.loads((work / "verify.json").read_text())  # verify_pack's report says which check failed
+    assert v["ok"] is False and v["checks"]["checksums"]["ok"] is False and "sha256 of head.onnx" in v["error"]
+
+
+def test_verify_is_verify_pack_and_a_chosen_template_silences_the_fallback(tmp_path: Path) -> None:
+    """verify.json is verify_pack's full report (checksums, fingerprint, self-test), and a model without a chat
+    template run with --chat-template gets no plain-text fallback warning anywhere in the run (preflight and
+    verify warned: they built a SteeredLlama without the run's template)."""
+    from finesteer_edge.testing.tiny_model import write_tiny_model
+    from finesteer_edge.verify import CHECKS, verify_pack
+
+    base = write_tiny_model(tmp_path / "base.gguf", "llama", chat_template=None)
+    out = tmp_path / "pack"
+    r = make_pack(base, out, "--chat-template", "chatml")
+    assert r.returncode == 0, r.stderr
+    assert "no chat template" not in r.stderr and "PLAIN text" not in r.stderr, r.stderr
+    v = json.loads((tmp_path / "pack.work" / "verify.json").read_text())
+    want = verify_pack(tmp_path / "pack.work" / "pack", base, n_threads=1).to_dict()
+    assert v["ok"] is True and list(v["checks"]) == list(CHECKS) and all(c["ok"] for c in v["checks"].values())
+    assert v["checksums"] == v["fingerprint"] == "ok" and v["pack"] == want["pack"] and v["model"] == want["model"]
+    assert v["checks"]["fingerprint"] == want["checks"]["fingerprint"]  # type: ignore[index]
+    assert v["selftest"]["steer_layer"] == want["selftest"]["steer_layer"]  # type: ignore[index]
 
 
 @pytest.mark.slow

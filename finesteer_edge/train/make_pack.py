@@ -2,7 +2,7 @@
 
 Stages: extract -> train -> convert -> verify -> eval, each through the same public functions and
 config objects as the single commands (``ExtractConfig``/``extract``, ``TrainConfig``/``train``,
-``convert``, the load-time self-test, ``run_suite``), so what changes there flows through here.
+``convert``, ``verify_pack``, ``run_suite``), so what changes there flows through here.
 
 Every stage writes into a work directory next to the pack (``PACK.work/``) and records in
 ``state.json`` the sha256 of its inputs and of its output. On the next run, a stage whose inputs
@@ -98,8 +98,8 @@ class MakePackConfig:
     n_ctx: int = 2048
     eval_max_tokens: int = 32
     chat_template: str | None = None
-    """Passed to extract and the evaluation when they accept one (``--chat-template`` of issue 12);
-    an error if this build does not support it yet."""
+    """Passed to the preflight self-test's model, extract and the evaluation (``--chat-template`` of issue 12);
+    None: the model's own (a model without one: the plain fallback, with its warning)."""
     show_progress: bool = True
 
 
@@ -168,12 +168,6 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _options(cls: type, **values: Any) -> dict[str, Any]:
-    """Only the fields ``cls`` has: ``chat_template`` reaches extract once extract accepts it."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in values.items() if k in names}
-
-
 class MakePack:
     """Runs the stages for one :class:`MakePackConfig`; :meth:`run` returns the summary dict."""
 
@@ -200,10 +194,6 @@ class MakePack:
         cfg = self.cfg
         if not cfg.model.is_file():
             raise DataError(f"model file not found: {cfg.model}")
-        from .extract import ExtractConfig
-
-        if cfg.chat_template is not None and "chat_template" not in {f.name for f in dataclasses.fields(ExtractConfig)}:
-            raise FinesteerError("--chat-template is not supported by this build's extract yet")
         load_items(cfg.task, self.data)  # missing files, malformed lines: file:line errors now
         self._eval_files()
         info = read_model_info(cfg.model)
@@ -213,7 +203,10 @@ class MakePack:
         self._selftest_model()
 
     def _selftest_model(self) -> None:
-        """Tap and control vector on this architecture, before extraction: an unsupported model fails now."""
+        """Tap and control vector on this architecture, before extraction: an unsupported model fails now.
+
+        With the run's chat template: a bad ``--chat-template`` fails here too, and a model without a
+        template of its own gets no fallback warning the run's template contradicts."""
         from ..model_info import read_model_info
         from ..selftest import run_selftest
         from ..steered import SteeredLlama
@@ -221,7 +214,8 @@ class MakePack:
 
         n_layer = read_model_info(self.cfg.model).fingerprint.n_layer
         gate, steer, _ = default_layers(n_layer)
-        llm = SteeredLlama(self.cfg.model, n_ctx=512, n_threads=self.cfg.threads, tap_layers=(gate, steer))
+        llm = SteeredLlama(self.cfg.model, n_ctx=512, n_threads=self.cfg.threads, tap_layers=(gate, steer),
+                           chat_template=self.cfg.chat_template)
         try:
             report = run_selftest(llm.session, gate, steer)
         finally:
@@ -337,11 +331,11 @@ class MakePack:
                 self.progress.set_weight("train", 0.05 * total + 5)
             self.progress.update("extract", done / max(total, 1))
 
-        ecfg = ExtractConfig(**_options(
-            ExtractConfig, task=cfg.task, data=self.data, out=self.acts, limit=cfg.budget.rows,
+        ecfg = ExtractConfig(
+            task=cfg.task, data=self.data, out=self.acts, limit=cfg.budget.rows,
             own_tokens=cfg.own_tokens, n_ctx=cfg.n_ctx, threads=cfg.threads, show_progress=False,
             resume_dir=self.work / "extract.partial" if cfg.resume else None, on_row=on_row,
-            chat_template=cfg.chat_template))
+            chat_template=cfg.chat_template)
         if not cfg.resume:
             shutil.rmtree(self.work / "extract.partial", ignore_errors=True)
         extract(self.cfg.model, ecfg)
@@ -382,20 +376,18 @@ class MakePack:
         return f"{r.pack_bytes:,} bytes, fold error {r.fold_max_rel_error:.1e}"
 
     def _run_verify(self) -> str:
-        from ..pack.pack import SteeringPack
-        from ..steered import SteeredLlama
+        """``verify_pack`` (checksums, fingerprint, self-test; what every load of the pack runs): its whole
+        report goes to ``verify.json``, also when a check fails (then the stage raises that check's error)."""
+        from ..verify import verify_pack
 
-        pack = SteeringPack.load(self.pack)
-        llm = SteeredLlama(self.cfg.model, pack, n_threads=self.cfg.threads, n_ctx=512)
-        try:
-            st = llm.selftest
-            if st is None:
-                raise FinesteerError(f"{self.pack}: the self-test did not run; the pack is not verified")
-            report = {"ok": True, "selftest": st.to_dict()}
-        finally:
-            llm.close()
-        (self.work / "verify.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-        return f"self-test ok (tap {st.tap_method}, error {st.max_tap_error:.1g})"
+        report = verify_pack(self.pack, self.cfg.model, n_threads=self.cfg.threads, raise_on_failure=False)
+        (self.work / "verify.json").write_text(json.dumps(report.to_dict(), indent=1), encoding="utf-8")
+        if report.error is not None:
+            raise report.error
+        st = report.selftest
+        if not report.ok or st is None:
+            raise FinesteerError(f"{self.pack}: the self-test did not run; the pack is not verified")
+        return f"checksums, fingerprint and self-test ok (tap {st.tap_method}, error {st.max_tap_error:.1g})"
 
     def _publish(self) -> None:
         """Copy the verified pack to ``--out`` (atomically: a sibling temp dir, then rename)."""
@@ -429,12 +421,12 @@ class MakePack:
 
         split, files = self._eval_files()
         cfg = self.cfg
-        res = run_suite(SuiteConfig(**_options(
-            SuiteConfig, suite=cfg.task, model=cfg.model, pack=cfg.out, test=files, val={},
+        res = run_suite(SuiteConfig(
+            suite=cfg.task, model=cfg.model, pack=cfg.out, test=files, val={},
             methods=["base", "finesteer"], strengths=[1.0], max_tokens=cfg.eval_max_tokens,
             limit=cfg.budget.eval_rows, threads=cfg.threads, n_ctx=cfg.n_ctx, progress=False, seed=cfg.seed,
             reuse_checks=0, command="make-pack eval", chat_template=cfg.chat_template,
-        )))
+        ))
         res = compact(res)
         res["split"] = split
         (self.work / "eval.json").write_text(json.dumps(res, indent=1, default=str), encoding="utf-8")
