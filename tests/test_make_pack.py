@@ -14,7 +14,7 @@ from finesteer_edge.train.make_pack import _tree_sha256
 
 from .conftest import SHARED_DATA, run_cli
 
-# The tiny model has no chat template (prompts go in raw, as extract documents); small everything
+# The tiny model carries a ChatML template (a template-less copy is written where that matters); small everything
 QUICK = ("--budget", "5", "--epochs", "3", "--own-tokens", "4", "--n-ctx", "512", "--threads", "1",
          "--eval-rows", "2", "--eval-tokens", "4")
 
