@@ -146,7 +146,7 @@ def extract(model_path: Path, cfg: ExtractConfig) -> Path:
                            chat_template=cfg.chat_template)
     s = llm.session
     eot = end_of_turn_token(llm) if cfg.end_of_turn else None
-    extra = [f"f_{k}.{n}" for k in POOLED_FEATURES for n in cands] if cfg.gate_only else []
+    extra = [f"f_{k}.{n}" for k in POOLED_FEATURES for n in cands]
     plan = _plan(model_path, s, items, cands, gate, steer, cfg)
     done_rows = _resume(cfg.resume_dir, plan)
     writer = ActivationsWriter(cfg.out, len(items), s.n_embd, list(cands), extra=extra, scratch=cfg.resume_dir)
@@ -290,9 +290,11 @@ def _extract_one(llm: SteeredLlama, s: LlamaSession, item: Item, i: int, writer:
         else:
             undesired_ids = [_response_ids(s, t) for t in item.undesired]
     s.reset()
-    s.decode(prompt, capture="last")
+    s.decode(prompt, capture="last", span=user_span(llm.chat_template, s, messages, len(prompt)))
     states = {n: s.hidden(n) for n in set(cands) | {steer}}
     values: dict[str, Any] = {f"h_layer.{n}": states[n] for n in cands}
+    for n in cands:  # the pooled gate features too, so that this file's rows can train any runtime gate
+        values.update({f"f_{kind}.{n}": s.hidden_span(n, kind) for kind in POOLED_FEATURES})
     values.update(h_gate=states[gate], h_steer=states[steer], split=SPLIT_CODES[item.split],
                   label=1 if item.target else 0)
     if contrast:
@@ -315,7 +317,7 @@ def end_of_turn_token(llm: SteeredLlama) -> int:
     """
     s = llm.session
     marker = "Okay."
-    text = llm._template.render([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": marker}],
+    text = llm.chat_template.render([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": marker}],
                                 add_generation_prompt=False)
     after = text[text.rfind(marker) + len(marker):] if marker in text else ""
     for tok in s.tokenize(after, add_special=False, parse_special=True):

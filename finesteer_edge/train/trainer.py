@@ -14,7 +14,7 @@ import numpy as np
 
 from ..data import file_sha256
 from ..errors import ActivationsError, DataError
-from ..vocab import TRAINED_GATE_KINDS
+from ..vocab import GATE_CANDIDATE_KINDS, TRAINED_GATE_KINDS
 from .activations import Activations, load_activations
 from .checkpoint import save_checkpoint
 from .mose import K_RANGE, build_experts, make_module, train_mose
@@ -52,6 +52,8 @@ class TrainConfig:
     sources and conversation shapes (gate_select.py). ``--gate-acts`` implies ``loso``."""
     gate_layers: list[int] | None = None
     """LOSO: candidate layers (default: all extracted)."""
+    gate_features: list[str] | None = None
+    """LOSO: gate features to choose from (None: every one all gate files hold, ``finesteer_edge.vocab``)."""
     negative_weight: float = 1.0
     """Also train MoSE on negatives (prompts not to steer) with a zero target, at this weight; 0 = targets
     only, as published. Our addition: it makes the head itself propose (almost) nothing for prompts that
@@ -115,7 +117,8 @@ def train(acts_path: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
     report = {
         "activations": {"file": str(acts_path), "sha256": file_sha256(acts_path), "task": acts.meta.get("task"),
                         "rows": int(acts.label.shape[0]), "data_files": acts.meta.get("data_files", {})},
-        "gate": {"kind": gate.kind, "layer": gate.layer, "tau": gate.tau, "components": int(gate.components.shape[1]),
+        "gate": {"kind": gate.kind, "layer": gate.layer, "feature": gate.feature, "tau": gate.tau,
+                 "components": int(gate.components.shape[1]),
                  "explained_variance": gate.explained, "val": gate.metrics, "candidates": gate_table,
                  "selection": "leave-one-source-out" if selection else "validation",
                  "gate_acts": [{"file": str(p), "sha256": file_sha256(p)} for p in cfg.gate_acts]},
@@ -139,7 +142,7 @@ def train(acts_path: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
     config = {
         "model": acts.meta["model"],
         "model_name": acts.meta.get("model_name", ""),
-        "gate": {"kind": gate.kind, "layer": gate.layer, "tau": gate.tau, "bias": gate.bias},
+        "gate": {"kind": gate.kind, "layer": gate.layer, "tau": gate.tau, "bias": gate.bias, "feature": gate.feature},
         "steer_layer": acts.steer_layer,
         "alpha": cfg.alpha,
         "experts": int(experts.prototypes.shape[0]),
@@ -158,7 +161,7 @@ def train(acts_path: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _select_gate_loso(acts: Activations, cfg: TrainConfig) -> tuple[GateFit, dict[str, Any]]:
-    from .gate_select import candidates, gate_data, select_gate
+    from .gate_select import candidates, gate_data, runtime_features, select_gate
 
     files = [acts] + [load_activations(p) for p in cfg.gate_acts]
     for p, a in zip(cfg.gate_acts, files[1:], strict=True):
@@ -169,8 +172,13 @@ def _select_gate_loso(acts: Activations, cfg: TrainConfig) -> tuple[GateFit, dic
     missing = sorted(set(layers) - set(data.layers))
     if missing:
         raise DataError(f"gate layers {missing} were not extracted in every file; available: {data.layers}")
-    kinds = ("scs", "scs_logistic", "probe") if cfg.gate_kind == "auto" else (cfg.gate_kind,)
-    return select_gate(data, candidates(layers, kinds), seed=cfg.seed)
+    kinds = GATE_CANDIDATE_KINDS if cfg.gate_kind == "auto" else (cfg.gate_kind,)
+    features = tuple(cfg.gate_features) if cfg.gate_features else runtime_features(data)
+    missing_f = sorted(set(features) - set(data.features()))
+    if missing_f:
+        raise DataError(f"gate features {missing_f} are not in every gate file (pooled features come from "
+                        f"extract --gate-only); available: {data.features()}")
+    return select_gate(data, candidates(layers, kinds, features), seed=cfg.seed)
 
 
 def _fit_gates(acts: Activations, cfg: TrainConfig) -> tuple[GateFit, list[dict[str, Any]]]:
