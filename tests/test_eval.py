@@ -335,7 +335,7 @@ def test_eval_cli_malformed_jsonl_names_file_and_line(tiny_model: Path, eval_set
 
 # ------------------------------------------------------------------------------------------ report
 def test_report_numbers_equal_the_json(tiny_model: Path, eval_setup: dict[str, Path], tmp_path: Path) -> None:
-    from finesteer_edge.evaluation.report import SAFETY_HEADERS, pct, write_report
+    from finesteer_edge.evaluation.report import SAFETY_HEADERS, write_report
     from finesteer_edge.evaluation.runner import expand_methods
     from finesteer_edge.evaluation.suite import SuiteConfig, run_suite
 
@@ -345,7 +345,8 @@ def test_report_numbers_equal_the_json(tiny_model: Path, eval_setup: dict[str, P
                       strengths=[1.0], max_tokens=4, threads=1, progress=False, command="pytest")
     res = run_suite(cfg)
     # the random tiny model refuses nothing, so give one method rates whose cells are known by hand
-    res["methods"]["mose"].update(refusal_harmful=2 / 3, over_refusal_benign=1 / 3, over_refusal_borderline=0.5)
+    res["methods"]["mose"].update(refusal_harmful=2 / 3, over_refusal_benign=1 / 3, over_refusal_borderline=0.5,
+                                  clean_refusal_harmful=1 / 3)
     report = {"command": "pytest", "threads": 2, "suites": {"safety": res}, "model": res["model"],
               "environment": res["environment"], "wall_seconds": 1.0,
               "fidelity": {"safety": {"n": 8, "gate_agreement": 0.875, "gate_disagreements": 1,
@@ -372,9 +373,11 @@ def test_report_numbers_equal_the_json(tiny_model: Path, eval_setup: dict[str, P
             shown = float(cell[:-1])
             assert abs(shown - 100 * m[key]) <= 0.05 + 1e-9, (name, key, cell)
             assert any(abs(shown - round(1000 * k / n[key]) / 10) < 1e-9 for k in range(n[key] + 1)), cell
-        assert cells[10] == pct(m["clean_refusal_harmful"])  # issue 11: the clean rate for every method
-        assert 0.0 <= m["ended_harmful"] <= 1.0 and m["clean_refusal_harmful"] <= m["refusal_harmful"]
+        # issue 11: the clean rate for every method, as a percent with one decimal of the JSON's number
+        clean = m["clean_refusal_harmful"]
+        assert cells[10] == "n/a" if clean is None else abs(float(cells[10][:-1]) - 100 * clean) <= 0.05 + 1e-9
     assert table["mose"][5:8] == ["66.7%", "33.3%", "50.0%"]
+    assert table["mose"][10] == "33.3%"  # the hand-set clean rate below, written out by hand
     # targets are computed from the numbers and rendered from the JSON
     targets = {t["name"]: t for t in saved["targets"]}
     fs = saved["suites"]["safety"]["methods"]["finesteer"]
