@@ -10,11 +10,15 @@ warning that they are untested; one whose graph adds no control vector is refuse
 
 from __future__ import annotations
 
-SUPPORTED_ARCHITECTURES: tuple[str, ...] = ("llama", "qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3", "phi3")
+SUPPORTED_ARCHITECTURES: tuple[str, ...] = (
+    "llama", "qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3", "phi3", "granite", "olmo2", "olmo",
+)
 
 # Architectures whose graph builder in the pinned llama.cpp fills ``t_layer_inp[il]`` for every layer, so
 # ``llama_set_embeddings_layer_inp`` can read ``l_out-N`` in the generation context itself. The others use
 # a second, tap-only context with a ``cb_eval`` callback (taps.py), so generation never runs a callback.
+# (Enabling layer inputs on the others aborts in llama.cpp: "layer input tensor is null", e.g. qwen2, granite,
+# olmo2, olmo.)
 LAYER_INP_ARCHITECTURES = frozenset({"llama", "qwen3", "qwen3moe"})
 
 

@@ -3,15 +3,19 @@
 Tests and the quick benchmarks need real model files that build in milliseconds, one per architecture we
 claim (``finesteer_edge.architectures.SUPPORTED_ARCHITECTURES``), so the architecture-specific parts of
 llama.cpp (tensor layout, norms, rope style, biases, q/k norms, MoE routing, tied embeddings, soft-capping,
-sliding windows) run for real without anyone's weights. Each file has exactly the tensors and metadata
-keys that the pinned llama.cpp loader requires for its architecture (src/models/<arch>.cpp) and a chat
+sliding windows, Granite's embedding/residual/attention/logit multipliers, OLMo 2's post-norms over whole
+q/k projections, OLMo's weightless layer norms) run for real without anyone's weights. Each file has exactly
+the tensors and metadata keys that the pinned llama.cpp loader requires for its architecture
+(src/models/<arch>.cpp; Granite's optional multipliers too, since every Granite model sets them) and a chat
 template in that model family's own style (ChatML for llama/qwen, ``<start_of_turn>`` for gemma,
-``<|user|>`` for phi3), so the template path is exercised too.
+``<|user|>`` for phi3, ``<|start_of_role|>`` for granite, Tulu's plain-text ``<|user|>`` for olmo/olmo2), so
+the template path is exercised too.
 
 The tokenizer is a byte-level BPE (GPT-2 byte alphabet, a few merges) with the family's special tokens.
-Weights are drawn from a seeded normal distribution in HF layout; for llama, q/k are permuted the way
-llama.cpp's HF converter does, so transformers' GGUF loader (which undoes the permutation) sees the same
-network; the other architectures use NEOX rope and are stored unpermuted, as their converters do.
+Weights are drawn from a seeded normal distribution in HF layout; for the NORM-rope architectures (llama,
+granite, olmo) q/k are permuted the way llama.cpp's HF converter does, so a loader that undoes the
+permutation (transformers' GGUF loader for llama; tests/test_architectures.py by hand for granite and olmo)
+sees the same network; the other architectures use NEOX rope and are stored unpermuted, as their converters do.
 """
 
 from __future__ import annotations
@@ -20,8 +24,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-
-from ..architectures import SUPPORTED_ARCHITECTURES
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -65,6 +67,29 @@ PHI3_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
 )
 
+# Granite 3.x style: a system turn always (a default one if none is given), every turn closed by <|end_of_text|>.
+GRANITE_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
+    "{% set turns = messages[1:] %}{% else %}{% set system = 'You are a tiny test model.' %}"
+    "{% set turns = messages %}{% endif %}"
+    "{{ '<|start_of_role|>system<|end_of_role|>' + system + '<|end_of_text|>\n' }}"
+    "{% for message in turns %}"
+    "{{ '<|start_of_role|>' + message['role'] + '<|end_of_role|>' + message['content'] + '<|end_of_text|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_of_role|>assistant<|end_of_role|>' }}{% endif %}"
+)
+
+# OLMo / OLMo 2 Instruct style (Tulu): BOS (== EOS) first, plain-text role markers, EOS after each answer.
+TULU_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|assistant|>\n' + message['content'] + eos_token + ('' if loop.last else '\n') }}"
+    "{% else %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 _MERGES = ("Ġ t", "Ġ a", "h e", "i n", "r e", "o n", "Ġt he", "e r", "Ġ s", "a t")
 # Per family: extra control tokens (appended after the llama vocabulary), BOS, EOS, add_bos, template.
@@ -75,9 +100,22 @@ _FAMILY = {
     # llama.cpp sets attributes on <s>, </s> and <unk> for any model named "phi3": real Phi-3 vocabularies have them.
     "phi3": (("<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"), "<s>", "<|end|>", False,
              PHI3_TEMPLATE),
+    "granite": (("<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>"), "<|end_of_text|>", "<|end_of_text|>",
+                False, GRANITE_TEMPLATE),
+    # OLMo's role markers are plain text; <|endoftext|> is BOS, EOS and the end of each answer.
+    "tulu": ((), "<|endoftext|>", "<|endoftext|>", False, TULU_TEMPLATE),
 }
 _ARCH_FAMILY = {"llama": "chatml", "qwen2": "chatml", "qwen3": "chatml", "qwen3moe": "chatml",
-                "gemma2": "gemma2", "gemma3": "gemma", "phi3": "phi3"}
+                "gemma2": "gemma2", "gemma3": "gemma", "phi3": "phi3", "granite": "granite", "olmo2": "tulu",
+                "olmo": "tulu"}
+# Rope on adjacent pairs (llama.cpp's NORM rope): the HF converter permutes q/k rows for these.
+_NORM_ROPE = ("llama", "granite", "olmo")
+# No output.weight: the output shares the embeddings, as in the real models (Gemma 2 always, Granite 3.x).
+_TIED_OUTPUT = ("gemma2", "granite")
+# Granite's multipliers, Granite 3.x's values (its attention multiplier is 1/head_dim, not 1/sqrt(head_dim)).
+GRANITE_EMBEDDING_SCALE, GRANITE_RESIDUAL_SCALE, GRANITE_LOGIT_SCALE = 12.0, 0.22, 8.0
+TINY_ARCHITECTURES: tuple[str, ...] = tuple(_ARCH_FAMILY)
+"""Every architecture this module can write (SUPPORTED_ARCHITECTURES and any candidate under test)."""
 DEFAULT_TEMPLATE = object()
 """Sentinel: the architecture family's own chat template (pass None for a base model without one)."""
 
@@ -138,7 +176,7 @@ def write_tiny_llama(path: str | Path, config: TinyConfig | None = None) -> Path
 
 def write_tiny_model(path: str | Path, architecture: str = "llama", config: TinyConfig | None = None, *,
                      chat_template: str | None | object = DEFAULT_TEMPLATE, endless: bool = False) -> Path:
-    """Write a tiny random GGUF of ``architecture`` (one of SUPPORTED_ARCHITECTURES) and return its path.
+    """Write a tiny random GGUF of ``architecture`` (one of TINY_ARCHITECTURES) and return its path.
 
     ``chat_template``: the family's own template by default, a Jinja string, or None for a base model
     with no ``tokenizer.chat_template`` key at all. ``endless``: zero the output rows of the control
@@ -147,8 +185,8 @@ def write_tiny_model(path: str | Path, architecture: str = "llama", config: Tiny
     """
     import gguf  # writer side only
 
-    if architecture not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(f"no tiny model for architecture {architecture!r}; known: {SUPPORTED_ARCHITECTURES}")
+    if architecture not in TINY_ARCHITECTURES:
+        raise ValueError(f"no tiny model for architecture {architecture!r}; known: {TINY_ARCHITECTURES}")
     cfg = config or TinyConfig()
     path = Path(path)
     extra, bos, eos, add_bos, template = _FAMILY[_ARCH_FAMILY[architecture]]
@@ -174,7 +212,10 @@ def write_tiny_model(path: str | Path, architecture: str = "llama", config: Tiny
     w.add_feed_forward_length(cfg.n_ff)
     w.add_head_count(cfg.n_head)
     w.add_head_count_kv(cfg.n_head_kv)
-    w.add_layer_norm_rms_eps(1e-5 if architecture != "gemma2" and architecture != "gemma3" else 1e-6)
+    if architecture == "olmo":  # plain LayerNorm without weights
+        w.add_layer_norm_eps(1e-5)
+    else:
+        w.add_layer_norm_rms_eps(1e-5 if architecture != "gemma2" and architecture != "gemma3" else 1e-6)
     w.add_rope_dimension_count(head_dim)
     w.add_rope_freq_base(10000.0)
     w.add_key_length(head_dim)
@@ -187,6 +228,11 @@ def write_tiny_model(path: str | Path, architecture: str = "llama", config: Tiny
         w.add_expert_feed_forward_length(cfg.n_ff_expert or cfg.n_ff // 2)
     if architecture in ("gemma2", "gemma3"):
         w.add_sliding_window(cfg.sliding_window)
+    if architecture == "granite":
+        w.add_embedding_scale(GRANITE_EMBEDDING_SCALE)
+        w.add_residual_scale(GRANITE_RESIDUAL_SCALE)
+        w.add_attention_scale(1.0 / head_dim)
+        w.add_logit_scale(GRANITE_LOGIT_SCALE)
     if architecture == "gemma2":
         w.add_attn_logit_softcapping(50.0)
         w.add_final_logit_softcapping(30.0)
@@ -203,15 +249,16 @@ def write_tiny_model(path: str | Path, architecture: str = "llama", config: Tiny
         w.add_chat_template(str(template))
 
     control = np.array([t == 3 for t in types])
-    embd = rand(n_vocab, d, scale=1.0 if architecture[:5] != "gemma" else 0.1)
-    if endless and architecture == "gemma2":  # tied output: the embedding rows are the output rows
+    embd = rand(n_vocab, d, scale=1.0 if architecture[:5] != "gemma" and architecture != "granite" else 0.1)
+    if endless and architecture in _TIED_OUTPUT:  # the embedding rows are the output rows
         embd[control] = 0.0
     w.add_tensor("token_embd.weight", embd)
     for i in range(cfg.n_layer):
         p = f"blk.{i}."
-        w.add_tensor(p + "attn_norm.weight", norm(d))
+        if architecture not in ("olmo2", "olmo"):  # OLMo 2 normalises after each sublayer; OLMo has no weights
+            w.add_tensor(p + "attn_norm.weight", norm(d))
         q, k, v = rand(d, d), rand(kv, d), rand(kv, d)
-        if architecture == "llama":
+        if architecture in _NORM_ROPE:
             q, k = _permute_qk(q, cfg.n_head), _permute_qk(k, cfg.n_head_kv)
         if architecture == "phi3":  # fused q|k|v, as Phi-3's own qkv_proj
             w.add_tensor(p + "attn_qkv.weight", np.concatenate([q, k, v]))
@@ -226,11 +273,15 @@ def write_tiny_model(path: str | Path, architecture: str = "llama", config: Tiny
         if architecture in ("qwen3", "qwen3moe", "gemma3"):  # per-head RMS norms on q and k
             w.add_tensor(p + "attn_q_norm.weight", norm(head_dim))
             w.add_tensor(p + "attn_k_norm.weight", norm(head_dim))
+        if architecture == "olmo2":  # RMS norms over the whole q and k projections (all heads at once)
+            w.add_tensor(p + "attn_q_norm.weight", norm(d))
+            w.add_tensor(p + "attn_k_norm.weight", norm(kv))
         w.add_tensor(p + "attn_output.weight", rand(d, d))
-        if architecture in ("gemma2", "gemma3"):
+        if architecture in ("gemma2", "gemma3", "olmo2"):
             w.add_tensor(p + "post_attention_norm.weight", norm(d))
             w.add_tensor(p + "post_ffw_norm.weight", norm(d))
-        w.add_tensor(p + "ffn_norm.weight", norm(d))
+        if architecture not in ("olmo2", "olmo"):
+            w.add_tensor(p + "ffn_norm.weight", norm(d))
         if architecture == "qwen3moe":
             n_exp, ff = cfg.n_expert, cfg.n_ff_expert or cfg.n_ff // 2
             w.add_tensor(p + "ffn_gate_inp.weight", rand(n_exp, d, scale=0.5))
@@ -244,8 +295,9 @@ def write_tiny_model(path: str | Path, architecture: str = "llama", config: Tiny
             w.add_tensor(p + "ffn_gate.weight", rand(cfg.n_ff, d))
             w.add_tensor(p + "ffn_up.weight", rand(cfg.n_ff, d))
             w.add_tensor(p + "ffn_down.weight", rand(d, cfg.n_ff))
-    w.add_tensor("output_norm.weight", np.ones(d, dtype=np.float32))
-    if architecture != "gemma2":  # Gemma 2 always ties the output to the embeddings
+    if architecture != "olmo":
+        w.add_tensor("output_norm.weight", np.ones(d, dtype=np.float32))
+    if architecture not in _TIED_OUTPUT:
         out = rand(n_vocab, d, scale=0.2)
         if endless:
             out[control] = 0.0
