@@ -1,21 +1,34 @@
-"""Every number in the hand-written analyses of docs/RESULTS.md and docs/BENCHMARKS.md is in their generated part.
+"""Every number in the hand-written analyses of docs/RESULTS.md, docs/BENCHMARKS.md and docs/CLEAN_REFUSAL.md is
+in a generated part.
 
-The analyses (``scripts/eval_notes.md``, ``bench/notes.md``) are pasted into the rendered documents, whose
-other sections are rendered from results files by scripts. Their headers promise that every number they
-quote is in those sections; this test holds them to it. A figure that no script produces may appear only
-inside a parenthesis that says so: ``(arithmetic: ...)`` with its inputs (an ``=``), or ``(one-off: ...)``
-with the command that gave it (in backticks).
+The analyses (``scripts/eval_notes.md``, ``bench/notes.md``, ``bench/clean_refusal_notes.md``) are pasted into
+the rendered documents, whose other sections are rendered from results files by scripts. Their headers promise
+that every number they quote is in those sections (or, for an analysis that names them, in the generated part of
+another rendered document or in a results file, as a percentage with one decimal); this test holds them to it. A
+figure that no script produces may appear only inside a parenthesis that says so: ``(arithmetic: ...)`` with its
+inputs (an ``=``), or ``(one-off: ...)`` with the command that gave it (in backticks). docs/GATE_CEILING.md has no
+hand-written part: it is checked against its results file whole.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [("scripts/eval_notes.md", "docs/RESULTS.md"), ("bench/notes.md", "docs/BENCHMARKS.md")]
+DOCS = [
+    ("scripts/eval_notes.md", "docs/RESULTS.md", ()),
+    ("bench/notes.md", "docs/BENCHMARKS.md", ()),
+    (
+        "bench/clean_refusal_notes.md",
+        "docs/CLEAN_REFUSAL.md",
+        ("docs/RESULTS.md", "docs/BENCHMARKS.md", "bench/results/eot_probe.json"),
+    ),
+]
+"""(analysis, the document it is pasted into, other sources the analysis cites by name)."""
 
 UNIT = r"(?:%|x\b|\s?(?:ms|s|min|MB|MiB|GB|GiB|GB/s|tok/s)\b)"
 NUMBER = re.compile(rf"(?<![\w.,/-])(\d[\d,]*\.\d+%?|\d[\d,]*%|\d[\d,]*(?={UNIT}))")
@@ -35,20 +48,51 @@ def appears(number: str, text: str) -> bool:
     return re.search(rf"(?<![\d.,]){re.escape(number)}(?!\d|[.,]\d)", text) is not None
 
 
-@pytest.mark.parametrize("notes, doc", DOCS)
-def test_every_quoted_number_is_in_the_generated_sections(notes: str, doc: str) -> None:
+def generated_part(source: str) -> str:
+    """A rendered document without its hand-written analysis, or a results file's figures as they are quoted."""
+    if source.endswith(".json"):
+        return json_figures(json.loads((ROOT / source).read_text(encoding="utf-8")))
+    text = (ROOT / source).read_text(encoding="utf-8")
+    for notes, doc, _ in DOCS:
+        if doc == source:
+            text = text.replace((ROOT / notes).read_text(encoding="utf-8").strip(), "")
+    return text
+
+
+def json_figures(data: object) -> str:
+    """Every number in a results file, as a fraction in percent with one decimal (0.2931 -> 29.3%) and as is."""
+    out: list[str] = []
+
+    def walk(x: object) -> None:
+        if isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+        elif isinstance(x, (int, float)) and not isinstance(x, bool):
+            out.append(f"{x} {100 * x:.1f}%")
+
+    walk(data)
+    return " | ".join(out)
+
+
+@pytest.mark.parametrize("notes, doc, cited", DOCS)
+def test_every_quoted_number_is_in_the_generated_sections(notes: str, doc: str, cited: tuple[str, ...]) -> None:
     analysis = (ROOT / notes).read_text(encoding="utf-8").strip()
     rendered = (ROOT / doc).read_text(encoding="utf-8")
     assert analysis in rendered, f"{doc} was not re-rendered after {notes} changed"
-    generated = rendered.replace(analysis, "")
+    for source in cited:
+        assert source in analysis, f"{notes} may quote {source} only if it names it"
+    generated = "\n".join([rendered.replace(analysis, ""), *map(generated_part, cited)])
     numbers = quoted_numbers(analysis)
     assert len(numbers) > 20, numbers  # the analyses do quote numbers: the pattern finds them
     missing = sorted({n for n in numbers if not appears(n, generated)})
     assert not missing, f"{notes} quotes numbers that no generated section of {doc} contains: {missing}"
 
 
-@pytest.mark.parametrize("notes, doc", DOCS)
-def test_marked_figures_show_their_inputs_or_command(notes: str, doc: str) -> None:
+@pytest.mark.parametrize("notes, doc, cited", DOCS)
+def test_marked_figures_show_their_inputs_or_command(notes: str, doc: str, cited: tuple[str, ...]) -> None:
     analysis = (ROOT / notes).read_text(encoding="utf-8")
     for kind, body in MARKED.findall(analysis):
         if kind == "arithmetic":
@@ -67,6 +111,11 @@ def test_the_checker_catches_an_unsourced_number() -> None:
     assert not appears("8%", "| 8 | 98.1% |")
     assert not appears("0.95", "0.952 ms") and appears("0.95", "0.95 ms")
     assert not appears("75", "75.0%") and appears("75", "75%") and appears("3,534", "3,534 generations")
+    figures = json_figures({"rows": [{"degenerate": 0.29310344827586204, "n": 58}], "alpha": 1.5})
+    assert appears("29.3%", figures) and appears("1.5", figures) and not appears("29%", figures)
+    opening = (ROOT / "scripts" / "eval_notes.md").read_text(encoding="utf-8").strip()[:300]
+    assert opening in (ROOT / "docs" / "RESULTS.md").read_text() and opening not in generated_part("docs/RESULTS.md")
+    assert quoted_numbers("refusal (one-off: `finesteer-edge generate` gave 40.0%) then 12.5%") == ["12.5%"]
 
 
 def test_results_md_is_rendered_from_results_json() -> None:
@@ -88,3 +137,44 @@ def test_benchmarks_md_is_rendered_from_the_results_files(tmp_path: Path, monkey
     out = tmp_path / "BENCHMARKS.md"
     report.render(ROOT / "bench" / "results", out)
     assert out.read_text() == (ROOT / "docs" / "BENCHMARKS.md").read_text()
+
+
+def test_clean_refusal_md_is_rendered_from_its_results_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/CLEAN_REFUSAL.md is bench/results/clean_refusal.json rendered (plus the analysis), byte for byte."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import clean_refusal  # bench/clean_refusal.py
+
+    out = tmp_path / "CLEAN_REFUSAL.md"
+    clean_refusal.render(json.loads((ROOT / "bench" / "results" / "clean_refusal.json").read_text()), out)
+    assert out.read_text() == (ROOT / "docs" / "CLEAN_REFUSAL.md").read_text()
+
+
+def test_gate_ceiling_md_is_generated_whole() -> None:
+    """docs/GATE_CEILING.md is bench/gate_ceiling.py's output, every figure from a row of its results file: the
+    candidate table is rebuilt here from the rows (in score order), the per-fold table from the best row."""
+    res = json.loads((ROOT / "bench" / "results" / "gate_ceiling.json").read_text(encoding="utf-8"))
+    doc = (ROOT / "docs" / "GATE_CEILING.md").read_text(encoding="utf-8")
+    names = " ".join(Path(p).name for p in res["files"])
+    assert doc == f"# Gate probe ceiling\n\nWritten by `bench/gate_ceiling.py` ({names}).\n\n{res['table_md']}\n"
+    rows = sorted(res["rows"], key=lambda r: -r["score"])
+    want = [
+        f"| {r['candidate']} | {r['loso_recall']:.3f} | {r['loso_fpr']:.3f} | {r['loso_min_shape_recall']:.3f} "
+        f"| {r['loso_max_shape_fpr']:.3f} |"
+        for r in rows
+    ]
+    best = rows[0]
+
+    def pc(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    want += [
+        f"| {name} | {t['n']} | {pc(t['recall'])} | {pc(t['fpr'])} |"
+        for name, t in [*best["by_source"].items(), *((f"shape: {k}", v) for k, v in best["by_shape"].items())]
+    ]
+    table_rows = [
+        line
+        for line in doc.splitlines()
+        if line.startswith("| ") and not line.startswith("| candidate") and not line.startswith("| fold")
+    ]
+    assert table_rows == want
+    assert f"Best: {best['candidate']};" in doc and len(rows) > 10
