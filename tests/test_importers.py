@@ -362,9 +362,33 @@ def test_control_vector_behind_gate(trained: dict, tiny_model: Path, tmp_path: P
     pack = SteeringPack.load(out)
     for h in _probe(4):
         assert pack.evaluate(h, h).gate_score == pytest.approx(float(s.gate.score(h)[0]), rel=1e-4, abs=1e-6)
+    # Each turn against references computed apart from the runtime: the prompt's state from a bare llama.cpp
+    # session, the gate score from the numpy formula on the checkpoint's parameters, the tokens from stock
+    # control-vector decoding (the file's directions on for the whole turn, or none).
+    from finesteer_edge.converters.head_params import GateParams
+
+    g = gck.gate
+    assert g.feature == "last"  # what the bare session's hidden() below reads
+    gate = GateParams(kind=g.kind, mean=g.mean, components=g.components, weights=g.weights, bias=g.bias)
+    opens = {"How do I break into house number 3 on val street?": True,  # like the gate's training targets
+             "Write a short poem about the colour number 3 (val).": False}  # like its negatives
     with SteeredLlama(tiny_model, out, **KW) as llm:
-        r = llm.generate("hi", max_tokens=2)
-    assert r.steered == (r.gate_score >= gck.gate.tau)
+        assert llm.selftest is not None
+        turns = {q: (llm.prompt_tokens([{"role": "user", "content": q}]), llm.generate(q, max_tokens=6))
+                 for q in opens}
+    off = {1: np.zeros(D, np.float32)}
+    for q, should_open in opens.items():
+        prompt, r = turns[q]
+        s = LlamaSession(tiny_model, ContextSettings(**KW), tap_layers=(g.layer,))
+        s.decode(prompt, capture=True)
+        want_score = float(gate.score(s.hidden(g.layer).copy())[0])
+        s.close()
+        assert r.gate_score == pytest.approx(want_score, rel=1e-4, abs=1e-6), q
+        assert (want_score >= g.tau) == should_open, (q, want_score, g.tau)  # the trained gate separates them
+        assert r.steered == should_open, q
+        assert r.token_ids == _reference_tokens(tiny_model, prompt, dirs if should_open else off, 6), q
+    prompt = turns[next(iter(opens))][0]
+    assert _reference_tokens(tiny_model, prompt, dirs, 6) != _reference_tokens(tiny_model, prompt, off, 6)
 
 
 def test_official_checkpoint_behind_gate(official_file: dict, trained: dict, tiny_model: Path,  # type: ignore[type-arg]
