@@ -433,16 +433,15 @@ def render_markdown(report: dict[str, Any], analysis: str | None = None) -> str:
                 L.append(f"**Warning: the {suite} fidelity check ran on another pack version "
                          f"({f['pack_manifest_sha256']}) than the suite ({want}).**")
         L.append("")
-    if report.get("contexts") or report.get("contexts_before"):
+    runs = [(k, t) for k, t in CONTEXT_RUNS if report.get(k)]
+    if runs:
         L += ["## Generalisation: the gate in conversation contexts (issue 10)", "",
               "The same test prompts as a first turn, after benign exchanges, under a system prompt and after an "
               "earlier refused request; system prompts and exchanges come from a pool held out from training "
               "(`finesteer_edge/train/shapes.py`). Written by `finesteer-edge eval --contexts ... --report docs`.",
               ""]
-        if report.get("contexts_before"):
-            L += render_contexts(report["contexts_before"], "Before: the previous bundled pack")
-        if report.get("contexts"):
-            L += render_contexts(report["contexts"], "The bundled pack")
+        for key, title in runs:
+            L += render_contexts(report[key], title)
         gc = report.get("gate_ceiling")
         if gc:
             L += [f"### Probe ceiling (cross-source, validation FPR fixed at {pct(gc['fpr'])})", "",
@@ -470,6 +469,14 @@ def render_markdown(report: dict[str, Any], analysis: str | None = None) -> str:
     L.append(" ".join(limits.split()).replace("``", "`"))
     L.append("")
     return "\n".join(L)
+
+
+CONTEXT_RUNS = (
+    ("contexts_before", "Before: the v0.1 bundled pack (single-turn data, chosen on validation)"),
+    ("contexts_last_token", "Realistic-use data, leave-one-source-out, last prompt token (the first regate)"),
+    ("contexts", "The bundled pack (realistic-use data, leave-one-source-out over layers and features)"),
+)
+"""The context-suite runs ``results.json`` may hold (key, section title), rendered in this order."""
 
 
 def render_contexts(res: dict[str, Any], title: str) -> list[str]:
