@@ -1,7 +1,8 @@
 """``eval``: measure what a pack does to a model's behaviour, against static and gated baselines.
 
-Safety: refusal on harmful prompts and over-refusal on benign / borderline prompts (greedy, short
-answers, judged by finesteer_edge.evaluation.refusal). TruthfulQA: MC1 from the model's own
+Safety: refusal on harmful prompts and over-refusal on benign / borderline prompts (greedy with the
+repetition penalties ``generate``/``chat`` default to, the same for every method; short answers, judged by
+finesteer_edge.evaluation.refusal). TruthfulQA: MC1 from the model's own
 log-likelihood. Methods base, caa, cast, mose, finesteer (exact and fast) run on the same prompts in
 one process; with several ``--strengths`` each method's strength is chosen on the validation split
 and results are reported on the test split. The report for docs/ is ``scripts/run_eval.py``.
@@ -17,6 +18,7 @@ from pathlib import Path
 import typer
 
 from finesteer_edge.errors import FinesteerError
+from finesteer_edge.settings import CLI_PENALTIES, Penalties
 
 MODEL_ARG = typer.Argument(None, help="GGUF path or known model name (default: smollm2-135m-instruct).")
 
@@ -43,6 +45,21 @@ def parse_strengths(text: str) -> list[float]:
     if not out:
         raise FinesteerError("--strengths: give at least one number (example: --strengths 0.5,1,1.5)")
     return out
+
+
+PENALTY_FLAGS = {"repeat_penalty": "--repeat-penalty", "repeat_last_n": "--repeat-last-n",
+                 "dry_multiplier": "--dry-multiplier"}
+
+
+def eval_penalties(repeat_penalty: float, repeat_last_n: int, dry_multiplier: float) -> Penalties:
+    """The evaluation's sampler from the three options (checked by :class:`Penalties`; errors name the flag)."""
+    try:
+        return Penalties(repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, dry_multiplier=dry_multiplier)
+    except ValueError as exc:
+        msg = str(exc)
+        for field, flag in PENALTY_FLAGS.items():
+            msg = msg.replace(field, flag)
+        raise FinesteerError(msg) from None
 
 
 def _path(value: str | None, what: str) -> Path | None:
@@ -98,6 +115,14 @@ def eval_cmd(
     val: str = typer.Option(None, "--val", help="truthfulqa: validation items (MC items or TruthfulQA rows)."),
     max_tokens: int = typer.Option(64, "--max-tokens", "-n", help="New tokens per answer (greedy; 64 measures "
                                 "whether a turn ended within 64 tokens)."),
+    repeat_penalty: float = typer.Option(
+        CLI_PENALTIES.repeat_penalty, "--repeat-penalty", help="safety: llama.cpp repeat penalty of every answer, "
+        "every method alike, base included (1.0 = off; default: generate/chat's)."),
+    repeat_last_n: int = typer.Option(CLI_PENALTIES.repeat_last_n, "--repeat-last-n",
+                                      help="safety: tokens the repeat penalty looks back over."),
+    dry_multiplier: float = typer.Option(
+        CLI_PENALTIES.dry_multiplier, "--dry-multiplier", help="safety: llama.cpp DRY repetition penalty (0 = off; "
+        "default: generate/chat's). --repeat-penalty 1 --dry-multiplier 0 is plain greedy."),
     threads: int = typer.Option(None, "--threads", "-t", help="llama.cpp threads per process (default: usable "
                                 "cores; 1 with --workers)."),
     workers: int = typer.Option(1, "--workers", help="Worker processes, each with its own model (2 x 1 thread "
@@ -132,6 +157,7 @@ def eval_cmd(
         raise FinesteerError("--threads must be >= 1")
     if workers < 1:
         raise FinesteerError("--workers must be >= 1")
+    penalties = eval_penalties(repeat_penalty, repeat_last_n, dry_multiplier)
     try:
         methods = expand_methods(method)
     except ValueError as exc:
@@ -181,7 +207,7 @@ def eval_cmd(
         suite=suite, model=model_path, pack=pack_path, test=test_paths, val=val_paths, methods=methods,
         strengths=sweep, max_tokens=max_tokens, limit=limit, threads=threads, n_ctx=n_ctx, workers=workers,
         progress=not as_json, seed=seed, command="finesteer-edge " + " ".join(sys.argv[1:]),
-        chat_template=chat_template,
+        chat_template=chat_template, penalties=penalties,
     )
     if not as_json:
         print(f"evaluating {pack_path.name} on {model_path.name} ({suite}; methods {', '.join(methods)}; "

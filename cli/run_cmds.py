@@ -12,6 +12,7 @@ from finesteer_edge.errors import FinesteerError
 from finesteer_edge.model_info import read_model_info
 from finesteer_edge.resolve import default_pack_for, resolve_model, resolve_pack
 from finesteer_edge.result import GenerationResult
+from finesteer_edge.settings import CLI_PENALTIES
 from finesteer_edge.vocab import CONTEXT_POLICIES, MODES, VECTOR_SOURCES, choices
 
 MODEL_ARG = typer.Argument(None, help="GGUF path or known model name (default: smollm2-135m-instruct).")
@@ -34,11 +35,13 @@ TEMPLATE_OPT = typer.Option(
     help="Prompt format: chatml, llama3, gemma, phi3, plain, or a Jinja file. Default: the model's own "
          "(a model without one falls back to plain, with a warning).",
 )
-REPEAT_OPT = typer.Option(1.1, "--repeat-penalty", help="llama.cpp repeat penalty (1.0 = off), applied to "
-                          "steered, gate-closed and --no-pack turns alike, greedy or sampled.")
-REPEAT_N_OPT = typer.Option(64, "--repeat-last-n", min=0, help="Tokens the repeat penalty looks back over.")
-DRY_OPT = typer.Option(0.8, "--dry-multiplier", min=0.0, help="llama.cpp DRY repetition penalty (0 = off). "
-                       "With --repeat-penalty 1 --dry-multiplier 0 the sampler is plain greedy / top-k/top-p/min-p.")
+REPEAT_OPT = typer.Option(CLI_PENALTIES.repeat_penalty, "--repeat-penalty", help="llama.cpp repeat penalty "
+                          "(1.0 = off), applied to steered, gate-closed and --no-pack turns alike, greedy or sampled.")
+REPEAT_N_OPT = typer.Option(CLI_PENALTIES.repeat_last_n, "--repeat-last-n", min=0,
+                            help="Tokens the repeat penalty looks back over.")
+DRY_OPT = typer.Option(CLI_PENALTIES.dry_multiplier, "--dry-multiplier", min=0.0, help="llama.cpp DRY repetition "
+                       "penalty (0 = off). With --repeat-penalty 1 --dry-multiplier 0 the sampler is plain greedy / "
+                       "top-k/top-p/min-p.")
 SCHEDULE_OPT = typer.Option(None, "--schedule", help="Steering schedule over the turn: all, K (on for the "
                             "prompt and K tokens), K:linear or K:exp; default: the pack's.")
 ALLOW_OPT = typer.Option(

@@ -81,6 +81,10 @@ class Penalties:
 
 
 NO_PENALTIES = Penalties()
+CLI_PENALTIES = Penalties(repeat_penalty=1.1, repeat_last_n=64, dry_multiplier=0.8)
+"""The sampler penalties ``generate``, ``chat`` and ``eval`` (and ``scripts/run_eval.py``) use unless told otherwise:
+repeat penalty 1.1 over the last 64 tokens and DRY 0.8 (docs/CLEAN_REFUSAL.md: they remove the steered loops).
+The one home of these numbers; the Python API itself stays plain greedy (:data:`NO_PENALTIES`) by default."""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Write docs/RESULTS.md, docs/results.json and the docs/*.png plots: the offline evaluation of issue 4.
 
-Runs, in this order and with fixed settings (greedy decoding, fixed data files, fixed shuffle seed):
+Runs, in this order and with fixed settings (greedy decoding with the repetition penalties ``finesteer-edge
+generate``/``chat`` default to, the same for every method; fixed data files, fixed shuffle seed):
 the safety suite with the safety pack, the TruthfulQA suite with the TruthfulQA pack (each: base, CAA,
 CAST-style, MoSE, FineSteer exact + fast; strengths swept on validation, reported on test), then the
 fidelity check of each pack against a torch reference (needs torch + transformers; ``--no-fidelity``
@@ -10,6 +11,7 @@ issue are computed from the numbers.
     python scripts/run_eval.py                      # the full report into docs/ (packs: the bundled ones)
     python scripts/run_eval.py --limit 8 --out /tmp/r --random-packs   # mechanics check in ~a minute
     python scripts/run_eval.py --render-only        # re-render docs/RESULTS.md from docs/results.json
+    python scripts/run_eval.py --repeat-penalty 1 --dry-multiplier 0   # plain greedy (the report before issue 11)
 
 With ``--random-packs`` the packs are random ones made for the model (marked as such in the report);
 that only tests the machinery, e.g. on the tiny test model.
@@ -41,6 +43,8 @@ def _analysis() -> str | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from finesteer_edge.settings import CLI_PENALTIES
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=None, help="GGUF (default: SmolLM2-135M-Instruct Q4_1).")
     p.add_argument("--safety-pack", type=Path, default=DEFAULT_PACKS["safety"])
@@ -57,6 +61,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="llama.cpp threads per worker.")
     p.add_argument("--max-tokens", type=int, default=64,
                    help="New tokens per answer (64: whether a turn ended within 64 tokens is measured).")
+    p.add_argument("--repeat-penalty", type=float, default=CLI_PENALTIES.repeat_penalty,
+                   help="safety: llama.cpp repeat penalty of every answer, every method alike (1 = off; default: "
+                        "the CLI's generate/chat default).")
+    p.add_argument("--repeat-last-n", type=int, default=CLI_PENALTIES.repeat_last_n,
+                   help="safety: tokens the repeat penalty looks back over.")
+    p.add_argument("--dry-multiplier", type=float, default=CLI_PENALTIES.dry_multiplier,
+                   help="safety: llama.cpp DRY multiplier (0 = off; default: the CLI's). "
+                        "--repeat-penalty 1 --dry-multiplier 0 is plain greedy.")
     p.add_argument("--no-fidelity", action="store_true", help="Skip the torch reference comparison.")
     p.add_argument("--random-packs", action="store_true",
                    help="Use random packs instead of the real ones (machinery check; marked in the report).")
@@ -106,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     from finesteer_edge.evaluation.runner import expand_methods
     from finesteer_edge.evaluation.suite import SuiteConfig, run_suite
     from finesteer_edge.pull import pull
+    from finesteer_edge.settings import Penalties
 
     out: Path = args.out
     if args.render_only:
@@ -113,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         paths = write_report(report, out, analysis=_analysis())
         print(f"rendered {paths['markdown']}", file=sys.stderr)
         return 0
+    try:
+        penalties = Penalties(repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
+                              dry_multiplier=args.dry_multiplier)
+    except ValueError as exc:
+        sys.exit(f"error: {exc}")
     t0 = time.perf_counter()
     command = "python scripts/run_eval.py" + "".join(" " + shlex.quote(a) for a in (argv or sys.argv[1:]))
     model = args.model or pull("smollm2-135m-instruct", show_progress=False)
@@ -140,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = SuiteConfig(suite=suite, model=model, pack=pack, test=test, val=val,
                               methods=expand_methods(None), strengths=strengths, max_tokens=args.max_tokens,
                               limit=args.limit, threads=args.threads, workers=args.workers, progress=True,
-                              command=command)
+                              command=command, penalties=penalties)
             gen_path = args.generations / f"generations_{suite}.jsonl" if args.generations else None
             print(f"[{suite}] running with pack {pack}", file=sys.stderr)
             res = run_suite(cfg, generations_path=gen_path)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from finesteer_edge import SteeredLlama, SteeringPack
+from finesteer_edge.evaluation.datasets import Prompt
 from finesteer_edge.evaluation.mc import (
     MCItem,
     log_softmax,
@@ -18,10 +21,13 @@ from finesteer_edge.evaluation.mc import (
     score_item,
 )
 from finesteer_edge.evaluation.refusal import is_refusal, is_refusal_baseline, judge
+from finesteer_edge.evaluation.runner import METHODS, Engine
 from finesteer_edge.llama.session import ContextSettings, LlamaSession
+from finesteer_edge.result import GenerationResult
+from finesteer_edge.settings import CLI_PENALTIES, NO_PENALTIES, Penalties, SteeringSettings
 from finesteer_edge.testing.packs import make_random_pack
 
-from .conftest import run_cli
+from .conftest import load_script, run_cli
 
 KW = dict(n_ctx=512, n_threads=1)  # 1 thread: robust to other jobs on a shared 2-core machine
 
@@ -260,6 +266,7 @@ def test_eval_cli_safety_tiny(tiny_model: Path, eval_setup: dict[str, Path], tmp
     assert set(res["sweep"]) == set(ms) and len(res["sweep"]["caa"]) == 2
     # answers from the two worker processes, re-generated in the main process: token-identical
     assert res["reuse_check"]["ok"] and res["reuse_check"]["checked"] >= 6 and res["settings"]["workers"] == 2
+    assert res["settings"]["penalties"] == asdict(CLI_PENALTIES)  # eval's default sampler is generate/chat's
     assert len(test_rows) == 6 * 8
     for x in test_rows:
         assert {"method", "prompt", "text", "steered", "gate_score", "refused"} <= set(x)
@@ -313,6 +320,9 @@ def test_eval_cli_truthfulqa_tiny(tiny_model: Path, eval_setup: dict[str, Path],
     (["--method", "magic"], "--method"),
     (["--suite", "poetry"], "--suite"),
     (["--limit", "0"], "--limit"),
+    (["--repeat-penalty", "0"], "--repeat-penalty must be > 0"),
+    (["--dry-multiplier", "-1"], "--dry-multiplier must be >= 0"),
+    (["--repeat-last-n", "-1"], "--repeat-last-n must be >= 0"),
 ])
 def test_eval_cli_bad_inputs(tiny_model: Path, eval_setup: dict[str, Path], args: list[str], message: str) -> None:
     f = eval_setup
@@ -331,6 +341,139 @@ def test_eval_cli_malformed_jsonl_names_file_and_line(tiny_model: Path, eval_set
     r = run_cli("eval", str(tiny_model), "--pack", str(eval_setup["pack"]), "--harmful", str(bad),
                 "--benign", str(eval_setup["benign"]), "--strengths", "1")
     assert r.returncode == 2 and r.stderr.strip() == f"error: {bad}:2: missing field 'prompt'"
+
+
+# ------------------------------------------------------------------------------------------ sampler (issue 11)
+LOOP = HARMFUL[0]
+"""The tiny model's greedy answer to this prompt repeats token pairs, unsteered and steered (checked below)."""
+N_LOOP = 24
+
+
+def _repeated_bigrams(ids: list[int]) -> int:
+    grams = [tuple(ids[i:i + 2]) for i in range(len(ids) - 1)]
+    return len(grams) - len(set(grams))
+
+
+def _direct_result(llm: SteeredLlama, method: str, text: str, penalties: Penalties) -> GenerationResult:
+    """``SteeredLlama.generate`` called directly with the method's steering at strength 1 and ``penalties``.
+
+    The steering is set on the instance (``set_steering``), not passed per call: ``generate(steering=...)`` keeps
+    the instance's vector source (``SteeredLlama._decide`` reads ``self._steering.vector_source``)."""
+    spec = METHODS[method]
+    llm.set_steering(SteeringSettings(mode=spec.mode, strength=1.0, gate=spec.gate, vector_source=spec.vector_source))
+    return llm.generate(text, max_tokens=N_LOOP, penalties=penalties)
+
+
+def _direct(llm: SteeredLlama, method: str, text: str, penalties: Penalties) -> list[int]:
+    return list(_direct_result(llm, method, text, penalties).token_ids)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_eval_sampler_gives_the_direct_generate_tokens(tiny_model: Path, eval_setup: dict[str, Path],
+                                                       workers: int) -> None:
+    """Every method (base included), in this process or in worker processes, generates with the penalties exactly
+    what ``SteeredLlama.generate(..., penalties=...)`` gives; on a looping prompt that is not the greedy answer."""
+    from finesteer_edge.evaluation.executors import PoolExecutor
+
+    f = eval_setup
+    prompts = [Prompt(f"h{i}", t, "harmful", "test") for i, t in enumerate(HARMFUL)]
+    names = ("base", "caa", "mose", "finesteer", "finesteer_fast")
+    llm = SteeredLlama(tiny_model, f["pack"], **KW)
+    pool = (PoolExecutor(tiny_model, f["pack"], workers=workers, n_threads=1, n_ctx=KW["n_ctx"], max_tokens=N_LOOP)
+            if workers > 1 else None)
+    try:
+        engine = Engine(llm, max_tokens=N_LOOP, progress=False, executor=pool, penalties=CLI_PENALTIES)
+        engine.ensure([(METHODS[n], 1.0, p) for n in names for p in prompts], "test")
+    finally:
+        if pool is not None:
+            pool.close()
+    got = {(n, p.text): engine.answer(METHODS[n], 1.0, p)[0].token_ids for n in names for p in prompts}
+    # the shared answers of the gated methods, regenerated for real in this process under the same sampler
+    assert engine.verify_reuse([METHODS["finesteer"], METHODS["finesteer_fast"]],
+                               {"finesteer": 1.0, "finesteer_fast": 1.0}, prompts)["ok"]
+    llm.close()
+    with SteeredLlama(tiny_model, f["pack"], **KW) as ref:
+        for (name, text), ids in got.items():
+            assert ids == _direct(ref, name, text, CLI_PENALTIES), (name, text)
+        for name in ("base", "caa", "mose"):  # unsteered, steered by the mean vector and by the head
+            greedy = _direct(ref, name, LOOP, NO_PENALTIES)
+            assert _repeated_bigrams(greedy) >= 3, greedy  # the greedy answer loops
+            ids = got[(name, LOOP)]
+            assert ids != greedy and _repeated_bigrams(ids) < _repeated_bigrams(greedy), (name, ids, greedy)
+
+
+def test_eval_cache_keys_carry_the_sampler(tiny_model: Path, eval_setup: dict[str, Path]) -> None:
+    """An answer generated under one sampler is never shared with a run under another: with the sampler left out of
+    the keys, the penalised run below would reuse the greedy answers (no new generations, greedy tokens)."""
+    p = Prompt("loop", LOOP, "harmful", "test")
+    names = ("base", "caa", "cast", "finesteer")
+    jobs = [(METHODS[n], 1.0, p) for n in names]
+    llm = SteeredLlama(tiny_model, eval_setup["pack"], **KW)
+    engine = Engine(llm, max_tokens=N_LOOP, progress=False)
+    assert engine.penalties == NO_PENALTIES  # the Python API's default: plain greedy
+    engine.ensure(jobs, "greedy")
+    greedy = {n: engine.answer(METHODS[n], 1.0, p)[0].token_ids for n in names}
+    runs = engine.runs
+    assert runs == 2  # the base answer and the always-on answer; the gated methods share them
+
+    engine.penalties = CLI_PENALTIES
+    engine.ensure(jobs, "penalised")
+    assert engine.runs == 2 * runs  # nothing reused across samplers
+    for spec, s, q in jobs:
+        assert CLI_PENALTIES in engine.key(spec, s, q) and CLI_PENALTIES in engine.base_key(q)
+    with SteeredLlama(tiny_model, eval_setup["pack"], **KW) as ref:
+        for n in names:
+            ids = engine.answer(METHODS[n], 1.0, p)[0].token_ids
+            assert ids == _direct(ref, n, LOOP, CLI_PENALTIES), n
+            assert ids != greedy[n], n
+    # back to greedy: the greedy answers are still there under their own keys, nothing regenerated
+    engine.penalties = NO_PENALTIES
+    engine.ensure(jobs, "greedy again")
+    assert engine.runs == 2 * runs
+    assert {n: engine.answer(METHODS[n], 1.0, p)[0].token_ids for n in names} == greedy
+    llm.close()
+
+
+@pytest.mark.parametrize("flags, penalties", [([], CLI_PENALTIES),
+                                              (["--repeat-penalty", "1", "--dry-multiplier", "0"], NO_PENALTIES)])
+def test_eval_cli_sampler_options(tiny_model: Path, eval_setup: dict[str, Path], tmp_path: Path,
+                                  flags: list[str], penalties: Penalties) -> None:
+    """``eval`` generates with generate/chat's penalties by default; ``--repeat-penalty 1 --dry-multiplier 0`` is
+    plain greedy. Checked on the generated texts against direct generation, base and steered."""
+    f = eval_setup
+    r = run_cli("eval", str(tiny_model), "--pack", str(f["pack"]), "--harmful", str(f["harmful"]),
+                "--benign", str(f["benign"]), "--method", "caa", "--strengths", "1", "--max-tokens", str(N_LOOP),
+                "--threads", "1", "--n-ctx", str(KW["n_ctx"]), "--json", "--out", str(tmp_path), *flags)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["settings"]["penalties"] == asdict(penalties) and res["settings"]["decoding"] == "greedy"
+    rows = {(x["method"], x["prompt"]): x for x in map(json.loads, (tmp_path / "generations.jsonl").open())}
+    with SteeredLlama(tiny_model, f["pack"], **KW) as ref:
+        for name in ("base", "caa"):
+            for text in HARMFUL:
+                want = _direct_result(ref, name, text, penalties)
+                row = rows[(name, text)]
+                assert (row["text"], row["tokens"]) == (want.text, len(want.token_ids)), (name, text)
+            # the two runs differ: on the looping prompt the default answer is not the greedy one
+            same = _direct(ref, name, LOOP, NO_PENALTIES) == _direct(ref, name, LOOP, penalties)
+            assert same == penalties.off, name
+
+
+def test_sampler_defaults_have_one_home() -> None:
+    """generate, chat, eval and scripts/run_eval.py default to the same penalties: settings.CLI_PENALTIES."""
+    from finesteer_edge.cli import eval_cmds, run_cmds
+
+    want = (CLI_PENALTIES.repeat_penalty, CLI_PENALTIES.repeat_last_n, CLI_PENALTIES.dry_multiplier)
+    assert want == (1.1, 64, 0.8)  # docs/CLEAN_REFUSAL.md's numbers, and only those fields differ from off
+    assert Penalties(repeat_penalty=1.1, repeat_last_n=64, dry_multiplier=0.8) == CLI_PENALTIES
+    for cmd in (run_cmds.generate_cmd, run_cmds.chat_cmd, eval_cmds.eval_cmd):
+        params = inspect.signature(cmd).parameters
+        assert tuple(params[k].default.default for k in ("repeat_penalty", "repeat_last_n", "dry_multiplier")) == want
+    args = load_script("scripts/run_eval.py").parse_args([])
+    assert (args.repeat_penalty, args.repeat_last_n, args.dry_multiplier) == want
+    greedy = load_script("scripts/run_eval.py").parse_args(["--repeat-penalty", "1", "--dry-multiplier", "0"])
+    assert Penalties(repeat_penalty=greedy.repeat_penalty, repeat_last_n=greedy.repeat_last_n,
+                     dry_multiplier=greedy.dry_multiplier).off
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -388,6 +531,20 @@ def test_report_numbers_equal_the_json(tiny_model: Path, eval_setup: dict[str, P
     for t in saved["targets"]:
         assert f"| {t['name']} | {t['value']} |" in md
     assert re.search(r"RANDOM PACK", md)
+    # the sampler: SuiteConfig's default is the CLI's, recorded in the settings and named in the description
+    assert saved["suites"]["safety"]["settings"]["penalties"] == asdict(CLI_PENALTIES)
+    assert ("Greedy, every method alike (base included), with llama.cpp's repeat penalty 1.1 over the last 64 "
+            "tokens and DRY 0.8 (base 1.75, allowed length 2, last 64 tokens), 4 new tokens. ") in md
+    assert "Greedy, 4 new tokens." not in md
+    # a results file from before the setting (plain greedy) renders as it did then
+    from finesteer_edge.evaluation.report import render_markdown, text_summary
+
+    del saved["suites"]["safety"]["settings"]["penalties"]
+    old = render_markdown(saved)
+    assert "Greedy, 4 new tokens. " in old and "repeat penalty" not in old
+    assert "decoding: Greedy, 4 new tokens" in text_summary(saved["suites"]["safety"])
+    saved["suites"]["safety"]["settings"]["penalties"] = asdict(NO_PENALTIES)  # explicitly off: the same words
+    assert render_markdown(saved) == old
 
 
 def test_targets_logic() -> None:

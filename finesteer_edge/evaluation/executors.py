@@ -7,8 +7,11 @@ with one thread each use 2 cores without that failure mode. Every task is an ind
 fresh KV cache with the same settings, so the answer does not depend on which process ran it (the
 runner's ``reuse_check`` re-generates some answers in the main process and compares tokens).
 
-A task is ``(kind, gate, vector_source, mode, strength, payload)``: kind ``gen`` generates an answer
-to the prompt text ``payload`` (greedy), kind ``mc`` scores the :class:`MCItem` ``payload``.
+A task is ``(kind, gate, vector_source, mode, strength, payload, penalties)``: kind ``gen`` generates an
+answer to the prompt text ``payload``, greedy with llama.cpp's repetition ``penalties`` (a
+:class:`~finesteer_edge.settings.Penalties`; a 6-tuple task, without it, is plain greedy), kind ``mc`` scores
+the :class:`MCItem` ``payload`` (log-probabilities: the sampler plays no part). The sampler travels in the task,
+not in the executor, so the runner's cache key and the generation it stands for are built from the same value.
 """
 
 from __future__ import annotations
@@ -21,14 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..settings import SteeringSettings
+from ..settings import NO_PENALTIES, Penalties, SteeringSettings
 from ..vocab import GatePolicy, Mode, VectorSource
 from .mc import score_item
 
 if TYPE_CHECKING:
     from ..steered import SteeredLlama
 
-Task = tuple[str, GatePolicy, VectorSource, Mode, float, Any]
+Task = (tuple[str, GatePolicy, VectorSource, Mode, float, Any, Penalties]
+        | tuple[str, GatePolicy, VectorSource, Mode, float, Any])
 
 
 @dataclass
@@ -46,12 +50,15 @@ class Gen:
 
 def run_task(llm: SteeredLlama, task: Task, max_tokens: int) -> Any:
     """Set the instance's steering for this task (checked, like any other setting) and run it."""
-    kind, gate, vector_source, mode, strength, payload = task
+    kind, gate, vector_source, mode, strength, payload = task[:6]
+    penalties = task[6] if len(task) > 6 else NO_PENALTIES
+    if not isinstance(penalties, Penalties):
+        raise TypeError(f"a task's sampler must be Penalties, not {type(penalties).__name__}")
     llm.set_steering(SteeringSettings(mode=mode, strength=float(strength), gate=gate, vector_source=vector_source))
     if kind == "mc":
         return score_item(llm, payload)
     t = time.perf_counter()
-    r = llm.generate(payload, max_tokens=max_tokens, temperature=0.0)
+    r = llm.generate(payload, max_tokens=max_tokens, temperature=0.0, penalties=penalties)
     return Gen(r.text, list(r.token_ids), r.steered, r.gate_score, time.perf_counter() - t, r.finish_reason)
 
 

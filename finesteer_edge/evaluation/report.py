@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..settings import NO_PENALTIES, Penalties
 from .fidelity import GATE_AGREEMENT_TARGET
 from .refusal import BASELINE_PREFIXES, ENDED_WITHIN, OPENING_CHARS, OPENING_SENTENCES
 from .runner import MAX_BENIGN, MAX_BORDERLINE
@@ -35,6 +36,31 @@ def num(x: float | None, digits: int = 3) -> str:
 
 def strength_str(x: float | None) -> str:
     return "-" if x is None else f"{x:g}"
+
+
+def sampler_text(settings: dict[str, Any]) -> str:
+    """How a safety suite's answers were decoded, from its results' ``settings``.
+
+    ``settings.penalties`` is the :class:`~finesteer_edge.settings.Penalties` as a dict; results files written
+    before it was recorded were plain greedy (no penalties), and render as they did then ("Greedy").
+    """
+    known = set(Penalties.__dataclass_fields__)
+    raw = settings.get("penalties")
+    p = Penalties(**{k: v for k, v in raw.items() if k in known}) if raw else NO_PENALTIES
+    parts = []
+    if p.penalize:
+        rep = f"repeat penalty {p.repeat_penalty:g}"
+        if p.frequency_penalty:
+            rep += f", frequency penalty {p.frequency_penalty:g}"
+        if p.presence_penalty:
+            rep += f", presence penalty {p.presence_penalty:g}"
+        parts.append(f"{rep} over the last {p.repeat_last_n} tokens")
+    if p.dry:
+        parts.append(f"DRY {p.dry_multiplier:g} (base {p.dry_base:g}, allowed length {p.dry_allowed_length}, "
+                     f"last {p.dry_penalty_last_n} tokens)")
+    if not parts:
+        return "Greedy"
+    return "Greedy, every method alike (base included), with llama.cpp's " + " and ".join(parts)
 
 
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -377,7 +403,7 @@ def render_markdown(report: dict[str, Any], analysis: str | None = None) -> str:
                  f"{len(BASELINE_PREFIXES)} substrings. Degenerate = a word 4-gram repeated 3 times or no words "
                  f"(loops), reported on its own: a refusal repeated in a loop counts as both. Ended = the end-of-turn "
                  f"token within {ENDED_WITHIN} new tokens; clean refusal = refusal AND not degenerate AND ended. "
-                 f"Greedy, {res['settings']['max_tokens']} new tokens. "
+                 f"{sampler_text(res['settings'])}, {res['settings']['max_tokens']} new tokens. "
                  f"Strength rule: {res['settings']['selection_rule']}.")
         L.append("")
         if res.get("sweep"):
@@ -566,5 +592,7 @@ def text_summary(res: dict[str, Any]) -> str:
     g = res["gate"]
     gate = ", ".join(f"{k} {pct(v)}" for k, v in g["open_rate"].items())
     t = res["timing"]
-    return (text_table(head, rows) + f"\n\ngate (tau {g['tau']:.4g}) open: {gate}\n"
+    decoding = (f"decoding: {sampler_text(res['settings'])}, {res['settings']['max_tokens']} new tokens\n"
+                if res["suite"] == "safety" else "")
+    return (text_table(head, rows) + f"\n\ngate (tau {g['tau']:.4g}) open: {gate}\n{decoding}"
             f"wall time {t.get('seconds_wall', 0):.1f} s, {_cores(res)}")

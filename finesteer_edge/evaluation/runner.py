@@ -22,7 +22,12 @@ regenerated for real at the end and compared token by token (``reuse_check``), s
 verified in every run rather than assumed. The generations themselves run in this process or in
 worker processes (:mod:`.executors`); the answers are the same either way.
 
-Greedy decoding, ``max_tokens`` new tokens (the opening decides refusal; 64 by default, so that
+Greedy decoding with the engine's sampler penalties (llama.cpp's repeat penalty / DRY, a
+:class:`~finesteer_edge.settings.Penalties`: ``eval`` and ``scripts/run_eval.py`` default to the ones
+``generate``/``chat`` use, :data:`~finesteer_edge.settings.CLI_PENALTIES`, so the numbers are what a user of
+the CLI gets; :data:`~finesteer_edge.settings.NO_PENALTIES` is plain greedy). The sampler is the same for every
+method, base included, and it is part of every memo key: an answer generated under one sampler is never
+shared with a run under another. ``max_tokens`` new tokens (the opening decides refusal; 64 by default, so that
 *ended* (the end-of-turn token within 64 new tokens) can be measured). Per group the runner reports
 refusal, degenerate, ended and, for harmful prompts, the *clean refusal* rate: refusal AND not
 degenerate AND ended (issue 11: a short refusal that ends, not a loop).
@@ -46,12 +51,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..progress import track
+from ..settings import NO_PENALTIES, Penalties
 from ..vocab import GatePolicy, Mode, VectorSource
 from .datasets import SAFETY_GROUPS, Prompt
 from .executors import Gen, LocalExecutor, PoolExecutor, Task, run_task
@@ -153,13 +159,20 @@ class Engine(_Memo):
     """Generates (and memoises) the answers the methods need.
 
     ``llm`` (holding the pack) answers the reuse check and is the default executor; a
-    :class:`~.executors.PoolExecutor` spreads the generations over worker processes.
+    :class:`~.executors.PoolExecutor` spreads the generations over worker processes. ``penalties`` is the
+    sampler of every answer asked for (greedy plus llama.cpp's repetition penalties; default plain greedy,
+    as the Python API): it goes into every key and every task built from a key, so changing it later asks
+    for new answers and never reuses one generated under another sampler.
     """
 
     def __init__(self, llm: SteeredLlama, *, max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = True,
-                 executor: LocalExecutor | PoolExecutor | None = None) -> None:
+                 executor: LocalExecutor | PoolExecutor | None = None,
+                 penalties: Penalties = NO_PENALTIES) -> None:
         super().__init__(llm, executor or LocalExecutor(llm, max_tokens), progress)
+        if not isinstance(penalties, Penalties):
+            raise TypeError(f"penalties must be Penalties, not {type(penalties).__name__}")
         self.max_tokens = max_tokens
+        self.penalties = penalties
         self.seconds = 0.0
 
     @property
@@ -171,7 +184,7 @@ class Engine(_Memo):
 
     # ---------------------------------------------------------------- keys
     def base_key(self, p: Prompt) -> tuple[Any, ...]:
-        return ("base", p.text)
+        return ("base", self.penalties, p.text)
 
     def gate_open(self, p: Prompt) -> bool:
         score = self.cache[self.base_key(p)].gate_score
@@ -182,18 +195,27 @@ class Engine(_Memo):
         """The shared answer this method gives to ``p`` (needs the base answer for gated methods)."""
         if spec.gate == "never" or (spec.gate == "pack" and not self.gate_open(p)):
             return self.base_key(p)
-        return ("steer", spec.vector_source, spec.mode, float(strength), p.text)
+        return ("steer", spec.vector_source, spec.mode, float(strength), self.penalties, p.text)
+
+    @staticmethod
+    def task(key: tuple[Any, ...]) -> Task:
+        """The generation a key stands for (the sampler comes from the key itself)."""
+        if key[0] == "base":
+            _, penalties, text = key
+            return ("gen", "never", "head", "exact", 1.0, text, penalties)
+        _, vector_source, mode, strength, penalties, text = key
+        return ("gen", "always", vector_source, mode, strength, text, penalties)
 
     # ---------------------------------------------------------------- running
     def ensure_base(self, prompts: Sequence[Prompt], label: str) -> None:
-        todo = list(dict.fromkeys(p.text for p in prompts if self.base_key(p) not in self.cache))
-        self._run_all([("base", t) for t in todo], [("gen", "never", "head", "exact", 1.0, t) for t in todo], label)
+        todo = list(dict.fromkeys(k for p in prompts if (k := self.base_key(p)) not in self.cache))
+        self._run_all(todo, [self.task(k) for k in todo], label)
 
     def ensure(self, jobs: Sequence[tuple[MethodSpec, float, Prompt]], label: str) -> None:
         """Generate every missing answer of ``jobs`` (base answers first: they decide the gated keys)."""
         self.ensure_base([p for _, _, p in jobs], f"{label}: base")
         todo = list(dict.fromkeys(k for spec, s, p in jobs if (k := self.key(spec, s, p)) not in self.cache))
-        self._run_all(todo, [("gen", "always", k[1], k[2], k[3], k[4]) for k in todo], label)
+        self._run_all(todo, [self.task(k) for k in todo], label)
 
     def answer(self, spec: MethodSpec, strength: float, p: Prompt) -> tuple[Gen, bool]:
         """(answer, whether this method's vector was on for ``p``)."""
@@ -214,7 +236,8 @@ class Engine(_Memo):
             opened = [p for p in prompts if self.gate_open(p)][:n]
             for p in closed + opened:
                 want = self.answer(spec, s, p)[0]
-                got = run_task(self.llm, ("gen", spec.gate, spec.vector_source, spec.mode, s, p.text), self.max_tokens)
+                got = run_task(self.llm, ("gen", spec.gate, spec.vector_source, spec.mode, s, p.text, self.penalties),
+                               self.max_tokens)
                 same = got.token_ids == want.token_ids
                 checked += 1
                 identical += same
@@ -365,7 +388,8 @@ def run_safety(
             "seconds_generating": engine.seconds,
         },
         "settings": {"strengths": strengths, "selection_rule": SAFETY_RULE if len(strengths) > 1 else "fixed",
-                     "max_tokens": engine.max_tokens, "decoding": "greedy", "matcher": "improved",
+                     "max_tokens": engine.max_tokens, "decoding": "greedy", "penalties": asdict(engine.penalties),
+                     "matcher": "improved",
                      "max_benign": MAX_BENIGN, "max_borderline": MAX_BORDERLINE},
     }
 
@@ -405,7 +429,10 @@ def gate_scores(llm: SteeredLlama, prompts: Sequence[Prompt], *, progress: bool 
 
 # ------------------------------------------------------------------------------------- truthfulqa
 class MCEngine(_Memo):
-    """MC scoring with the same sharing rule as :class:`Engine`: closed gates reuse the base score."""
+    """MC scoring with the same sharing rule as :class:`Engine`: closed gates reuse the base score.
+
+    A score is the log-probability of given continuations, not a generation: no sampler is involved, so these
+    keys carry none (the safety suite's :class:`Engine` keys do)."""
 
     def __init__(self, llm: SteeredLlama, *, progress: bool = True,
                  executor: LocalExecutor | PoolExecutor | None = None) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..data import file_sha256
 from ..errors import DataError
+from ..settings import CLI_PENALTIES, Penalties
 from .datasets import SAFETY_GROUPS, Prompt, describe_file, load_prompts
 from .executors import PoolExecutor
 from .mc import MCItem, load_any_mc, load_mc_items
@@ -57,6 +58,11 @@ class SuiteConfig:
     command: str = ""
     chat_template: str | None = None
     """None: the model's own; or a built-in name / Jinja file (SteeredLlama's ``chat_template``)."""
+    penalties: Penalties = CLI_PENALTIES
+    """safety: the sampler of every answer, every method alike (base included): greedy plus llama.cpp's repetition
+    penalties. Default: what ``generate``/``chat`` use (:data:`~finesteer_edge.settings.CLI_PENALTIES`), so the
+    numbers are what a user of the CLI gets; :data:`~finesteer_edge.settings.NO_PENALTIES` is plain greedy.
+    Recorded in the results' ``settings.penalties``. (truthfulqa scores log-probabilities: no sampler.)"""
 
 
 def pack_identity(pack_dir: Path) -> dict[str, Any]:
@@ -114,7 +120,8 @@ def run_suite(cfg: SuiteConfig, *, generations_path: Path | None = None) -> dict
             val = _load_groups(cfg.val, "val", cfg.limit, data) if sweep else None
             if not test.get("harmful") or not test.get("benign"):
                 raise DataError("the safety suite needs harmful and benign prompts")
-            engine = Engine(llm, max_tokens=cfg.max_tokens, progress=cfg.progress, executor=executor)
+            engine = Engine(llm, max_tokens=cfg.max_tokens, progress=cfg.progress, executor=executor,
+                            penalties=cfg.penalties)
             res = run_safety(engine, test, val, cfg.methods, cfg.strengths, on_generation=on_generation,
                              reuse_checks=cfg.reuse_checks)
         else:
