@@ -248,8 +248,10 @@ class SteeredLlama:
         """The vector source of the first pack (each pack's own default unless set)."""
         return self._vector_source(self._packs[0][0]) if self._packs else (self._steering.vector_source or "head")
 
-    def _vector_source(self, pack: SteeringPack) -> VectorSource:
-        return self._steering.vector_source or vector_source_from_manifest(pack.manifest.vector_source)  # type: ignore[arg-type]
+    def _vector_source(self, pack: SteeringPack, steering: SteeringSettings | None = None) -> VectorSource:
+        """``steering``'s vector source (default: the instance's), else the pack's own."""
+        chosen = (steering or self._steering).vector_source
+        return chosen or vector_source_from_manifest(pack.manifest.vector_source)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ properties
     @property
@@ -483,7 +485,7 @@ class SteeredLlama:
             is_open = False  # left out of this turn: shut, so the turn is as without the pack
         strength = st.strength * pack_strength
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, not warned
-            if self._vector_source(pack) == "head":
+            if self._vector_source(pack, st) == "head":
                 vectors = {m.steer_layer: out.vector * strength}
             else:
                 vectors = {layer: v * strength for layer, v in pack.control.directions.items()}

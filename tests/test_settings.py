@@ -120,3 +120,17 @@ def test_sampling_object_and_loose_keywords_agree(tiny_model: Path) -> None:
     with pytest.raises(TypeError):
         llm.generate("hi", sampling={"max_tokens": 2})  # type: ignore[arg-type]
     llm.close()
+
+
+def test_per_call_steering_chooses_the_vector_source(tiny_model: Path, pack: Path) -> None:
+    """``generate(steering=...)`` steers with that turn's vector source (it used the instance's: head)."""
+    head = SteeredLlama(tiny_model, pack, **KW)
+    mean = SteeredLlama(tiny_model, pack, vector_source="mean", **KW)
+    for p in ("Tell me a story about the sea.", "hi"):
+        want = mean.generate(p, max_tokens=12).token_ids
+        got = head.generate(p, max_tokens=12, steering=SteeringSettings(vector_source="mean"))
+        assert got.steered and got.token_ids == want
+        assert head.generate(p, max_tokens=12).token_ids != want  # the two sources really differ here
+    assert head.vector_source == "head"  # the instance's own setting is untouched
+    head.close()
+    mean.close()
