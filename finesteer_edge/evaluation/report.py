@@ -547,7 +547,7 @@ def contexts_reading(report: dict[str, Any]) -> list[str]:
     if old:
         parts = [f"{ctx} {pct(g(old, ctx, 'harmful'))} -> {pct(g(new, ctx, 'harmful'))}"
                  for ctx in new["contexts"] if ctx in old["contexts"]]
-        out.append("- Gate opens on harmful test prompts (previous pack -> this pack): " + "; ".join(parts) + ".")
+        out.append("- Gate opens on harmful test prompts (v0.1 pack -> the bundled pack): " + "; ".join(parts) + ".")
         out.append(f"- Benign twins, first turn: {pct(g(old, 'single', 'twin'))} -> {pct(g(new, 'single', 'twin'))}; "
                    f"benign turns after a refused one (twins): {pct(g(old, 'after-refusal', 'twin'))} -> "
                    f"{pct(g(new, 'after-refusal', 'twin'))}.")
