@@ -171,9 +171,21 @@ def main(argv: list[str] | None = None) -> int:
     report["model"] = first["model"]
     report["environment"] = first["environment"]
     report["wall_seconds"] = time.perf_counter() - t0
+    _keep_other_runs(report, out / "results.json")
     paths = write_report(report, out, analysis=_analysis())
     print(f"wrote {paths['json']} and {paths['markdown']}", file=sys.stderr)
     return 0
+
+
+def _keep_other_runs(report: dict, previous: Path) -> None:
+    """Carry over what other commands merged into the results file (the context suite's runs, the gate probe
+    ceiling, ...): this script rewrites the file, and a run of it must not erase measurements it does not make."""
+    if not previous.is_file():
+        return
+    old = json.loads(previous.read_text(encoding="utf-8"))
+    for key, value in old.items():
+        if key not in report and key != "targets":  # targets are recomputed from the numbers
+            report[key] = value
 
 
 def _fidelity(model: Path, packs: dict[str, Path], report: dict, args: argparse.Namespace) -> dict:

@@ -644,3 +644,27 @@ def test_report_shows_packaged_data_and_packs_relative_to_the_package(tmp_path: 
     assert display_pack_path("/old/checkout/packs/smollm2-135m-instruct-safety", sha) == (
         "finesteer_edge/packs/smollm2-135m-instruct-safety")
     assert display_pack_path("/old/checkout/packs/smollm2-135m-instruct-safety", "0" * 64).startswith("/old/")
+
+
+def test_run_eval_keeps_the_runs_other_commands_merged(tiny_model: Path, tmp_path: Path) -> None:
+    """scripts/run_eval.py rewrites results.json: the context-suite runs and the probe ceiling that `eval
+    --contexts --report` and bench/gate_ceiling.py merged into it must survive (they were erased)."""
+    from .conftest import load_script
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    merged = {k: v for k, v in json.loads((docs / "results.json").read_text()).items()
+              if k.startswith("contexts") or k == "gate_ceiling"}
+    assert {"contexts", "gate_ceiling"} <= set(merged)
+    out = tmp_path / "docs"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"suites": {"old": {}}, **merged}))
+    rc = load_script("scripts/run_eval.py").main(
+        ["--model", str(tiny_model), "--random-packs", "--limit", "2", "--out", str(out), "--no-fidelity",
+         "--suites", "safety", "--strengths", "1", "--workers", "1", "--max-tokens", "2"])
+    assert rc == 0
+    got = json.loads((out / "results.json").read_text())
+    assert list(got["suites"]) == ["safety"]  # the script's own part is replaced
+    for key, value in merged.items():
+        assert got[key] == value, key
+    md = (out / "RESULTS.md").read_text()
+    assert "## Generalisation: the gate in conversation contexts" in md
