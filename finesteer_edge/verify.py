@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PackError, SelfTestError
-from .llama.session import ContextSettings, LlamaModel, LlamaSession
+from .llama.model import LlamaModel
+from .llama.session import ContextSettings, LlamaSession
 from .model_info import ModelInfo, read_model_info
 from .pack.pack import SteeringPack
 from .selftest import SelfTestReport, run_selftest

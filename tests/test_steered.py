@@ -177,7 +177,7 @@ def test_instances_sharing_one_loaded_model_keep_their_own_steering(tiny_model: 
     A steered turn on one instance must not change what the other generates, and each must match an
     instance that loaded the model on its own.
     """
-    from finesteer_edge.llama.session import LlamaModel
+    from finesteer_edge.llama.model import LlamaModel
 
     alone_plain = SteeredLlama(tiny_model, **KW)
     alone_steered = SteeredLlama(tiny_model, packs["open"], **KW)

@@ -9,7 +9,8 @@ import pytest
 
 from finesteer_edge import SteeredLlama, SteeringPack, verify_pack
 from finesteer_edge.errors import ChecksumError, LayerError, ModelMismatchError, PackFormatError, SelfTestError
-from finesteer_edge.llama.session import ContextSettings, LlamaModel, LlamaSession
+from finesteer_edge.llama.model import LlamaModel
+from finesteer_edge.llama.session import ContextSettings, LlamaSession
 from finesteer_edge.model_info import read_model_info
 from finesteer_edge.testing.packs import make_random_pack
 

@@ -9,7 +9,6 @@ re-computed.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +17,15 @@ import llama_cpp
 import numpy as np
 
 from ..errors import ContextOverflowError, LayerError, ModelFileError
-from ..model_info import ModelInfo, read_model_info
-from ..settings import NO_PENALTIES, Penalties  # noqa: F401 - Penalties is re-exported (its old home)
+from ..model_info import ModelInfo
+from ..settings import Penalties
 from . import bindings
+from .batches import common_prefix, relative_span, run_batches
+from .control import ControlArgs, ControlVectorSetter, control_buffer
+from .model import LlamaModel
+from .sampler import Sampler
 from .taps import LAYER_INP_ARCHITECTURES, CbEvalTap, HiddenTap, LayerInpTap
+from .vocabulary import VocabularyMixin
 
 GGML_TYPE_F32 = 0
 
@@ -49,71 +53,12 @@ class ContextSettings:
     in the generation context itself: slower decode, kept for comparison). See taps.py."""
 
 
-class LlamaModel:
-    """Loaded GGUF weights and vocabulary, shared by any number of contexts (sessions).
-
-    A server with N slots loads the weights once and makes N sessions on them, each with its own KV
-    cache and control vector. Sessions keep a reference, so the weights live until the last of them
-    and this object are gone (or :meth:`close` is called after the sessions are closed).
-    """
-
-    def __init__(self, model_path: str | Path) -> None:
-        self.info: ModelInfo = read_model_info(model_path)
-        bindings.backend_init()
-        self._model = None
-        mparams = llama_cpp.llama_model_default_params()
-        model = llama_cpp.llama_model_load_from_file(str(self.info.path).encode(), mparams)
-        if not model:
-            raise ModelFileError(f"llama.cpp could not load {self.info.path} (unsupported or corrupt GGUF)")
-        self._model = model
-        self.vocab = llama_cpp.llama_model_get_vocab(model)
-        self.n_embd = int(llama_cpp.llama_model_n_embd(model))
-        self.n_layer = int(llama_cpp.llama_model_n_layer(model))
-        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
-        self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(model))
-        self._users = 0
-        self._close_requested = False
-
-    def acquire(self) -> None:
-        """A session starts using the weights."""
-        if self._model is None or self._close_requested:
-            raise RuntimeError("the shared model has been closed")
-        self._users += 1
-
-    def release(self) -> None:
-        """A session stopped using the weights; frees them if close() was asked for meanwhile."""
-        self._users = max(0, self._users - 1)
-        if self._users == 0 and self._close_requested:
-            self._free()
-
-    @property
-    def handle(self) -> llama_cpp.llama_model_p:
-        if self._model is None:
-            raise RuntimeError("this model has been closed")
-        return self._model
-
-    @property
-    def closed(self) -> bool:
-        return self._model is None
-
-    def close(self) -> None:
-        """Free the weights now, or when the last session using them closes (never under a live context)."""
-        self._close_requested = True
-        if self._users == 0:
-            self._free()
-
-    def _free(self) -> None:
-        if self._model is not None:
-            llama_cpp.llama_model_free(self._model)
-            self._model = None
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # interpreter shutdown may have torn down llama_cpp
-            self._free()
-
-
-class LlamaSession:
+class LlamaSession(VocabularyMixin):
     """A context (KV cache, control vector, taps) on a model. Not thread-safe: SteeredLlama serialises access.
+
+    The pieces it drives live apart, one job each: the weights (model.py), tokenizing (vocabulary.py),
+    decoding a token list on a context (batches.py), setting a control vector (control.py), sampling
+    (sampler.py), reading hidden states (taps.py).
 
     ``model`` is a GGUF path (the session loads and owns the weights) or a shared :class:`LlamaModel`
     (the session only borrows it; closing the session leaves the model loaded for its other users).
@@ -186,9 +131,9 @@ class LlamaSession:
         """How many of ``tokens`` the generation context has computed (the rest is pending, tap context only)."""
         self._tap_tokens: list[int] = []
         """Tokens in the tap context's KV cache (blocks 0..max tap layer), computed under ``_tap_key``."""
-        self._cvec_name, self._cvec_fn = bindings.cvec_setter()
+        self._cvec = ControlVectorSetter(self.n_embd)
         self._control_key: bytes | None = None
-        self._control_args: tuple[np.ndarray, int, int] | None = None
+        self._control_args: ControlArgs | None = None
         self._tap_key: bytes | None = None
         self._logits_ready = False
 
@@ -210,52 +155,6 @@ class LlamaSession:
             cparams.cb_eval = cb_tap.callback
             cparams.cb_eval_user_data = None
         return cparams
-
-    # ----------------------------------------------------------------- vocabulary
-    @property
-    def bos(self) -> int:
-        return int(llama_cpp.llama_vocab_bos(self._vocab))
-
-    @property
-    def eos(self) -> int:
-        return int(llama_cpp.llama_vocab_eos(self._vocab))
-
-    @property
-    def add_bos(self) -> bool:
-        return bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
-
-    def is_eog(self, token: int) -> bool:
-        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
-
-    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
-        raw = text.encode("utf-8")
-        n_max = len(raw) + 8
-        buf = (llama_cpp.llama_token * n_max)()
-        n = llama_cpp.llama_tokenize(self._vocab, raw, len(raw), buf, n_max, add_special, parse_special)
-        if n < 0:
-            n_max = -n
-            buf = (llama_cpp.llama_token * n_max)()
-            n = llama_cpp.llama_tokenize(self._vocab, raw, len(raw), buf, n_max, add_special, parse_special)
-        if n < 0:  # pragma: no cover - llama.cpp contract
-            raise RuntimeError("tokenization failed")
-        ids = list(buf[:n])
-        if any(not 0 <= t < self.n_vocab for t in ids):
-            # Some tokenizers (e.g. RWKV's) return -1 for text their vocabulary cannot spell; decoding
-            # that would fail deep in llama_decode, so it is the model file's error, reported here.
-            raise ModelFileError(f"{self.info.path.name}: its tokenizer produced invalid token ids for this text")
-        return ids
-
-    def piece(self, token: int, *, special: bool = False) -> bytes:
-        """Bytes of one token (may be part of a UTF-8 character)."""
-        buf = ctypes.create_string_buffer(64)
-        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
-        return buf.raw[:n]
-
-    def token_text(self, token: int) -> str:
-        return self.piece(token, special=True).decode("utf-8", errors="replace")
 
     # ----------------------------------------------------------------- KV cache
     @property
@@ -354,9 +253,9 @@ class LlamaSession:
         if not todo:
             return None
         if tap is not None:
-            tap.start(all_rows=capture_all, span=_relative(span, self._n_done))
+            tap.start(all_rows=capture_all, span=relative_span(span, self._n_done))
         try:
-            rows = _run_batches(self, self._ctx, todo, self._n_done, all_logits=all_logits, tap=tap)
+            rows = self._run(self._ctx, todo, self._n_done, all_logits=all_logits, tap=tap)
         except BaseException:
             # Chunks decoded before the failure are in the KV cache: drop them so it matches ``tokens``.
             llama_cpp.llama_memory_seq_rm(self._mem, 0, self._n_done, -1)
@@ -386,13 +285,13 @@ class LlamaSession:
         """
         assert self._tap_ctx is not None and self.tap is not None
         if self._tap_key != self._control_key:
-            _apply_cvec(self, self._tap_ctx, self._control_args)
+            self._cvec(self._tap_ctx, self._control_args)
             self._tap_key = self._control_key
             llama_cpp.llama_memory_clear(self._tap_mem, False)
             self._tap_tokens = []
         context = self.tokens
         target = context + new
-        keep = _common_prefix(self._tap_tokens, target)
+        keep = common_prefix(self._tap_tokens, target)
         keep = min(keep, len(context) if capture == "all" else len(target) - 1)
         if span is not None:
             keep = min(keep, span[0])  # the pooled span is computed in this capture, never read from the cache
@@ -403,13 +302,13 @@ class LlamaSession:
             del self._tap_tokens[keep:]
         try:
             if capture == "all" and keep < len(context):
-                _run_batches(self, self._tap_ctx, context[keep:], keep, tap=None)
+                self._run(self._tap_ctx, context[keep:], keep)
                 self._tap_tokens.extend(context[keep:])
                 keep = len(context)
             todo = target[keep:]
-            self.tap.start(all_rows=capture == "all", span=_relative(span, keep))
+            self.tap.start(all_rows=capture == "all", span=relative_span(span, keep))
             try:
-                _run_batches(self, self._tap_ctx, todo, keep, tap=self.tap)
+                self._run(self._tap_ctx, todo, keep, tap=self.tap)
             finally:
                 self.tap.stop()
             self._tap_tokens.extend(todo)
@@ -417,6 +316,11 @@ class LlamaSession:
             llama_cpp.llama_memory_clear(self._tap_mem, False)
             self._tap_tokens = []
             raise
+
+    def _run(self, ctx: llama_cpp.llama_context_p, tokens: list[int], pos0: int, *, all_logits: bool = False,
+             tap: HiddenTap | None = None) -> np.ndarray | None:
+        return run_batches(ctx, self._batch, tokens, pos0, n_batch=self.n_batch, n_vocab=self.n_vocab,
+                           all_logits=all_logits, tap=tap)
 
     def logits(self) -> np.ndarray:
         """Logits (n_vocab,) after the last decode, copied."""
@@ -452,7 +356,7 @@ class LlamaSession:
     # ----------------------------------------------------------------- control vectors
     @property
     def cvec_api(self) -> str:
-        return self._cvec_name
+        return self._cvec.name
 
     @property
     def control_active(self) -> bool:
@@ -474,7 +378,7 @@ class LlamaSession:
             return
         self._flush()  # pending tokens were decoded before this vector: compute them without it
         try:
-            _apply_cvec(self, self._ctx, (buf, il_start, il_end))
+            self._cvec(self._ctx, (buf, il_start, il_end))
         except RuntimeError:
             self._control_key = self._control_args = None
             raise
@@ -486,16 +390,12 @@ class LlamaSession:
         if self._control_key is None:
             return
         self._flush()
-        _apply_cvec(self, self._ctx, None)
+        self._cvec(self._ctx, None)
         self._control_key = self._control_args = None
 
-    def control_buffer(self, vectors: dict[int, np.ndarray]) -> tuple[np.ndarray, int, int]:
+    def control_buffer(self, vectors: dict[int, np.ndarray]) -> ControlArgs:
         """Full cvec buffer with ``vectors[layer]`` in place, and the layer range to enable."""
-        buf = np.zeros((self.n_layer - 1, self.n_embd), dtype=np.float32)
-        for layer, v in vectors.items():
-            buf[layer - 1] += v
-        layers = sorted(vectors)
-        return buf, layers[0], layers[-1]
+        return control_buffer(self.n_layer, self.n_embd, vectors)
 
     # ----------------------------------------------------------------- sampling
     def sampler(self, *, temperature: float = 0.0, top_k: int = 40, top_p: float = 0.95,
@@ -528,112 +428,3 @@ class LlamaSession:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown may have torn down llama_cpp
             self.close()
-
-
-def _relative(span: tuple[int, int] | None, pos0: int) -> tuple[int, int] | None:
-    """A conversation span as positions among the rows of a capture that starts at ``pos0``."""
-    if span is None:
-        return None
-    if span[0] < pos0:
-        raise RuntimeError(f"the token span {span} starts in the cached prefix (< {pos0}); truncate to it first")
-    return span[0] - pos0, span[1] - pos0
-
-
-def _run_batches(s: LlamaSession, ctx: llama_cpp.llama_context_p, tokens: list[int], pos0: int, *,
-                 all_logits: bool = False, tap: HiddenTap | None = None) -> np.ndarray | None:
-    """``llama_decode`` ``tokens`` at positions ``pos0``... in n_batch chunks; logits of the last (or all)."""
-    batch = s._batch
-    rows: list[np.ndarray] = []
-    for start in range(0, len(tokens), s.n_batch):
-        chunk = tokens[start : start + s.n_batch]
-        last_chunk = start + s.n_batch >= len(tokens)
-        batch.n_tokens = len(chunk)
-        for i, tok in enumerate(chunk):
-            batch.token[i] = tok
-            batch.pos[i] = pos0 + start + i
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = 0
-            batch.logits[i] = all_logits or (last_chunk and i == len(chunk) - 1)
-        rc = llama_cpp.llama_decode(ctx, batch)
-        if rc != 0:
-            raise RuntimeError(f"llama_decode failed with code {rc}")
-        if all_logits:
-            ptr = llama_cpp.llama_get_logits(ctx)
-            rows.append(np.ctypeslib.as_array(ptr, shape=(len(chunk), s.n_vocab)).copy())
-        if tap is not None:
-            tap.after_decode(len(chunk))
-    return np.concatenate(rows) if all_logits else None
-
-
-def _apply_cvec(s: LlamaSession, ctx: llama_cpp.llama_context_p, args: tuple[np.ndarray, int, int] | None) -> None:
-    """Set (``args`` = buffer, first, last layer) or clear (None) the control vector of one context."""
-    if args is None:
-        rc = s._cvec_fn(ctx, None, 0, s.n_embd, -1, -1)
-        if rc != 0:  # pragma: no cover - clearing cannot fail in llama.cpp
-            raise RuntimeError(f"{s._cvec_name} could not clear the control vector")
-        return
-    buf, lo, hi = args
-    rc = s._cvec_fn(ctx, buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), buf.size, s.n_embd, lo, hi)
-    if rc != 0:
-        raise RuntimeError(f"{s._cvec_name} rejected the control vector (code {rc})")
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-DRY_BREAKERS = ("\n", ":", '"', "*")
-"""llama.cpp's default DRY sequence breakers (common.h ``dry_sequence_breakers``)."""
-
-
-
-
-class Sampler:
-    """A llama.cpp sampler chain: [penalties] [DRY], then greedy at temperature 0, else
-    top-k/top-p/min-p/temperature/seeded dist (llama.cpp's order)."""
-
-    def __init__(self, *, temperature: float, top_k: int, top_p: float, min_p: float, seed: int | None,
-                 penalties: Penalties | None = None, vocab: object = None, n_vocab: int = 0) -> None:
-        if temperature < 0:
-            raise ValueError("temperature must be >= 0")
-        self.seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
-        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-        pen = penalties or NO_PENALTIES
-        if pen.penalize:
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_penalties(
-                n_vocab, pen.repeat_last_n, pen.repeat_penalty, pen.frequency_penalty, pen.presence_penalty))
-        if pen.dry:
-            if vocab is None:
-                llama_cpp.llama_sampler_free(chain)
-                raise ValueError("DRY needs the model's vocabulary")
-            breakers = (ctypes.c_char_p * len(DRY_BREAKERS))(*(b.encode() for b in DRY_BREAKERS))
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dry(
-                vocab, pen.dry_multiplier, pen.dry_base, pen.dry_allowed_length, pen.dry_penalty_last_n,
-                breakers, len(DRY_BREAKERS)))
-        if temperature == 0:
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
-        else:
-            if top_k > 0:
-                llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(top_k))
-            if 0 < top_p < 1:
-                llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(top_p, 1))
-            if min_p > 0:
-                llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_min_p(min_p, 1))
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(temperature))
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(self.seed))
-        self.chain = chain
-
-    def close(self) -> None:
-        if self.chain is not None:
-            llama_cpp.llama_sampler_free(self.chain)
-            self.chain = None
-
-    def __enter__(self) -> Sampler:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

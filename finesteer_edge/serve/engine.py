@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import PackError
-from ..llama.session import LlamaModel
+from ..llama.model import LlamaModel
 from ..pack.pack import SteeringPack
 from ..steered import SteeredLlama
 from ..verify import verify_pack
