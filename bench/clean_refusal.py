@@ -37,9 +37,9 @@ from _util import REPO, smollm2  # noqa: E402
 
 from finesteer_edge.data import read_jsonl  # noqa: E402
 from finesteer_edge.evaluation.refusal import is_degenerate, is_ended, is_refusal  # noqa: E402
-from finesteer_edge.llama.session import Penalties  # noqa: E402
 from finesteer_edge.measure.common import cpu_model, loadavg, md_table, text_table, versions  # noqa: E402
 from finesteer_edge.schedule import Schedule  # noqa: E402
+from finesteer_edge.settings import Penalties  # noqa: E402
 from finesteer_edge.spread import Spread  # noqa: E402
 from finesteer_edge.steered import SteeredLlama  # noqa: E402
 

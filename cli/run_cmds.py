@@ -145,7 +145,7 @@ def generate_cmd(
 
 
 def _penalties(repeat_penalty: float, repeat_last_n: int, dry_multiplier: float):  # type: ignore[no-untyped-def]
-    from finesteer_edge.llama.session import Penalties
+    from finesteer_edge.settings import Penalties
 
     try:
         return Penalties(repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, dry_multiplier=dry_multiplier)

@@ -193,7 +193,7 @@ def test_generate_vector_choice(tiny_model: Path, pack: Path) -> None:
         d = json.loads(r.stdout)
         assert d["steered"] is True
         texts[vector] = d["token_ids"] if "token_ids" in d else d["text"]
-    from finesteer_edge.llama.session import Penalties
+    from finesteer_edge.settings import Penalties
 
     llm = SteeredLlama(tiny_model, pack, vector_source="mean", n_threads=2)
     res = llm.generate("hi", max_tokens=8, penalties=Penalties(repeat_penalty=1.1, dry_multiplier=0.8))  # CLI defaults
@@ -206,8 +206,8 @@ def test_generate_vector_choice(tiny_model: Path, pack: Path) -> None:
 def test_generate_penalties_and_schedule_flags(tiny_model: Path, pack: Path) -> None:
     """--repeat-penalty/--dry-multiplier reach the sampler and --schedule the steering (issue 11), same as the API."""
     from finesteer_edge import SteeredLlama
-    from finesteer_edge.llama.session import Penalties
     from finesteer_edge.schedule import Schedule
+    from finesteer_edge.settings import Penalties
 
     args = ("generate", str(tiny_model), "--pack", str(pack), "--prompt", "hi", "-n", "16", "--json", "--threads", "1",
             "--n-ctx", "256")

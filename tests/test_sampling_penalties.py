@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from finesteer_edge import SteeredLlama
-from finesteer_edge.llama.session import Penalties
+from finesteer_edge.settings import Penalties
 from finesteer_edge.testing.packs import make_random_pack
 
 KW = dict(n_ctx=256, n_threads=1, strict=True)
