@@ -9,7 +9,7 @@ before and builds these; the turn itself only sees the objects.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .vocab import GATE_POLICIES, MODES, VECTOR_SOURCES, GatePolicy, Mode, VectorSource, check_choice
@@ -130,6 +130,32 @@ class SamplingParams:
             object.__setattr__(self, "penalties", NO_PENALTIES)
         if not isinstance(self.penalties, Penalties):
             raise TypeError(f"penalties must be Penalties, not {type(self.penalties).__name__}")
+
+
+UNSET: Any = object()
+"""Default of ``generate``/``chat``'s loose sampling keywords: "not given", so ``sampling=`` supplies the value."""
+
+
+def merge_sampling(sampling: SamplingParams | None, *, penalties: Penalties | None = UNSET,
+                   repeat_penalty: float = UNSET, repeat_last_n: int = UNSET, dry_multiplier: float = UNSET,
+                   **loose: Any) -> SamplingParams:
+    """``sampling`` (or the defaults) with the loose keywords that were given (not :data:`UNSET`) put in; checked.
+
+    The loose penalty fields build a :class:`Penalties`; a whole ``penalties`` object wins over them. Here,
+    next to the fields it fills, so a new sampler option is added in one module.
+    """
+    if sampling is not None and not isinstance(sampling, SamplingParams):
+        raise TypeError(f"sampling must be SamplingParams, not {type(sampling).__name__}")
+    given = {k: v for k, v in loose.items() if v is not UNSET}
+    if penalties is not UNSET and penalties is not None:
+        given["penalties"] = penalties
+    else:
+        fields = {k: v for k, v in (("repeat_penalty", repeat_penalty), ("repeat_last_n", repeat_last_n),
+                                    ("dry_multiplier", dry_multiplier)) if v is not UNSET}
+        if fields:
+            given["penalties"] = Penalties(**fields)
+    base = sampling or SamplingParams()
+    return replace(base, **given) if given else base
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,11 @@ the head, and when the gate opens set the control vector at the steer layer. ``e
 re-prefills this turn's tokens with the vector on; ``fast`` mode steers from the first generated
 token. The vector is cleared when the turn ends, so every turn is gated on its own.
 
+This module holds the object and the order of a turn's steps; each step that is one idea of its own lives
+apart: what of the conversation fits (context_fit.py), one pack's gate and vector (decide.py), adding the
+open packs' vectors (multipack.py), the token loop (generation.py), the sampling keywords
+(settings.merge_sampling), and everything llama.cpp (llama/).
+
 Thread-safety: one instance owns one llama.cpp context. Calls from different threads are serialised
 (a lock; a second thread waits). Re-entering the same instance from the thread that holds it, e.g.
 starting a new call while a ``chat(stream=True)`` iterator is still open, raises
@@ -14,7 +19,6 @@ starting a new call while a ``chat(stream=True)`` iterator is still open, raises
 
 from __future__ import annotations
 
-import codecs
 import logging
 import os
 import threading
@@ -25,20 +29,22 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
-
+from .context_fit import check_context, drop_oldest_turns, fit_prompt
+from .decide import decide_pack, open_packs_schedule, pack_name, pack_vector_source
 from .errors import ConcurrentUseError, PackError
-from .gate_input import gate_state, needs_span, user_span
+from .gate_input import needs_span, user_span
+from .generation import drain, generate_tokens
+from .llama.batches import common_prefix
 from .llama.chat_template import ChatTemplate, Message, normalize_messages
-from .llama.session import ContextSettings, LlamaModel, LlamaSession
-from .llama.stops import StopMatcher
+from .llama.model import LlamaModel
+from .llama.session import ContextSettings, LlamaSession
 from .model_info import read_model_info
 from .multipack import Combined, Decision, PackSpec, combine, pack_specs
 from .pack.pack import SteeringPack
 from .result import GenerationResult, PackOutcome
 from .schedule import ALWAYS, Schedule, ScheduledControl
 from .selftest import SelfTestReport
-from .settings import Penalties, SamplingParams, SteeringSettings
+from .settings import UNSET, Penalties, SamplingParams, SteeringSettings, merge_sampling
 from .verify import VerifyReport, verify_pack
 from .vocab import (
     COMBINE_POLICIES,
@@ -48,15 +54,11 @@ from .vocab import (
     ContextPolicy,
     VectorSource,
     check_choice,
-    vector_source_from_manifest,
 )
 
 log = logging.getLogger("finesteer_edge")
 
 __all__ = ["Decision", "PackSpec", "SamplingParams", "SteeredLlama", "SteeringSettings", "drop_oldest_turns"]
-
-_UNSET: Any = object()
-"""Default of the loose sampling keywords: "not given", so ``sampling=`` supplies the value instead."""
 
 
 class SteeredLlama:
@@ -229,7 +231,7 @@ class SteeredLlama:
     @property
     def pack_names(self) -> list[str]:
         """Every pack's name (manifest name, else directory name), in load order: what ``enabled`` refers to."""
-        return [_name(p) for p, _ in self._packs]
+        return [pack_name(p) for p, _ in self._packs]
 
     @property
     def mode(self) -> str:
@@ -246,12 +248,9 @@ class SteeredLlama:
     @property
     def vector_source(self) -> VectorSource:
         """The vector source of the first pack (each pack's own default unless set)."""
-        return self._vector_source(self._packs[0][0]) if self._packs else (self._steering.vector_source or "head")
-
-    def _vector_source(self, pack: SteeringPack, steering: SteeringSettings | None = None) -> VectorSource:
-        """``steering``'s vector source (default: the instance's), else the pack's own."""
-        chosen = (steering or self._steering).vector_source
-        return chosen or vector_source_from_manifest(pack.manifest.vector_source)  # type: ignore[arg-type]
+        if self._packs:
+            return pack_vector_source(self._packs[0][0], self._steering)
+        return self._steering.vector_source or "head"
 
     # ------------------------------------------------------------------ properties
     @property
@@ -306,17 +305,17 @@ class SteeredLlama:
         *,
         sampling: SamplingParams | None = None,
         steering: SteeringSettings | None = None,
-        max_tokens: int = _UNSET,
-        temperature: float = _UNSET,
-        seed: int | None = _UNSET,
-        top_k: int = _UNSET,
-        top_p: float = _UNSET,
-        min_p: float = _UNSET,
-        stop: Sequence[str] = _UNSET,
-        repeat_penalty: float = _UNSET,
-        repeat_last_n: int = _UNSET,
-        dry_multiplier: float = _UNSET,
-        penalties: Penalties | None = _UNSET,
+        max_tokens: int = UNSET,
+        temperature: float = UNSET,
+        seed: int | None = UNSET,
+        top_k: int = UNSET,
+        top_p: float = UNSET,
+        min_p: float = UNSET,
+        stop: Sequence[str] = UNSET,
+        repeat_penalty: float = UNSET,
+        repeat_last_n: int = UNSET,
+        dry_multiplier: float = UNSET,
+        penalties: Penalties | None = UNSET,
     ) -> GenerationResult:
         """One independent turn (fresh KV cache): gate, steer if the gate opens, generate.
 
@@ -327,13 +326,13 @@ class SteeredLlama:
         ``steering``: settings for this turn only (checked; the instance's own, :attr:`steering`, are left as
         they are), e.g. a subset of packs via ``enabled``.
         """
-        params = _sampling(sampling, max_tokens=max_tokens, temperature=temperature, seed=seed, top_k=top_k,
-                           top_p=top_p, min_p=min_p, stop=stop, penalties=penalties,
-                           repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, dry_multiplier=dry_multiplier)
+        params = merge_sampling(sampling, max_tokens=max_tokens, temperature=temperature, seed=seed, top_k=top_k,
+                                top_p=top_p, min_p=min_p, stop=stop, penalties=penalties, repeat_penalty=repeat_penalty,
+                                repeat_last_n=repeat_last_n, dry_multiplier=dry_multiplier)
         messages = normalize_messages(prompt_or_messages)
         st = self._turn_settings(steering)
         with self._guard():
-            return _drain(self._turn(messages, params, st, reuse_cache=False))
+            return drain(self._turn(messages, params, st, reuse_cache=False))
 
     def chat(
         self,
@@ -342,17 +341,17 @@ class SteeredLlama:
         stream: bool = True,
         sampling: SamplingParams | None = None,
         steering: SteeringSettings | None = None,
-        max_tokens: int = _UNSET,
-        temperature: float = _UNSET,
-        seed: int | None = _UNSET,
-        top_k: int = _UNSET,
-        top_p: float = _UNSET,
-        min_p: float = _UNSET,
-        stop: Sequence[str] = _UNSET,
-        repeat_penalty: float = _UNSET,
-        repeat_last_n: int = _UNSET,
-        dry_multiplier: float = _UNSET,
-        penalties: Penalties | None = _UNSET,
+        max_tokens: int = UNSET,
+        temperature: float = UNSET,
+        seed: int | None = UNSET,
+        top_k: int = UNSET,
+        top_p: float = UNSET,
+        min_p: float = UNSET,
+        stop: Sequence[str] = UNSET,
+        repeat_penalty: float = UNSET,
+        repeat_last_n: int = UNSET,
+        dry_multiplier: float = UNSET,
+        penalties: Penalties | None = UNSET,
     ) -> Iterator[str | GenerationResult] | GenerationResult:
         """Answer the last user turn of ``messages`` (the whole conversation so far).
 
@@ -360,14 +359,14 @@ class SteeredLlama:
         iterator yielding text pieces and, last, the :class:`GenerationResult`; otherwise the result.
         Sampling and ``steering`` as in :meth:`generate`.
         """
-        params = _sampling(sampling, max_tokens=max_tokens, temperature=temperature, seed=seed, top_k=top_k,
-                           top_p=top_p, min_p=min_p, stop=stop, penalties=penalties,
-                           repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, dry_multiplier=dry_multiplier)
+        params = merge_sampling(sampling, max_tokens=max_tokens, temperature=temperature, seed=seed, top_k=top_k,
+                                top_p=top_p, min_p=min_p, stop=stop, penalties=penalties, repeat_penalty=repeat_penalty,
+                                repeat_last_n=repeat_last_n, dry_multiplier=dry_multiplier)
         msgs = normalize_messages(messages)
         st = self._turn_settings(steering)
         if not stream:
             with self._guard():
-                return _drain(self._turn(msgs, params, st, reuse_cache=True))
+                return drain(self._turn(msgs, params, st, reuse_cache=True))
         return self._stream(msgs, params, st)
 
     def _stream(self, msgs: list[dict[str, str]], params: SamplingParams,
@@ -408,38 +407,6 @@ class SteeredLlama:
             raise ValueError("the prompt is empty")
         return toks
 
-    def _fit_context(self, messages: list[dict[str, str]], max_tokens: int) -> tuple[list[int], int]:
-        """Prompt tokens under the context policy, and how many oldest exchanges were left out.
-
-        Only renders and tokenizes: the KV cache is untouched until the prompt is known to fit, so an
-        overflow (raised by the caller) leaves the instance exactly as it was.
-        """
-        tokens = self.prompt_tokens(messages)
-        room = max(1, min(max_tokens, self.n_ctx // 2))
-        n_max = len(_exchanges(messages)) if self.context_policy == "drop_oldest" else 0
-        if len(tokens) + room <= self.n_ctx or n_max == 0:
-            return tokens, 0
-        # Fewest exchanges to drop: binary search (the prompt shrinks as more are dropped), so a long
-        # history costs O(log n) renders per turn rather than one per dropped exchange.
-        tried: dict[int, list[int]] = {}
-
-        def fits(k: int) -> bool:
-            tried[k] = self.prompt_tokens(drop_oldest_turns(messages, k))
-            return len(tried[k]) + room <= self.n_ctx
-
-        if not fits(n_max):
-            return tried[n_max], n_max  # the shortest possible; may still overflow (raised by the caller)
-        lo, hi = 1, n_max
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if fits(mid):
-                hi = mid
-            else:
-                lo = mid + 1
-        if lo not in tried:
-            fits(lo)
-        return tried[lo], lo
-
     def prefill_span(self, messages: Sequence[Message], tokens: Sequence[int]) -> tuple[int, int] | None:
         """The token span a capturing prefill of ``messages`` (rendered as ``tokens``) must pool for the packs'
         gates (the last user message), or None when every gate reads the last prompt token."""
@@ -455,7 +422,7 @@ class SteeredLlama:
         with self._guard():
             s = self._session
             tokens = self.prompt_tokens(msgs)
-            _check_context(tokens, s.n_ctx)
+            check_context(tokens, s.n_ctx)
             s.clear_control()
             s.reset()
             s.decode(tokens, capture=True, span=self.prefill_span(msgs, tokens))
@@ -474,51 +441,29 @@ class SteeredLlama:
 
     def steer_vectors(self, decisions: Sequence[Decision]) -> Combined:
         """The control vector for these decisions: the open packs' vectors, added per layer (``combine``)."""
-        return combine(decisions, [p.manifest.name or p.path.name for p in self.packs], self.combine)
+        return combine(decisions, [pack_name(p) for p in self.packs], self.combine)
 
     def _decide(self, pack: SteeringPack, pack_strength: float, st: SteeringSettings) -> Decision:
-        m = pack.manifest
-        s = self._session
-        out = pack.evaluate(gate_state(s, m), s.hidden(m.head_layer))
-        is_open = {"pack": out.gate_score >= m.tau, "always": True, "never": False}[st.gate]
-        if st.enabled is not None and _name(pack) not in st.enabled:
-            is_open = False  # left out of this turn: shut, so the turn is as without the pack
-        strength = st.strength * pack_strength
-        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, not warned
-            if self._vector_source(pack, st) == "head":
-                vectors = {m.steer_layer: out.vector * strength}
-            else:
-                vectors = {layer: v * strength for layer, v in pack.control.directions.items()}
-            spread = self.spread or m.spread
-            if spread is not None:
-                spread.check(s.n_layer)
-                vectors = spread.apply(vectors)
-        for v in vectors.values():
-            if not np.isfinite(v).all():
-                raise PackError("the steering vector is not finite; refusing to generate")
-        return Decision(out.gate_score, bool(is_open), vectors, out.expert_weights)
+        """One pack's decision (decide.py), with :attr:`spread` read now: a sweep may have set it since."""
+        return decide_pack(self._session, pack, pack_strength, st, spread=self.spread)
 
     def _turn_schedule(self, decisions: Sequence[Decision]) -> Schedule:
-        """This turn's schedule: :attr:`schedule` if it was given or changed; else the schedule of the packs whose
-        gates opened (the first of them that has one; none: the whole turn). A pack that stayed shut or was left
-        out (``enabled``) does not shape the turn, so a turn with one open gate is that pack's turn alone."""
+        """This turn's schedule: :attr:`schedule` if it was given or changed (a sweep), else the open packs' own."""
         if self.schedule is not self._auto_schedule:
             return self.schedule
-        own = [p.manifest.schedule for (p, _), d in zip(self._packs, decisions, strict=True)
-               if d.open and p.manifest.schedule is not None]
-        return own[0] if own else ALWAYS
+        return open_packs_schedule(self.packs, decisions)
 
     def _turn(self, messages: list[dict[str, str]], sampling: SamplingParams, steering: SteeringSettings, *,
               reuse_cache: bool) -> Iterator[str | GenerationResult]:
         t0 = time.perf_counter()
         s = self._session
-        tokens, dropped = self._fit_context(messages, sampling.max_tokens)
+        tokens, dropped = fit_prompt(self.prompt_tokens, messages, sampling.max_tokens, self.n_ctx, self.context_policy)
         span = self.prefill_span(drop_oldest_turns(messages, dropped) if dropped else messages, tokens)
-        common = _common_prefix(s.tokens, tokens) if reuse_cache else 0
+        common = common_prefix(s.tokens, tokens) if reuse_cache else 0
         common = min(common, len(tokens) - 1)  # always decode at least one token to get fresh logits
         if span is not None:
             common = min(common, span[0])  # the gate pools the user message: compute it in this prefill
-        _check_context(tokens, s.n_ctx)
+        check_context(tokens, s.n_ctx)
         if not reuse_cache:
             s.reset()  # a fresh turn: nothing cached in either context (the tap context too) shapes it
         s.truncate(common)
@@ -554,61 +499,15 @@ class SteeredLlama:
                 threshold=self.threshold, prompt_tokens=len(tokens), cached_tokens=common,
                 strength=steering.strength if self._packs else None, dropped_turns=dropped,
                 packs=[PackOutcome(
-                    name=p.manifest.name or p.path.name, steered=d.open, gate_score=d.gate_score,
+                    name=pack_name(p), steered=d.open, gate_score=d.gate_score,
                     threshold=p.manifest.tau, expert_weights=[float(x) for x in d.expert_weights],
                     strength=steering.strength * ps,
-                    enabled=steering.enabled is None or _name(p) in steering.enabled,
+                    enabled=steering.enabled is None or pack_name(p) in steering.enabled,
                 ) for (p, ps), d in zip(self._packs, decisions, strict=True)],
             )
-            yield from self._generate(result, t0, sampling, plan)
+            yield from generate_tokens(s, result, t0, sampling, plan)
         finally:
             s.clear_control()
-
-    def _generate(self, result: GenerationResult, t0: float, sp: SamplingParams,
-                  plan: ScheduledControl | None = None) -> Iterator[str | GenerationResult]:
-        s = self._session
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stopper = StopMatcher(sp.stop)
-        pieces: list[str] = []
-        ids: list[int] = []
-        finish = "length"
-        hit = False
-        with s.sampler(temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p, min_p=sp.min_p,
-                       seed=sp.seed, penalties=sp.penalties) as sampler:
-            result.seed = sampler.seed if sp.temperature > 0 else None
-            for _ in range(sp.max_tokens):
-                tok = s.sample(sampler)
-                if not ids and result.ttft_seconds == 0.0:
-                    result.ttft_seconds = time.perf_counter() - t0
-                if s.is_eog(tok):
-                    finish = "stop"
-                    break
-                ids.append(tok)
-                emit, hit = stopper.feed(decoder.decode(s.piece(tok)))
-                if emit:
-                    pieces.append(emit)
-                    yield emit
-                if hit:
-                    finish = "stop"
-                    break
-                if s.n_past + 1 > s.n_ctx:
-                    finish = "context"
-                    break
-                if plan is not None:  # the turn's schedule: scale or clear the vector between decodes
-                    plan.before_decode(len(ids) - 1)
-                s.decode([tok])
-        if not hit:
-            tail, hit = stopper.feed(decoder.decode(b"", final=True))
-            tail += "" if hit else stopper.flush()
-            if tail:
-                pieces.append(tail)
-                yield tail
-        result.text = "".join(pieces)
-        result.tokens = len(ids)
-        result.token_ids = ids
-        result.finish_reason = finish
-        result.seconds = time.perf_counter() - t0
-        yield result
 
     # ------------------------------------------------------------------ concurrency
     @contextmanager
@@ -625,77 +524,3 @@ class SteeredLlama:
                 yield
             finally:
                 self._owner = None
-
-
-def _name(pack: SteeringPack) -> str:
-    return pack.manifest.name or pack.path.name
-
-
-def _sampling(sampling: SamplingParams | None, *, penalties: Penalties | None = _UNSET,
-              repeat_penalty: float = _UNSET, repeat_last_n: int = _UNSET, dry_multiplier: float = _UNSET,
-              **loose: Any) -> SamplingParams:
-    """``sampling`` (or the defaults) with the loose keywords that were given put in; checked.
-
-    The loose penalty fields build a :class:`Penalties`; a whole ``penalties`` object wins over them.
-    """
-    if sampling is not None and not isinstance(sampling, SamplingParams):
-        raise TypeError(f"sampling must be SamplingParams, not {type(sampling).__name__}")
-    given = {k: v for k, v in loose.items() if v is not _UNSET}
-    if penalties is not _UNSET and penalties is not None:
-        given["penalties"] = penalties
-    else:
-        fields = {k: v for k, v in (("repeat_penalty", repeat_penalty), ("repeat_last_n", repeat_last_n),
-                                    ("dry_multiplier", dry_multiplier)) if v is not _UNSET}
-        if fields:
-            given["penalties"] = Penalties(**fields)
-    base = sampling or SamplingParams()
-    return replace(base, **given) if given else base
-
-
-def _drain(it: Iterator[str | GenerationResult]) -> GenerationResult:
-    result = None
-    for item in it:
-        if isinstance(item, GenerationResult):
-            result = item
-    assert result is not None
-    return result
-
-
-def _exchanges(messages: Sequence[Message]) -> list[list[int]]:
-    """Indices of the droppable exchanges, oldest first: each starts at a user message (or is whatever
-    non-system messages precede the first one) and runs up to the next user message. System messages
-    and the last exchange (the turn being answered) are never among them."""
-    groups: list[list[int]] = []
-    for i, m in enumerate(messages):
-        if m["role"] == "system":
-            continue
-        if m["role"] == "user" or not groups:
-            groups.append([])
-        groups[-1].append(i)
-    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
-    return [g for g in groups if last_user is None or g[-1] < last_user][: max(0, len(groups) - 1)]
-
-
-def drop_oldest_turns(messages: Sequence[Message], n: int) -> list[dict[str, str]]:
-    """``messages`` without its ``n`` oldest user/assistant exchanges, as ``context_policy="drop_oldest"``
-    renders them (use it with ``GenerationResult.dropped_turns`` to trim a kept history the same way)."""
-    drop = {i for g in _exchanges(messages)[:n] for i in g}
-    return [dict(m) for i, m in enumerate(messages) if i not in drop]
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def _check_context(tokens: list[int], n_ctx: int) -> None:
-    from .errors import ContextOverflowError
-
-    if len(tokens) + 1 > n_ctx:
-        raise ContextOverflowError(
-            f"the prompt is {len(tokens)} tokens but the context holds {n_ctx} (one more is needed to "
-            f"generate); shorten the conversation, /reset, or raise n_ctx"
-        )

@@ -1,0 +1,70 @@
+"""One pack's verdict on a turn, read from the unsteered prefill: gate score, open or shut, and its vectors.
+
+Apart from :class:`~finesteer_edge.steered.SteeredLlama` because it is the per-pack arithmetic of DESIGN.md
+section 4 with no state of its own: the gate policy, ``enabled``, the instance's strength times the pack's,
+the vector source, the layer spread and the finite check. SteeredLlama decides every pack from one prefill
+and adds the open ones' vectors together (multipack.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import PackError
+from .gate_input import gate_state
+from .multipack import Decision
+from .pack.pack import SteeringPack
+from .schedule import ALWAYS, Schedule
+from .settings import SteeringSettings
+from .spread import Spread
+from .vocab import VectorSource, vector_source_from_manifest
+
+if TYPE_CHECKING:
+    from .llama.session import LlamaSession
+
+
+def pack_name(pack: SteeringPack) -> str:
+    """The name ``enabled`` and the turn's outcomes use: the manifest's name, else the directory's."""
+    return pack.manifest.name or pack.path.name
+
+
+def pack_vector_source(pack: SteeringPack, steering: SteeringSettings) -> VectorSource:
+    """``steering``'s vector source, else the pack's own (its manifest's default)."""
+    return steering.vector_source or vector_source_from_manifest(pack.manifest.vector_source)  # type: ignore[arg-type]
+
+
+def decide_pack(s: LlamaSession, pack: SteeringPack, pack_strength: float, st: SteeringSettings,
+                spread: Spread | None = None) -> Decision:
+    """``pack``'s gate and vectors for the hidden states of ``s``'s last capturing prefill. ``spread``
+    replaces the pack's own layer spread (None: the manifest's)."""
+    m = pack.manifest
+    out = pack.evaluate(gate_state(s, m), s.hidden(m.head_layer))
+    is_open = {"pack": out.gate_score >= m.tau, "always": True, "never": False}[st.gate]
+    if st.enabled is not None and pack_name(pack) not in st.enabled:
+        is_open = False  # left out of this turn: shut, so the turn is as without the pack
+    strength = st.strength * pack_strength
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, not warned
+        if pack_vector_source(pack, st) == "head":
+            vectors = {m.steer_layer: out.vector * strength}
+        else:
+            vectors = {layer: v * strength for layer, v in pack.control.directions.items()}
+        spread = spread or m.spread
+        if spread is not None:
+            spread.check(s.n_layer)
+            vectors = spread.apply(vectors)
+    for v in vectors.values():
+        if not np.isfinite(v).all():
+            raise PackError("the steering vector is not finite; refusing to generate")
+    return Decision(out.gate_score, bool(is_open), vectors, out.expert_weights)
+
+
+def open_packs_schedule(packs: Sequence[SteeringPack], decisions: Sequence[Decision]) -> Schedule:
+    """The schedule of the packs whose gates opened (the first of them that has one; none: the whole turn).
+    A pack that stayed shut or was left out (``enabled``) does not shape the turn, so a turn with one open
+    gate is that pack's turn alone."""
+    own = [p.manifest.schedule for p, d in zip(packs, decisions, strict=True)
+           if d.open and p.manifest.schedule is not None]
+    return own[0] if own else ALWAYS
