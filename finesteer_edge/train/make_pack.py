@@ -72,21 +72,19 @@ BUDGETS = {
     "full": Budget("full", None, 50),
 }
 DEFAULT_BUDGET = "default"
-"""Why 100 rows per file: measured on SmolLM2-135M Q4_1 (1 thread, CPU time, so the load of the shared
-machine mostly cancels out), ``extract --limit 3`` took 19.3 CPU-s for 51 rows, 6 of them harmful
-targets (the model's own 48-token answer is generated; the rest are one prefill each): ~3.2 CPU-s per
-harmful row, the light rows included. At 100 rows per file there are 100 + 60 harmful rows: 160 x 3.2
-= 512 CPU-s on SmolLM2; x4 for a 0.5B model (494M vs 135M parameters) = 2048 CPU-s; on 2 threads
-(~1.8x) ~19 min of extraction, plus training and the 75-prompt evaluation: ~25 min, under the 30 min
-target of issue 12. README states the measured make-pack time on SmolLM2."""
+"""100 rows per file: on the shipped safety data 1330 MoSE rows (160 of them generate the model's own 48-token
+answer; the others, style rewrites and negatives, are a prefill each) and 1046 gate rows. Measured on SmolLM2-135M
+Q4_1, 1 thread, shared 2-core machine (bench/results/make_pack.json, bench/make_pack_time.py): 25.3 min wall;
+extract 800 s (565 CPU-s), gate_extract 530 s (379 CPU-s), train 102 s, eval 76 s. A larger model costs more
+per row; we have not timed one (the earlier "~25 min for 0.5B" was arithmetic, not a measurement)."""
 
-SECONDS_PER_ROW = {"extract": 1.2, "gate_extract": 0.7}
-TRAIN_SECONDS = {"val": 30.0, "loso": 120.0}
-SECONDS_PER_EVAL_ROW = 5.7
-"""The progress bar's stage weights (expected seconds; only their ratios matter, for the ETA), from SmolLM2 runs
-with 1 thread on a busy machine: extract 1611 s / 1330 rows, train 28 s and eval 142 s / 25 rows per file
-(bench/results/make_pack.json before the gate stage existed); gate rows 822 s / 1223 rows and a LOSO gate
-selection 123 s (docs/TRAINING.md, "Safety gate, rebuilt for real use")."""
+SECONDS_PER_ROW = {"extract": 0.60, "gate_extract": 0.51}
+TRAIN_SECONDS = {"val": 28.0, "loso": 102.0}
+SECONDS_PER_EVAL_ROW = 3.0
+"""The progress bar's stage weights (expected seconds; only their ratios matter, for the ETA), from the SmolLM2 run
+of bench/results/make_pack.json: extract 800 s / 1330 rows, gate_extract 530 s / 1046 rows, train with the
+leave-one-source-out gate 102 s, eval 76 s / 25 rows per file; train with the validation gate: 28 s (the same
+file as of commit 6cf30a7, before the gate stage)."""
 
 MIN_ROWS = 5
 
