@@ -435,3 +435,21 @@ def test_budgets_and_truthfulqa_summary() -> None:
                               "base": {"mc1": 0.2}, "finesteer": {"mc1": 0.4, "gate_rate": 0.6, "n_items": 5}}}}
     text = format_summary(s)
     assert "MC1 40.0% (base 20.0%)" in text and "NOT held out" in text and "eval skipped" in text
+
+
+def test_truthfulqa_end_to_end(tiny_model: Path, tmp_path: Path) -> None:
+    """TruthfulQA make-pack trains against the shipped benign prompts (its data holds no negatives); it failed
+    at train before (no negatives: a NaN norm in the checkpoint's strict JSON)."""
+    from finesteer_edge.pack.pack import SteeringPack
+
+    out = tmp_path / "tqa"
+    r = make_pack(tiny_model, out, task="truthfulqa")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert [k for k in s["stages"]] == ["extract", "train", "convert", "verify", "eval"]
+    assert all(v["status"] == "ran" for v in s["stages"].values())
+    assert s["extract"]["negatives"] > 0  # the benign safety prompts, train and val
+    acts = load_activations(Path(s["work_dir"]) / "activations.safetensors")
+    assert any("benign_train" in f for f in acts.meta["data_files"])
+    assert not any("test" in Path(f).name for f in acts.meta["data_files"])
+    assert SteeringPack.load(out).manifest.model.n_embd == 256

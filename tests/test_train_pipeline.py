@@ -356,3 +356,17 @@ def test_end_of_turn_token_comes_from_the_template(tiny_model: Path) -> None:
     with SteeredLlama(tiny_model, n_ctx=128, n_threads=1) as llm:
         tok = end_of_turn_token(llm)
         assert llm.session.token_text(tok) == "<|im_end|>" and llm.session.is_eog(tok)
+
+
+def test_training_without_negatives(tiny_model: Path, tmp_path: Path) -> None:
+    """A task whose data has only targets (TruthfulQA without --negatives) trains: the MoSE norm on negatives is
+    null, not NaN (a NaN broke the checkpoint's strict JSON)."""
+    acts = tmp_path / "acts.safetensors"
+    r = run_cli("extract", str(tiny_model), "--task", "truthfulqa", "--data", str(SHARED_DATA / "truthfulqa"),
+                "--out", str(acts), "--limit", "8", "--threads", "1", "--n-ctx", "512")
+    assert r.returncode == 0, r.stderr
+    assert int((load_activations(acts).label == 0).sum()) == 0
+    r = run_cli("train", str(acts), "--out", str(tmp_path / "ck"), "--epochs", "2")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "ck" / "report.json").read_text())
+    assert report["mose"]["val_norm_negatives"] is None and report["mose"]["n_val_negatives"] == 0

@@ -246,18 +246,18 @@ def select_gate(d: GateData, cands: list[Candidate], *, seed: int = 0) -> tuple[
                  "val_by_source": breakdown(sv, d.y[va], g.tau, d.source[va]),
                  "val_by_shape": breakdown(sv, d.y[va], g.tau, d.shape[va]),
                  "loso": {k: v for k, v in table[best_i].items() if k not in ("candidate",)}}
-    g.metrics = _finite(g.metrics)
-    summary = {"candidates": [_finite({k: v for k, v in t.items() if k not in ("by_source", "by_shape")})
+    g.metrics = nan_to_none(g.metrics)
+    summary = {"candidates": [nan_to_none({k: v for k, v in t.items() if k not in ("by_source", "by_shape")})
                               for t in table], "chosen": best.name}
     return g, summary
 
 
-def _finite(x: Any) -> Any:
+def nan_to_none(x: Any) -> Any:
     """NaN (e.g. AUROC of a fold without one class) -> None: checkpoints and manifests hold strict JSON."""
     if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
+        return {k: nan_to_none(v) for k, v in x.items()}
     if isinstance(x, list):
-        return [_finite(v) for v in x]
+        return [nan_to_none(v) for v in x]
     if isinstance(x, float) and not np.isfinite(x):
         return None
     return x

@@ -294,7 +294,7 @@ class MakePack:
         from .extract import _limit
         from .tasks import load_items, style_variants
 
-        items, _ = load_items(self.cfg.task, self.data)
+        items, _ = load_items(self.cfg.task, self.data, negatives=self._negatives())
         items = _limit(items, self.cfg.budget.rows)
         if self.cfg.task == "safety":  # extract's default: style rewrites for the gate on the safety task
             items += style_variants(items)
@@ -459,9 +459,20 @@ class MakePack:
         self.progress.finish(name, f"{note} ({seconds:.0f} s)")
         self.summary["stages"][name] = {"status": "ran", "seconds": seconds, "cpu_seconds": cpu}
 
+    def _negatives(self) -> list[Path]:
+        """Prompts the gate must not open on, for tasks whose data holds none: TruthfulQA is trained against
+        the shipped benign safety prompts (train/val), as the bundled TruthfulQA pack was (docs/TRAINING.md).
+        Without them its gate could only be the one-class SCS score."""
+        if self.cfg.task != "truthfulqa":
+            return []
+        from ..evaluation.datasets import PACKAGED_DATA
+
+        found = [PACKAGED_DATA / "safety" / f"benign_{split}.jsonl" for split in ("train", "val")]
+        return [p for p in found if p.is_file()]
+
     def _extract_inputs(self) -> dict[str, Any]:
         cfg = self.cfg
-        files = sorted(p for p in self.data.glob("*.jsonl") if "test" not in p.name.lower())
+        files = sorted(p for p in self.data.glob("*.jsonl") if "test" not in p.name.lower()) + self._negatives()
         return {"task": cfg.task, "model": self.model_sha, "data": {p.name: file_sha256(p) for p in files},
                 "limit": cfg.budget.rows, "own_tokens": cfg.own_tokens, "n_ctx": cfg.n_ctx,
                 "chat_template": cfg.chat_template, "version": _version()}
@@ -482,7 +493,7 @@ class MakePack:
             task=cfg.task, data=self.data, out=self.acts, limit=cfg.budget.rows,
             own_tokens=cfg.own_tokens, n_ctx=cfg.n_ctx, threads=cfg.threads, show_progress=False,
             resume_dir=self.work / "extract.partial" if cfg.resume else None, on_row=on_row,
-            chat_template=cfg.chat_template)
+            chat_template=cfg.chat_template, negatives=self._negatives())
         if not cfg.resume:
             shutil.rmtree(self.work / "extract.partial", ignore_errors=True)
         extract(self.cfg.model, ecfg)

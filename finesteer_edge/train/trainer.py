@@ -17,6 +17,7 @@ from ..errors import ActivationsError, DataError
 from ..vocab import GATE_CANDIDATE_KINDS, TRAINED_GATE_KINDS
 from .activations import Activations, load_activations
 from .checkpoint import save_checkpoint
+from .gate_select import nan_to_none
 from .mose import K_RANGE, build_experts, make_module, train_mose
 from .scs import GateFit, choose_gate, fit_gate
 
@@ -153,7 +154,8 @@ def train(acts_path: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
                        "data_files": acts.meta.get("data_files", {}), "seed": cfg.seed,
                        "train_config": {k: ([str(p) for p in v] if k == "gate_acts" else v)
                                         for k, v in vars(cfg).items()}},
-        "metrics": {"gate_val": gate.metrics, "mose_val": quality},
+        # strict JSON: a metric a split cannot give (AUROC or FPR with no negatives) is null, not NaN
+        "metrics": nan_to_none({"gate_val": gate.metrics, "mose_val": quality}),
     }
     save_checkpoint(out, tensors, config, extra_files={"report.json": json.dumps(report, indent=2, default=float),
                                                         "report.md": render_report(report)})
@@ -262,7 +264,7 @@ def _quality(module: Any, x: np.ndarray, y: np.ndarray, mean_delta: np.ndarray,
         "val_cosine": cos(pred, y),
         "val_cosine_mean_vector": cos(np.broadcast_to(mean_delta, y.shape), y),
         "val_norm_targets": float(np.linalg.norm(pred, axis=1).mean()),
-        "val_norm_negatives": float(np.linalg.norm(pred_neg, axis=1).mean()) if pred_neg is not None else float("nan"),
+        "val_norm_negatives": float(np.linalg.norm(pred_neg, axis=1).mean()) if pred_neg is not None else None,
         "true_norm_targets": float(np.linalg.norm(y, axis=1).mean()),
     }
 
