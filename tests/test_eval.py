@@ -668,3 +668,21 @@ def test_run_eval_keeps_the_runs_other_commands_merged(tiny_model: Path, tmp_pat
         assert got[key] == value, key
     md = (out / "RESULTS.md").read_text()
     assert "## Generalisation: the gate in conversation contexts" in md
+
+
+def test_training_table_of_a_pack_regated_twice() -> None:
+    """A regated pack nests its training provenance under regated_from, once per regate: the MoSE figures come
+    from the training, the gate's from the last regate (the table was missing for the bundled pack)."""
+    from finesteer_edge.evaluation.report import _training_table
+
+    training = {"report": {"gate": {"layer": 9}, "experts": {"K": 4, "calinski_harabasz": {"4": 23.31}}},
+                "metrics": {"gate_val": {"recall": 0.5}, "mose_val": {"val_cosine": 0.8654}}}
+    prov = {"regated_from": {"provenance": {"regated_from": {"provenance": {"training": training}}, "gate": {}}},
+            "gate": {"candidate": "probe(C=0.03)@user_mean.14", "val": {"recall": 0.926, "fpr": 0.064}}}
+    table = _training_table({"pack": {"provenance": prov, "layers": {"gate": 14}}})
+    assert table is not None
+    row = table.splitlines()[-1]
+    assert row.startswith("| 14 (regate: probe(C=0.03)@user_mean.14) | 0.926 | 0.064 / n/a / n/a |")
+    assert "| 0.865 |" in row and "4: 23.3" in row
+    plain = _training_table({"pack": {"provenance": {"training": training}}})
+    assert plain is not None and plain.splitlines()[-1].startswith("| 9 | 0.500 |")

@@ -320,20 +320,37 @@ TRAINING_HEADERS = (
 )
 
 
+def training_provenance(prov: dict[str, Any]) -> dict[str, Any]:
+    """The ``training`` provenance behind a pack: ``regate`` keeps the MoSE head and nests the provenance of the
+    pack it started from under ``regated_from``, once per regate."""
+    for _ in range(64):  # a bound: a manifest is a shared file
+        if "training" in prov or not isinstance(prov.get("regated_from"), dict):
+            break
+        prov = prov["regated_from"].get("provenance") or {}
+    return prov.get("training") or {}
+
+
 def _training_table(res: dict[str, Any]) -> str | None:
     """The pack's own training report (validation split), as ``finesteer-edge train`` stored it in the manifest.
 
     Read from the suite's copy of the manifest provenance, so the analysis can quote training figures
     (cosines, norms, cluster scores) that no evaluation run recomputes; None for packs without a report.
     """
-    tr = ((res.get("pack") or {}).get("provenance") or {}).get("training") or {}
+    pack = res.get("pack") or {}
+    prov = pack.get("provenance") or {}
+    tr = training_provenance(prov)
     rep, met = tr.get("report") or {}, tr.get("metrics") or {}
     gate, mose = met.get("gate_val") or (rep.get("gate") or {}).get("val") or {}, met.get("mose_val") or {}
+    layer = (rep.get("gate") or {}).get("layer", "n/a")
+    regated = prov.get("gate") if isinstance(prov.get("regated_from"), dict) else None
+    if regated:  # a regated pack: MoSE from training, the gate (and its validation figures) from regate
+        gate = regated.get("val") or {}
+        layer = f"{(pack.get('layers') or {}).get('gate', 'n/a')} (regate: {regated.get('candidate', '?')})"
     if not gate and not mose:
         return None
     ch = (rep.get("experts") or {}).get("calinski_harabasz") or {}
     chs = ", ".join(f"{k}: {v:.1f}" for k, v in sorted(ch.items(), key=lambda kv: int(kv[0]))) or "n/a"
-    row = [(rep.get("gate") or {}).get("layer", "n/a"), num(gate.get("recall")),
+    row = [layer, num(gate.get("recall")),
            f"{num(gate.get('fpr'))} / {num(gate.get('fpr_benign'))} / {num(gate.get('fpr_borderline'))}",
            num(gate.get("auroc")),
            num(mose.get("val_cosine")), num(mose.get("val_cosine_mean_vector")),
