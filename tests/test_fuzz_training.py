@@ -295,14 +295,18 @@ def test_control_vector_huge_layer_count(tb: TrainingBase, tmp_path: Path) -> No
     assert src.provenance["tool"] == "unknown" and src.provenance["layer_count"] == 10**9
 
 
-@pytest.mark.parametrize(("case", "match"), [
-    (ActivationsCase(meta_text=8), "malformed metadata"),                                        # RecursionError
-    (ActivationsCase(meta_muts=[("replace", ("rows", "group"), None)]), "per-row metadata"),     # TypeError
-    (ActivationsCase(meta_muts=[("replace", ("gate_layer",), RawJSON("1e999"))]), "malformed"),  # OverflowError
-    (ActivationsCase(tensor_muts=[("values", 4, 12)]), "beyond"),           # -3e38 in delta: Inf in train's report
-    (ActivationsCase(tensor_muts=[("values", 7, 9)]), "only 0 and 1"),      # has_delta 1e30 -> int8 127
+@pytest.mark.parametrize(("case", "tensor", "match"), [
+    (ActivationsCase(meta_text=8), None, "malformed metadata"),                                        # RecursionError
+    (ActivationsCase(meta_muts=[("replace", ("rows", "group"), None)]), None, "per-row metadata"),     # TypeError
+    (ActivationsCase(meta_muts=[("replace", ("gate_layer",), RawJSON("1e999"))]), None, "malformed"),  # OverflowError
+    (ActivationsCase(tensor_muts=[("values", 0, 12)]), "delta", "delta contains"),   # -3e38: Inf in train's report
+    (ActivationsCase(tensor_muts=[("values", 0, 9)]), "has_delta", "only 0 and 1"),  # 1e30 -> int8 127
 ])
-def test_activations_files(tb: TrainingBase, tmp_path: Path, case: ActivationsCase, match: str) -> None:
+def test_activations_files(tb: TrainingBase, tmp_path: Path, case: ActivationsCase, tensor: str | None,
+                           match: str) -> None:
+    if tensor is not None:  # the mutation names its tensor by position: find it (the file's tensors change)
+        names = [t.name for t in tb.acts.tensors]
+        case.tensor_muts = [(kind, names.index(tensor), b) for kind, _, b in case.tensor_muts]
     p = tb.write_activations(case, tmp_path / "acts.safetensors")
     with pytest.raises(ActivationsError, match=match):
         load_activations(p)
