@@ -555,6 +555,9 @@ def section_multipack(mp: dict[str, Any] | None) -> str:
     e = mp["env"]
     out.append(f"Measured {env_line(e)}; {e['threads']} thread(s), greedy, {e['max_tokens']} new tokens, strength 1, "
                f"packs {', '.join(e['packs'])}.\n")
+    for r in mp.get("reruns") or []:  # parts measured again later (e.g. after a bundled pack changed)
+        out.append(f"Re-measured on {r['time_utc']}: {', '.join(r.get('parts') or [])} (load average "
+                   f"{r.get('loadavg_start')} at the start); the other parts are from the run above.\n")
     g = mp.get("gates")
     if g:
         opened = ", ".join(f"{k} {v}" for k, v in g["open_counts"].items())
