@@ -138,6 +138,12 @@ class SteeredLlama:
         self.combine: CombinePolicy = check_choice(combine, COMBINE_POLICIES, "combine")
         self._lock = threading.Lock()
         self._owner: int | None = None
+        self._home_thread = threading.get_ident()
+        self.foreign_thread_calls = 0
+        """Calls from a thread other than the one that built this instance (whose load-time self-test ran
+        llama.cpp there). llama.cpp's CPU backend keeps an OpenMP thread team per calling thread, and a context
+        driven from a second thread decoded ~20% slower on 2 cores (SmolLM2: 108 vs 134 tok/s; README,
+        "Threads"): build the instance in the thread that will use it. Logged once, counted always."""
         self.unsteered_reason: str | None = None
         self.reports: list[VerifyReport] = []
         """One :func:`verify_pack` report per pack in use (checksums, fingerprint, self-test)."""
@@ -518,6 +524,11 @@ class SteeredLlama:
                 "this SteeredLlama is already busy in this thread (an open chat stream?); "
                 "finish or close it first, or use a second instance"
             )
+        if me != self._home_thread:
+            if not self.foreign_thread_calls:
+                log.info("SteeredLlama used from another thread than the one that built it: llama.cpp then "
+                         "runs a second OpenMP thread team and decodes slower; build it in the thread using it")
+            self.foreign_thread_calls += 1
         with self._lock:
             self._owner = me
             try:

@@ -270,6 +270,51 @@ def test_one_context_per_slot_holds_every_pack(tiny_model: Path, packs: dict[str
         engine.close()
 
 
+def test_every_turn_runs_on_the_thread_that_built_its_slot(tiny_model: Path, packs: dict[str, Path]) -> None:
+    """llama.cpp keeps an OpenMP team per calling thread: a slot built (self-test) on one thread and driven from
+    another decoded ~20% slower (bench/serve.py). Turns ran on any pool thread; now each on its slot's own."""
+    import uvicorn
+
+    from finesteer_edge.serve.app import create_app
+    from finesteer_edge.serve.engine import ServeConfig, build_engine
+
+    engine = build_engine(ServeConfig(tiny_model, [packs["open"]], parallel=2, n_ctx=256, n_threads=1,
+                                      chat_template="chatml"))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(engine), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+
+        def ask(i: int) -> None:
+            c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": f"hi {i}"}], max_tokens=4)
+
+        workers = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        llms = [slot.llm for slot in engine.pool.slots]
+        assert any(x.session.tokens for x in llms)  # the slots really ran turns
+        assert [x.foreign_thread_calls for x in llms] == [0, 0]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        engine.close()
+    # and the counter does count: the same instance driven from this (another) thread
+    other = SteeredLlama(tiny_model, packs["open"], n_ctx=256, n_threads=1)
+    elsewhere = threading.Thread(target=lambda: other.generate("hi", max_tokens=2))
+    elsewhere.start()
+    elsewhere.join()
+    other.generate("hi", max_tokens=2)  # its own thread: not counted
+    assert other.foreign_thread_calls == 1
+    other.close()
+
+
 def test_completions_endpoint(client: openai.OpenAI, plain: SteeredLlama) -> None:
     r = client.completions.create(model="tiny", prompt="hello there", max_tokens=24, temperature=0,
                                   extra_body={"steering": None})

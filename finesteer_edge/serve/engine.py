@@ -20,7 +20,7 @@ from ..llama.model import LlamaModel
 from ..pack.pack import SteeringPack
 from ..steered import SteeredLlama
 from ..verify import verify_pack
-from .slots import Slot, SlotPool
+from .slots import Slot, SlotPool, slot_thread
 from .steering import SteeringDefaults
 
 log = logging.getLogger("finesteer_edge.serve")
@@ -110,8 +110,13 @@ def build_engine(cfg: ServeConfig) -> Engine:
                 packs[name] = pack
             names.append(name)
         for i in range(cfg.parallel):
-            llm = _instance(model, list(packs.values()), cfg)  # a PackError here (self-test) stops the server
-            slots.append(Slot(i, llm))
+            thread = slot_thread(i)
+            try:  # built on the slot's own thread, which runs all its turns (Slot.executor)
+                llm = thread.submit(_instance, model, list(packs.values()), cfg).result()
+            except BaseException:  # a PackError here (self-test) stops the server
+                thread.shutdown(wait=True)
+                raise
+            slots.append(Slot(i, llm, thread))
             # allow_unsteered: a pack whose self-test failed on this context was left out of it (loudly);
             # it is then not served at all (it may still sit, never enabled, in earlier slots' instances).
             held = set(llm.pack_names)

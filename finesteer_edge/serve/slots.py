@@ -25,9 +25,20 @@ class Slot:
     index: int
     llm: SteeredLlama
     """This slot's one context, with every served pack loaded."""
+    executor: ThreadPoolExecutor
+    """The slot's one thread: it built ``llm`` (the load-time self-test decodes) and runs every turn on it.
+    llama.cpp's CPU backend keeps an OpenMP thread team per calling thread; a context first used by one
+    thread and then driven from another ran ~20% slower on 2 cores (SmolLM2, 2 threads: 108 vs 134 tok/s,
+    docs/SERVE.md), so a slot never changes threads."""
 
     def close(self) -> None:
-        self.llm.close()
+        self.executor.submit(self.llm.close).result()
+        self.executor.shutdown(wait=True)
+
+
+def slot_thread(index: int) -> ThreadPoolExecutor:
+    """The single thread slot ``index`` lives on."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"finesteer-slot-{index}")
 
 
 class SlotPool:
@@ -41,8 +52,6 @@ class SlotPool:
         self._idle: asyncio.Queue[Slot] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.waiting = 0
-        self.executor = ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="finesteer-slot")
-        """Where turns run: one worker per slot, so a turn that got a slot never waits for a thread."""
 
     def _queue(self) -> asyncio.Queue[Slot]:
         loop = asyncio.get_running_loop()
@@ -84,6 +93,5 @@ class SlotPool:
             loop.call_soon_threadsafe(q.put_nowait, slot)
 
     def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
         for s in self.slots:
             s.close()

@@ -1,7 +1,8 @@
 """One request's turn in its own thread, its text pieces handed to the event loop through a queue.
 
-llama.cpp calls block, so a turn runs in a worker thread of the pool (one per slot, reused: a thread
-per request makes the allocator's per-thread arenas, and so the RSS, grow). The turn owns the request's
+llama.cpp calls block, so a turn runs in its slot's own thread (the thread that built the slot's context,
+reused for every turn: a thread per request makes the allocator's per-thread arenas, and so the RSS, grow,
+and llama.cpp's OpenMP team is per calling thread, see ``Slot.executor``). The turn owns the request's
 slot until it ends and then gives it back. The route awaits pieces from the queue. When the client
 goes away the route sets ``cancel``; the thread checks it after every piece and closes the generator,
 so generation stops within a token and the slot is free again. A streaming route learns of the
@@ -57,7 +58,7 @@ class Turn:
         """The turn ended because it was cancelled (client gone, shutdown), not by itself."""
         self._on_end = on_end
         self._watcher: asyncio.Task[None] | None = None
-        self._future = pool.executor.submit(self._work, pool, slot, choice, list(messages), sampling)
+        self._future = slot.executor.submit(self._work, pool, slot, choice, list(messages), sampling)
 
     def _put(self, item: object) -> None:
         with contextlib.suppress(RuntimeError):  # the event loop closed under us: shutting down
