@@ -142,8 +142,8 @@ class SteeredLlama:
         self.foreign_thread_calls = 0
         """Calls from a thread other than the one that built this instance (whose load-time self-test ran
         llama.cpp there). llama.cpp's CPU backend keeps an OpenMP thread team per calling thread, and a context
-        driven from a second thread decoded ~20% slower on 2 cores (SmolLM2: 108 vs 134 tok/s; README,
-        "Threads"): build the instance in the thread that will use it. Logged once, counted always."""
+        driven from a second thread decoded ~20% slower on 2 cores (SmolLM2: 108 vs 134 tok/s; README, Quick
+        start): build the instance in the thread that will use it. Logged once, counted always."""
         self.unsteered_reason: str | None = None
         self.reports: list[VerifyReport] = []
         """One :func:`verify_pack` report per pack in use (checksums, fingerprint, self-test)."""
