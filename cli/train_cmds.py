@@ -187,8 +187,10 @@ def make_pack_cmd(
                               "default: the curated data shipped with the package."),
     out: Path = typer.Option(None, "--out", help="Pack directory to write (default ./MODEL-TASK-pack); work files go "
                              "to OUT.work/."),
-    budget: str = typer.Option(None, "--budget", help="quick (40 rows per file), default (100), full (all rows) or "
-                               "a number of rows per file; safety: also the gate data's rows per source."),
+    budget: str = typer.Option(None, "--budget", help="auto (default: the most rows, up to 100 per file, that fit "
+                               "20 minutes, estimated on this model and machine), a time such as 45min (auto with "
+                               "that target), quick (40 rows per file), default (100), full (all rows) or a number "
+                               "of rows per file; safety: also the gate data's rows per source."),
     threads: int = typer.Option(None, "--threads", "-t", min=1, help="llama.cpp and torch threads."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip stages whose inputs are unchanged and go "
                                 "on with an interrupted extraction (default), or start again."),
@@ -200,7 +202,7 @@ def make_pack_cmd(
     chat_template: str = typer.Option(None, "--chat-template", help="Chat template NAME or FILE (as in extract and "
                                       "eval; default: the model's own)."),
     eval_rows: int = typer.Option(None, "--eval-rows", min=1, help="Rows per test file in the short evaluation "
-                                  "(default from the budget: 10 quick, 25 default, 50 full)."),
+                                  "(default from the budget: 10 quick, 25 auto and default, 50 full)."),
     eval_tokens: int = typer.Option(32, "--eval-tokens", min=1, help="New tokens per evaluated answer (greedy)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:

@@ -424,10 +424,15 @@ def test_budgets_and_truthfulqa_summary() -> None:
     from finesteer_edge.errors import DataError
     from finesteer_edge.train.make_pack import BUDGETS, format_summary, parse_budget
 
-    assert parse_budget(None) == BUDGETS["default"] and parse_budget("QUICK").rows == 40
+    assert parse_budget(None) == BUDGETS["auto"] and parse_budget("QUICK").rows == 40
+    assert parse_budget(None).minutes == 20 and parse_budget("default").minutes is None
+    assert parse_budget("30min").minutes == 30 and parse_budget("12.5m").rows == 100
     assert parse_budget("full").rows is None and parse_budget("200").eval_rows == 50
     with pytest.raises(DataError, match="at least 5"):
         parse_budget("4")
+    for bad in ("0min", "-3m", "soon"):
+        with pytest.raises(DataError, match="--budget must be"):
+            parse_budget(bad)
     s = {"task": "truthfulqa", "pack": "/p", "model": "/m.gguf", "work_dir": "/p.work", "seconds": 12.0,
          "stages": {"extract": {"status": "ran"}, "eval": {"status": "skipped"}},
          "results": {"gate": {"kind": "scs", "layer": 3, "val_recall": 0.9, "val_fpr": 0.1},
@@ -453,3 +458,79 @@ def test_truthfulqa_end_to_end(tiny_model: Path, tmp_path: Path) -> None:
     assert any("benign_train" in f for f in acts.meta["data_files"])
     assert not any("test" in Path(f).name for f in acts.meta["data_files"])
     assert SteeringPack.load(out).manifest.model.n_embd == 256
+
+
+def test_auto_budget_fits_the_minutes_and_a_resumed_run_keeps_its_choice(tiny_model: Path, tmp_path: Path) -> None:
+    """``auto``: the most rows (of AUTO_ROWS) whose estimate fits the minutes, the floor when none does (and the
+    note says so); the choice is kept in budget.json and a resumed run takes it without measuring again."""
+    import dataclasses as dc
+
+    from finesteer_edge.train.make_pack import AUTO_ROWS, MakePack, MakePackConfig, parse_budget
+
+    def preflight(minutes: float, out: Path) -> MakePack:
+        mp = MakePack(MakePackConfig(model=tiny_model, task="safety", out=out, threads=1,
+                                     budget=dc.replace(parse_budget("auto"), minutes=minutes)))
+        mp.preflight()
+        return mp
+
+    roomy = preflight(600.0, tmp_path / "roomy")
+    est = roomy.summary["budget"]["estimate"]
+    assert roomy.budget.rows == AUTO_ROWS[0] == est["rows"] and est["total_min"] <= 600
+    assert est["prefill_tps"] > 0 and est["decode_tps"] > 0 and not roomy.summary["budget"]["resumed"]
+    assert roomy.gate is not None and roomy.main_rows == len(roomy._main_items())  # planned with the chosen rows
+    tight = preflight(1e-4, tmp_path / "tight")
+    assert tight.budget.rows == AUTO_ROWS[-1] and "over the 0.0001-minute target" in tight.budget_note
+    # fewer rows, less work: the estimates fall with the rows
+    assert tight.summary["budget"]["estimate"]["prefill_tokens"] < est["prefill_tokens"]
+    mid_minutes = (tight.summary["budget"]["estimate"]["total_min"] + est["total_min"]) / 2
+    mid = preflight(mid_minutes, tmp_path / "mid")
+    assert AUTO_ROWS[-1] <= mid.budget.rows <= AUTO_ROWS[0]
+    assert mid.summary["budget"]["estimate"]["total_min"] <= mid_minutes or mid.budget.rows == AUTO_ROWS[-1]
+    mid._save_budget()
+    again = preflight(mid_minutes, tmp_path / "mid")
+    assert again.summary["budget"]["resumed"] and again.budget.rows == mid.budget.rows
+    assert again.summary["budget"]["estimate"] == mid.summary["budget"]["estimate"]  # not measured again
+    assert "chosen by the first run" in again.budget_note
+    other = preflight(mid_minutes * 2, tmp_path / "mid")  # another target: a new choice
+    assert not other.summary["budget"]["resumed"]
+
+
+def test_cost_counts_the_tokens_extraction_decodes(tiny_model: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """cost.gate_work's prefill tokens are exactly what extract --gate-only decodes (the heads kept between
+    rows included), and mose_work's bound the MoSE extraction's (own answers may end early)."""
+    from finesteer_edge.llama.session import LlamaSession
+    from finesteer_edge.steered import SteeredLlama
+    from finesteer_edge.train.cost import gate_work, mose_work
+    from finesteer_edge.train.extract import ExtractConfig, _limit, extract, with_shapes
+    from finesteer_edge.train.make_pack import GATE_FAMILIES_PER_TOPIC, GATE_SHAPED_FRACTION, GATE_SHAPES
+    from finesteer_edge.train.tasks import load_gate_items, load_items, style_variants
+
+    data = SHARED_DATA / "safety"
+    decoded: list[int] = []
+    real = LlamaSession.decode
+
+    def counting(self, tokens, **kw):  # type: ignore[no-untyped-def]
+        decoded.append(len(tokens))
+        return real(self, tokens, **kw)
+
+    llm = SteeredLlama(tiny_model, n_ctx=2048, n_threads=1)
+    items, _ = load_gate_items(data, families_per_topic=GATE_FAMILIES_PER_TOPIC)
+    rows = with_shapes(_limit(items, 3, by_source=True), GATE_SHAPES, shaped_fraction=GATE_SHAPED_FRACTION)
+    want_gate = gate_work(llm, rows)
+    main, _ = load_items("safety", data)
+    main = _limit(main, 3)
+    main += style_variants(main)
+    want_mose = mose_work(llm, main, own_tokens=4)
+    llm.close()
+    monkeypatch.setattr(LlamaSession, "decode", counting)
+    extract(tiny_model, ExtractConfig(task="safety", data=data, out=tmp_path / "g.safetensors", limit=3,
+                                      gate_only=True, shapes=GATE_SHAPES, shaped_fraction=GATE_SHAPED_FRACTION,
+                                      families_per_topic=GATE_FAMILIES_PER_TOPIC, threads=1, show_progress=False))
+    assert want_gate.rows == len(rows) and sum(decoded) == want_gate.prefill_tokens
+    decoded.clear()
+    extract(tiny_model, ExtractConfig(task="safety", data=data, out=tmp_path / "m.safetensors", limit=3,
+                                      own_tokens=4, threads=1, show_progress=False))
+    assert want_mose.rows == len(main)
+    # an upper bound (own answers may stop before 4 tokens; generate may reuse the cached head), and close
+    assert 0.5 * (want_mose.prefill_tokens + want_mose.decode_steps) <= sum(decoded)
+    assert sum(decoded) <= want_mose.prefill_tokens + want_mose.decode_steps

@@ -59,24 +59,35 @@ TASKS = ("safety", "truthfulqa")
 
 @dataclass(frozen=True)
 class Budget:
-    """How much data a run uses: ``rows`` per training file (None = all), ``eval_rows`` per test file."""
+    """How much data a run uses: ``rows`` per training file (None = all), ``eval_rows`` per test file.
+
+    ``minutes`` (``auto`` budgets): ``rows`` is the most the run uses; it takes the most rows of AUTO_ROWS up
+    to that whose estimated time (cost.py: the planned rows' token counts over this model's measured speeds)
+    fits ``minutes`` for the whole command, and never fewer than AUTO_ROWS' last."""
 
     name: str
     rows: int | None
     eval_rows: int
+    minutes: float | None = None
 
 
 BUDGETS = {
     "quick": Budget("quick", 40, 10),
     "default": Budget("default", 100, 25),
     "full": Budget("full", None, 50),
+    "auto": Budget("auto", 100, 25, minutes=20.0),
 }
-DEFAULT_BUDGET = "default"
-"""100 rows per file: on the shipped safety data 1330 MoSE rows (160 of them generate the model's own 48-token
-answer; the others, style rewrites and negatives, are a prefill each) and 1046 gate rows. Measured on SmolLM2-135M
-Q4_1, 1 thread, shared 2-core machine (bench/results/make_pack.json, bench/make_pack_time.py): 25.3 min wall;
-extract 800 s (565 CPU-s), gate_extract 530 s (379 CPU-s), train 102 s, eval 76 s. A larger model costs more
-per row; we have not timed one (the earlier "~25 min for 0.5B" was arithmetic, not a measurement)."""
+DEFAULT_BUDGET = "auto"
+"""The default budget's rows (``default``, 100 per file) when they fit 25 minutes on the user's model and machine,
+fewer when not (issue 12: pip install to a verified pack of a 0.5B model within 30 minutes on 2 cores; the install
+compiles llama.cpp in ~4.5 minutes). 100 rows per file: on the shipped safety data 1330 MoSE rows (160 of them
+generate the model's own 48-token answer; the others, style rewrites and negatives, are a prefill each) and 1046
+gate rows. Measured on SmolLM2-135M Q4_1, 1 thread, shared 2-core machine (bench/results/make_pack.json,
+bench/make_pack_time.py): 25.3 min wall; extract 800 s (565 CPU-s), gate_extract 530 s (379 CPU-s), train 102 s,
+eval 76 s."""
+AUTO_ROWS = (100, 90, 80, 70, 60, 50, 40)
+"""The row limits ``auto`` chooses among, most first; the last is ``quick``'s, the floor (fewer rows give the
+gate's leave-one-source-out selection too few rows per fold to mean much)."""
 
 SECONDS_PER_ROW = {"extract": 0.60, "gate_extract": 0.51}
 TRAIN_SECONDS = {"val": 28.0, "loso": 102.0}
@@ -110,16 +121,24 @@ class GatePlan:
 
 
 def parse_budget(text: str | None) -> Budget:
-    """``quick``, ``default``, ``full`` or a row limit per file (eval rows scale with it, 5..50)."""
+    """``auto``, ``quick``, ``default``, ``full``, a time (``30min``: auto with that target) or a row limit per
+    file (eval rows scale with it, 5..50)."""
     if text is None:
         return BUDGETS[DEFAULT_BUDGET]
     text = str(text).strip().lower()
     if text in BUDGETS:
         return BUDGETS[text]
+    for unit in ("min", "m"):
+        if text.endswith(unit) and text[: -len(unit)].strip().replace(".", "", 1).isdigit():
+            minutes = float(text[: -len(unit)])
+            if minutes <= 0:
+                break
+            return dataclasses.replace(BUDGETS["auto"], name=f"auto {minutes:g} min", minutes=minutes)
     try:
         rows = int(text)
     except ValueError:
-        raise DataError(f"--budget must be quick, default, full or a number of rows per file, not {text!r}") from None
+        raise DataError("--budget must be auto, quick, default, full, a time such as 30min or a number of rows per "
+                        f"file, not {text!r}") from None
     if rows < MIN_ROWS:
         raise DataError(f"--budget must be at least {MIN_ROWS} rows per file (MoSE needs more than 4 training "
                         "targets to form its experts)")
@@ -252,11 +271,16 @@ class MakePack:
         if cfg.task not in TASKS:
             raise DataError(f"--task must be one of {', '.join(TASKS)}, not {cfg.task!r}")
         self.cfg = cfg
+        self.budget = cfg.budget
+        """The run's budget: ``cfg.budget``, or for an ``auto`` one the rows chosen in preflight (``_fit_budget``)."""
         self.work = work_dir(cfg.out)
         self.data = task_data_dir(cfg.data, cfg.task)
         self.acts = self.work / "activations.safetensors"
         self.gate_acts = self.work / "gate_activations.safetensors"
         self.gate: GatePlan | None = None
+        self.budget_note: str | None = None
+        self._budget_record: dict[str, Any] | None = None
+        """An ``auto`` budget's choice, written to ``budget.json`` once the work dir is set up (``run``)."""
         self.main_rows = 0
         self.ckpt = self.work / "checkpoint"
         self.pack = self.work / "pack"
@@ -289,13 +313,14 @@ class MakePack:
         """The stages of this run, in order (``[k/N]`` in the log); ``gate_extract`` only with a gate plan."""
         return [s for s in STAGES if s != "gate_extract" or (self.gate is not None and self.gate.stage)]
 
-    def _main_items(self) -> list[Any]:
-        """The items the MoSE extraction will run, exactly as ``extract`` selects them."""
+    def _main_items(self, rows: int | None = None) -> list[Any]:
+        """The items the MoSE extraction will run, exactly as ``extract`` selects them (``rows``: another limit
+        than the budget's, for ``_fit_budget``)."""
         from .extract import _limit
         from .tasks import load_items, style_variants
 
         items, _ = load_items(self.cfg.task, self.data, negatives=self._negatives())
-        items = _limit(items, self.cfg.budget.rows)
+        items = _limit(items, self.budget.rows if rows is None else rows)
         if self.cfg.task == "safety":  # extract's default: style rewrites for the gate on the safety task
             items += style_variants(items)
         return items
@@ -309,23 +334,12 @@ class MakePack:
         out no source: it needs harmful prompts from two source folds and benign training prompts outside
         the held-out one.
         """
-        from .extract import _limit, with_shapes
-        from .tasks import load_gate_items
-
         main = self._main_items()
         self.main_rows = len(main)
         if self.cfg.task != "safety":
             return GatePlan(False, f"no conversation-shape gate data ships for {self.cfg.task}: the gate is chosen "
                                    "on the validation split of the extraction's own rows")
-        items, _ = load_gate_items(self.data, families_per_topic=GATE_FAMILIES_PER_TOPIC)
-        items = _limit(items, self.cfg.budget.rows, by_source=True)
-        held = {(it.prompt, it.split, it.target) for it in main if it.variant == "original"}
-        by_source: dict[str, list[Any]] = {}
-        for it in items:
-            by_source.setdefault(it.source, []).append(it)
-        skip = tuple(sorted(src for src, its in by_source.items()
-                            if all((it.prompt, it.split, it.target) in held for it in its)))
-        rows = with_shapes(items, GATE_SHAPES, shaped_fraction=GATE_SHAPED_FRACTION, skip_single=skip)
+        rows, skip, n_sources = self._gate_rows(main)
         shapes: dict[str, int] = {}
         for it in rows:
             shapes[it.shape] = shapes.get(it.shape, 0) + 1
@@ -335,27 +349,124 @@ class MakePack:
             return GatePlan(False, f"{why}: the gate is chosen on the validation split of the MoSE extraction "
                                    "(single-turn rows only)")
         return GatePlan(True, "gate rows in conversation shapes; the gate is chosen leave-one-source-out",
-                        rows=len(rows), skip_single=skip, shapes=shapes, sources=len(by_source))
+                        rows=len(rows), skip_single=skip, shapes=shapes, sources=n_sources)
+
+    def _gate_rows(self, main: list[Any], rows: int | None = None) -> tuple[list[Any], tuple[str, ...], int]:
+        """The gate stage's rows (as ``extract --gate-only`` will build them), the sources whose first-turn rows
+        ``main`` (the MoSE items) holds in full, and the number of gate sources."""
+        from .extract import _limit, with_shapes
+        from .tasks import load_gate_items
+
+        items, _ = load_gate_items(self.data, families_per_topic=GATE_FAMILIES_PER_TOPIC)
+        items = _limit(items, self.budget.rows if rows is None else rows, by_source=True)
+        held = {(it.prompt, it.split, it.target) for it in main if it.variant == "original"}
+        by_source: dict[str, list[Any]] = {}
+        for it in items:
+            by_source.setdefault(it.source, []).append(it)
+        skip = tuple(sorted(src for src, its in by_source.items()
+                            if all((it.prompt, it.split, it.target) in held for it in its)))
+        return (with_shapes(items, GATE_SHAPES, shaped_fraction=GATE_SHAPED_FRACTION, skip_single=skip), skip,
+                len(by_source))
 
     def _selftest_model(self) -> None:
         """Tap and control vector on this architecture, before extraction: an unsupported model fails now.
 
         With the run's chat template: a bad ``--chat-template`` fails here too, and a model without a
-        template of its own gets no fallback warning the run's template contradicts."""
+        template of its own gets no fallback warning the run's template contradicts. The same instance, with
+        extraction's taps, measures the speeds an ``auto`` budget is fitted with."""
         from ..model_info import read_model_info
         from ..selftest import run_selftest
         from ..steered import SteeredLlama
         from .extract import default_layers
 
         n_layer = read_model_info(self.cfg.model).fingerprint.n_layer
-        gate, steer, _ = default_layers(n_layer)
-        llm = SteeredLlama(self.cfg.model, n_ctx=512, n_threads=self.cfg.threads, tap_layers=(gate, steer),
-                           chat_template=self.cfg.chat_template)
+        gate, steer, cands = default_layers(n_layer)
+        llm = SteeredLlama(self.cfg.model, n_ctx=512, n_threads=self.cfg.threads,
+                           tap_layers=tuple(sorted(set(cands) | {gate, steer})), chat_template=self.cfg.chat_template)
         try:
             report = run_selftest(llm.session, gate, steer)
+            self.summary["preflight_selftest"] = report.to_dict()
+            if self.cfg.budget.minutes is not None:
+                self._fit_budget(llm)
         finally:
             llm.close()
-        self.summary["preflight_selftest"] = report.to_dict()
+
+    def _fit_budget(self, llm: Any) -> None:
+        """Choose an ``auto`` budget's rows: the most of AUTO_ROWS (up to the budget's) whose estimated run fits
+        its minutes, from the planned rows' token counts and this model's speeds measured now (cost.py).
+
+        A resumed run keeps the rows its first run chose (another choice would change every stage's inputs
+        and throw the finished work away): they are kept in the work dir's ``budget.json``, keyed by what
+        the choice depends on."""
+        from .cost import Work, gate_work, measure_speeds, mose_work
+
+        cfg, b = self.cfg, self.cfg.budget
+        assert b.minutes is not None
+        st = cfg.model.stat()
+        key = {"model": str(cfg.model.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
+               "task": cfg.task, "data": str(self.data), "threads": cfg.threads, "minutes": b.minutes,
+               "own_tokens": cfg.own_tokens, "max_rows": b.rows, "eval_rows": b.eval_rows,
+               "chat_template": cfg.chat_template, "version": _version()}
+        saved = self.work / "budget.json"
+        if cfg.resume and saved.is_file():
+            try:
+                prev = json.loads(saved.read_text(encoding="utf-8"))
+            except ValueError:
+                prev = None
+            if isinstance(prev, dict) and prev.get("key") == key and isinstance(prev.get("rows"), int):
+                self._use_budget(prev["rows"], prev["estimate"], resumed=True)
+                return
+        speeds = measure_speeds(llm)
+        d = llm.session.n_embd
+        n_eval = 3 if cfg.task == "safety" else 2
+        # eval: base and FineSteer on eval_rows per file, each a ~60-token prompt and up to eval_max_tokens
+        # generated (FineSteer's exact mode prefills twice)
+        eval_work = Work(2 * n_eval * b.eval_rows, 3 * n_eval * b.eval_rows * 60,
+                         2 * n_eval * b.eval_rows * cfg.eval_max_tokens)
+        candidates = [r for r in AUTO_ROWS if b.rows is None or r <= b.rows] or [b.rows]
+        estimate: dict[str, Any] = {}
+        for rows in candidates:
+            main = self._main_items(rows)
+            mose = mose_work(llm, main, own_tokens=cfg.own_tokens)
+            gate = gate_work(llm, self._gate_rows(main, rows)[0]) if cfg.task == "safety" else Work()
+            n = mose.rows + gate.rows
+            # train: measured 102 s for 2376 rows at d=576 on 1 thread (bench/results/make_pack.json), scaled
+            # by rows and width: a rough share of the total, not measured per machine
+            train = TRAIN_SECONDS["loso" if gate.rows else "val"] * n / 2376 * d / 576
+            estimate = {"rows": rows, "extract_s": round(mose.seconds(speeds), 1),
+                        "gate_extract_s": round(gate.seconds(speeds), 1), "train_s": round(train, 1),
+                        "eval_s": round(eval_work.seconds(speeds), 1),
+                        "prefill_tokens": mose.prefill_tokens + gate.prefill_tokens,
+                        "decode_steps": mose.decode_steps, "prefill_tps": round(speeds.prefill_tps, 1),
+                        "decode_tps": round(speeds.decode_tps, 1)}
+            estimate["total_min"] = round((estimate["extract_s"] + estimate["gate_extract_s"] + train
+                                           + estimate["eval_s"] + 10) / 60, 1)
+            if estimate["total_min"] <= b.minutes:
+                break
+        self._budget_record = {"key": key, "rows": estimate["rows"], "estimate": estimate}
+        self._use_budget(estimate["rows"], estimate, resumed=False)
+
+    def _save_budget(self) -> None:
+        """Keep an ``auto`` budget's choice for a resumed run (``_fit_budget``); the work dir exists by now."""
+        if self._budget_record is not None:
+            self.work.mkdir(parents=True, exist_ok=True)
+            (self.work / "budget.json").write_text(json.dumps(self._budget_record, indent=1), encoding="utf-8")
+
+    def _use_budget(self, rows: int, estimate: dict[str, Any], *, resumed: bool) -> None:
+        b = self.cfg.budget
+        self.budget = dataclasses.replace(b, rows=rows)
+        self.gate = self.plan_gate()  # with the chosen rows
+        self.summary["gate_plan"] = dataclasses.asdict(self.gate)
+        self.summary["budget"] = {**dataclasses.asdict(self.budget), "estimate": estimate, "resumed": resumed}
+        fits = estimate["total_min"] <= (b.minutes or 0)
+        note = (f"budget {b.name}: {rows} rows per file, estimated {estimate['total_min']:g} min on this machine "
+                f"(prefill {estimate['prefill_tps']:g} tok/s, decode {estimate['decode_tps']:g} tok/s"
+                + (", chosen by the first run" if resumed else "") + ")")
+        if not fits:
+            note += (f": over the {b.minutes:g}-minute target even at the fewest rows; --budget N sets the rows "
+                     "yourself")
+        self.budget_note = note
+        self.summary["budget"]["note"] = note
 
     def _out_is_ours(self) -> bool:
         manifest = self.cfg.out / "manifest.json"
@@ -398,9 +509,12 @@ class MakePack:
             shutil.rmtree(self.work)
         self.work.mkdir(parents=True, exist_ok=True)
         self.state = _State(self.work / "state.json", fresh=not cfg.resume)
+        self._save_budget()
         self.model_sha = self._model_sha()
         with StageProgress(self._weights(), enabled=cfg.show_progress) as progress:
             self.progress = progress
+            if self.budget_note:
+                progress.say(self.budget_note)
             self._stage("extract", self._extract_inputs(), self.acts, self._run_extract)
             if "gate_extract" in self.stages:
                 self._stage("gate_extract", self._gate_extract_inputs(), self.gate_acts, self._run_gate_extract)
@@ -418,13 +532,18 @@ class MakePack:
 
     def _weights(self) -> dict[str, float]:
         """Each stage's expected seconds (only their ratios matter: the bar's ETA), in run order."""
+        est = self.summary["budget"].get("estimate")
+        if est:  # an auto budget's estimate for this model and machine
+            w = {"extract": est["extract_s"], "gate_extract": est["gate_extract_s"], "train": est["train_s"],
+                 "convert": 1.0, "verify": 2.0, "eval": est["eval_s"]}
+            return {k: max(w[k], 1.0) for k in self.stages}
         n_eval = 2 if self.cfg.task == "truthfulqa" else 3  # mc (base + finesteer) / harmful, benign, borderline
         w = {"extract": SECONDS_PER_ROW["extract"] * self.main_rows}
         if "gate_extract" in self.stages:
             assert self.gate is not None
             w["gate_extract"] = SECONDS_PER_ROW["gate_extract"] * self.gate.rows
         w.update(train=TRAIN_SECONDS["loso" if "gate_extract" in self.stages else "val"], convert=1.0, verify=2.0,
-                 eval=SECONDS_PER_EVAL_ROW * n_eval / 3 * self.cfg.budget.eval_rows)
+                 eval=SECONDS_PER_EVAL_ROW * n_eval / 3 * self.budget.eval_rows)
         return {k: max(v, 1.0) for k, v in w.items()}
 
     def _model_sha(self) -> str:
@@ -474,7 +593,7 @@ class MakePack:
         cfg = self.cfg
         files = sorted(p for p in self.data.glob("*.jsonl") if "test" not in p.name.lower()) + self._negatives()
         return {"task": cfg.task, "model": self.model_sha, "data": {p.name: file_sha256(p) for p in files},
-                "limit": cfg.budget.rows, "own_tokens": cfg.own_tokens, "n_ctx": cfg.n_ctx,
+                "limit": self.budget.rows, "own_tokens": cfg.own_tokens, "n_ctx": cfg.n_ctx,
                 "chat_template": cfg.chat_template, "version": _version()}
 
     def _run_extract(self) -> str:
@@ -490,7 +609,7 @@ class MakePack:
             self.progress.update("extract", done / max(total, 1))
 
         ecfg = ExtractConfig(
-            task=cfg.task, data=self.data, out=self.acts, limit=cfg.budget.rows,
+            task=cfg.task, data=self.data, out=self.acts, limit=self.budget.rows,
             own_tokens=cfg.own_tokens, n_ctx=cfg.n_ctx, threads=cfg.threads, show_progress=False,
             resume_dir=self.work / "extract.partial" if cfg.resume else None, on_row=on_row,
             chat_template=cfg.chat_template, negatives=self._negatives())
@@ -529,7 +648,7 @@ class MakePack:
 
         partial = self.work / "gate_extract.partial"
         ecfg = ExtractConfig(
-            task="safety", data=self.data, out=self.gate_acts, limit=cfg.budget.rows, gate_only=True,
+            task="safety", data=self.data, out=self.gate_acts, limit=self.budget.rows, gate_only=True,
             shapes=GATE_SHAPES, shaped_fraction=GATE_SHAPED_FRACTION, families_per_topic=GATE_FAMILIES_PER_TOPIC,
             skip_single=gate.skip_single, n_ctx=cfg.n_ctx, threads=cfg.threads, show_progress=False,
             resume_dir=partial if cfg.resume else None, on_row=on_row, chat_template=cfg.chat_template)
@@ -583,7 +702,7 @@ class MakePack:
 
         r = convert(self.ckpt, self.pack, model=self.cfg.model, overwrite=True, name=self.cfg.out.name,
                     description=f"make-pack {self.cfg.task} pack for {self.cfg.model.name} "
-                                f"(budget {self.cfg.budget.name})")
+                                f"(budget {self.budget.name})")
         return f"{r.pack_bytes:,} bytes, fold error {r.fold_max_rel_error:.1e}"
 
     def _run_verify(self) -> str:
@@ -624,7 +743,7 @@ class MakePack:
         split, files = self._eval_files()
         return {"pack": _tree_sha256(self.pack), "model": self.model_sha, "split": split,
                 "files": {k: file_sha256(p) if p else None for k, p in files.items()},
-                "rows": self.cfg.budget.eval_rows, "max_tokens": self.cfg.eval_max_tokens,
+                "rows": self.budget.eval_rows, "max_tokens": self.cfg.eval_max_tokens,
                 "chat_template": self.cfg.chat_template, "version": _version()}
 
     def _run_eval(self) -> str:
@@ -635,7 +754,7 @@ class MakePack:
         res = run_suite(SuiteConfig(
             suite=cfg.task, model=cfg.model, pack=cfg.out, test=files, val={},
             methods=["base", "finesteer"], strengths=[1.0], max_tokens=cfg.eval_max_tokens,
-            limit=cfg.budget.eval_rows, threads=cfg.threads, n_ctx=cfg.n_ctx, progress=False, seed=cfg.seed,
+            limit=self.budget.eval_rows, threads=cfg.threads, n_ctx=cfg.n_ctx, progress=False, seed=cfg.seed,
             reuse_checks=0, command="make-pack eval", chat_template=cfg.chat_template,
         ))
         res = compact(res)
@@ -659,7 +778,7 @@ class MakePack:
         ev = json.loads((self.work / "eval.json").read_text(encoding="utf-8"))
         m = ev["methods"]
         e: dict[str, Any] = {"split": ev["split"], "held_out": ev["split"] == "test",
-                             "rows_per_file": self.cfg.budget.eval_rows, "max_tokens": self.cfg.eval_max_tokens}
+                             "rows_per_file": self.budget.eval_rows, "max_tokens": self.cfg.eval_max_tokens}
         if self.cfg.task == "safety":
             for method in ("base", "finesteer"):
                 e[method] = {k: m[method].get(k) for k in ("refusal_harmful", "over_refusal_benign",
@@ -704,6 +823,8 @@ def format_summary(s: dict[str, Any]) -> str:
         f"pack: {s['pack']}  (verified against {Path(s['model']).name}; work files in {s['work_dir']})",
         f"  stages: {ran}; {s['seconds']:.0f} s",
     ]
+    if s.get("budget", {}).get("note"):
+        lines.append(f"  {s['budget']['note']}")
     if g.get("selection") == "leave-one-source-out":
         lines += [f"  gate {g['candidate']} ({g['kind']}, layer {g['layer']}, feature {g['feature']}), chosen "
                   f"leave-one-source-out among {g['n_candidates']} candidates over {len(g['loso_folds'])} source "
