@@ -277,3 +277,30 @@ def test_architectures_script_counts_no_callback_per_generated_token(tmp_path: P
     assert models["llama"]["tap_method"] == "layer_inp" and models["llama"]["callback_calls_per_token"] is None
     assert all(m["summary"]["tokens_plain"] == 16 for m in models.values())  # endless tiny models: full turns
     assert "## 9. Per architecture" in doc.read_text()
+
+
+def test_shaped_model_tokenizes_like_smollm2(smollm2: Path, tmp_path: Path) -> None:
+    """bench/shaped_model.py times a real model's shape with random weights: it must cut text into the real
+    tokenizer's tokens (the toy tokenizer makes ~4x as many, and every timing with it would be wrong)."""
+    from finesteer_edge.llama.session import ContextSettings, LlamaSession
+    from finesteer_edge.testing.tiny_model import TinyConfig, write_tiny_model
+
+    from .conftest import load_script
+
+    shaped = load_script("bench/shaped_model.py")
+    tokens, types, merges, pre, template = shaped.smollm2_vocab(50_000)
+    assert len(tokens) == len(types) == 50_000 and types[-1] == 5 and pre == "smollm"
+    cfg = TinyConfig(n_layer=2, n_embd=64, n_head=2, n_head_kv=1, n_ff=128)
+    model = write_tiny_model(tmp_path / "shaped.gguf", "qwen2", cfg, chat_template=template,
+                             vocab=(tokens, types, merges), tokenizer_pre=pre)
+    toy = write_tiny_model(tmp_path / "toy.gguf", "qwen2", cfg)
+    text = "<|im_start|>user\nHow do I set up automatic bill payments for my utilities?<|im_end|>\n"
+    settings = ContextSettings(n_ctx=128, n_threads=1)
+    real, ours, toys = (LlamaSession(p, settings) for p in (smollm2, model, toy))
+    try:
+        want = real.tokenize(text)
+        assert ours.tokenize(text) == want and ours.n_vocab == 50_000
+        assert len(toys.tokenize(text)) > 2 * len(want)  # the negative control: the toy tokenizer is not it
+    finally:
+        for s in (real, ours, toys):
+            s.close()

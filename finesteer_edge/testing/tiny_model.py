@@ -175,13 +175,18 @@ def write_tiny_llama(path: str | Path, config: TinyConfig | None = None) -> Path
 
 
 def write_tiny_model(path: str | Path, architecture: str = "llama", config: TinyConfig | None = None, *,
-                     chat_template: str | None | object = DEFAULT_TEMPLATE, endless: bool = False) -> Path:
+                     chat_template: str | None | object = DEFAULT_TEMPLATE, endless: bool = False,
+                     vocab: tuple[list[str], list[int], list[str]] | None = None,
+                     tokenizer_pre: str = "default") -> Path:
     """Write a tiny random GGUF of ``architecture`` (one of TINY_ARCHITECTURES) and return its path.
 
     ``chat_template``: the family's own template by default, a Jinja string, or None for a base model
     with no ``tokenizer.chat_template`` key at all. ``endless``: zero the output rows of the control
     tokens, so their logit is 0 while the maximum over ~280 random logits is positive: greedy turns never
-    end early (benchmarks need turns of a fixed length).
+    end early (benchmarks need turns of a fixed length). ``vocab`` (tokens, token types, merges) and
+    ``tokenizer_pre``: a real model's tokenizer instead of the byte-level toy one, so a model of a real
+    model's shape tokenizes text into as many tokens as the real one (bench/shaped_model.py); it must
+    hold the family's special tokens.
     """
     import gguf  # writer side only
 
@@ -193,7 +198,7 @@ def write_tiny_model(path: str | Path, architecture: str = "llama", config: Tiny
     if chat_template is not DEFAULT_TEMPLATE:
         template = chat_template  # type: ignore[assignment]
     rng = np.random.default_rng(cfg.seed)
-    tokens, types, merges = tiny_vocab(extra)
+    tokens, types, merges = tiny_vocab(extra) if vocab is None else vocab
     n_vocab = len(tokens)
     head_dim = cfg.n_embd // cfg.n_head
     d, std, kv = cfg.n_embd, cfg.weight_std, cfg.n_head_kv * (cfg.n_embd // cfg.n_head)
@@ -237,7 +242,7 @@ def write_tiny_model(path: str | Path, architecture: str = "llama", config: Tiny
         w.add_attn_logit_softcapping(50.0)
         w.add_final_logit_softcapping(30.0)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
+    w.add_tokenizer_pre(tokenizer_pre)
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
