@@ -7,6 +7,13 @@ install time is not measured here (it compiles llama.cpp once); it is passed in 
 its date, and the sum is what README quotes. Writes ``bench/results/make_pack.json``.
 
     nice -n 5 python bench/make_pack_time.py --threads 2 --log /work/notes/makepack-smollm2.log
+    python bench/make_pack_time.py --threads 2 --results bench/results/make_pack_auto.json        # 2026-12-06
+
+A 0.5B model's time, without fetching one (bench/shaped_model.py: its exact shape, random weights)::
+
+    python bench/shaped_model.py qwen2.5-0.5b --out /tmp/qwen05-shape.Q8_0.gguf --quant Q8_0
+    python bench/make_pack_time.py --model /tmp/qwen05-shape.Q8_0.gguf --threads 2 \
+        --out /tmp/finesteer-make-pack-bench/qwen05.fsp --results bench/results/make_pack_qwen05_shape.json
 """
 
 from __future__ import annotations
