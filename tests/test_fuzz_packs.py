@@ -174,6 +174,19 @@ def test_hostile_heads_are_refused_before_onnxruntime(base: fuzz.FuzzBase, tmp_p
         SteeringPack.load(pack)
 
 
+def test_value_edits_after_an_external_edit_are_cases_not_harness_crashes(base: fuzz.FuzzBase,
+                                                                          tmp_path: Path) -> None:
+    """The full campaign found it (seed 1): "init_values" on a tensor an earlier "external" edit had moved out
+    of the file made the harness read that file (onnx refused the path) instead of producing a case; such a
+    case is a pack whose head has external data, which the static check must refuse."""
+    muts = [("init_values", 4189, 1313), ("external", 592, 10779), ("init_values", 4189, 1313)]
+    head = fuzz.apply_head_mutations(base.parts.head, muts)
+    parts = fuzz.PackParts(base.parts.manifest, head, base.parts.control)
+    pack = fuzz.write_pack_case(parts, fuzz.PackCase(), tmp_path / "p", tmp_path / "outside")
+    with pytest.raises(PackFormatError):
+        SteeringPack.load(pack)
+
+
 @pytest.mark.parametrize("kind", ["scs", "scs_logistic", "logistic", "always"])
 def test_every_converter_head_passes_the_static_check(kind: str) -> None:
     from finesteer_edge.converters.onnx_head import build_head_onnx

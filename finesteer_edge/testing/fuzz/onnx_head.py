@@ -49,7 +49,8 @@ def apply_head_mutations(data: bytes, muts: list[tuple]) -> bytes:  # type: igno
                                                              TensorProto.FLOAT, [1, b % 7 + 1]))
             elif kind == "init_values" and inits:
                 t = inits[a % len(inits)]
-                if t.data_type == TensorProto.FLOAT:
+                # an earlier "external" edit may have moved its data out of the file: nothing here to edit
+                if t.data_type == TensorProto.FLOAT and t.data_location != TensorProto.EXTERNAL:
                     arr = numpy_helper.to_array(t).copy()
                     val = (float("nan"), float("inf"), float("-inf"), 3e38, 1e30, 0.0, 1e-45, -3e38)[b % 8]
                     if arr.size:
