@@ -78,7 +78,7 @@ BUDGETS = {
     "auto": Budget("auto", 100, 25, minutes=20.0),
 }
 DEFAULT_BUDGET = "auto"
-"""The default budget's rows (``default``, 100 per file) when they fit 25 minutes on the user's model and machine,
+"""The default budget's rows (``default``, 100 per file) when they fit 20 minutes on the user's model and machine,
 fewer when not (issue 12: pip install to a verified pack of a 0.5B model within 30 minutes on 2 cores; the install
 compiles llama.cpp in ~4.5 minutes). 100 rows per file: on the shipped safety data 1330 MoSE rows (160 of them
 generate the model's own 48-token answer; the others, style rewrites and negatives, are a prefill each) and 1046
@@ -428,7 +428,8 @@ class MakePack:
         for rows in candidates:
             main = self._main_items(rows)
             mose = mose_work(llm, main, own_tokens=cfg.own_tokens)
-            gate = gate_work(llm, self._gate_rows(main, rows)[0]) if cfg.task == "safety" else Work()
+            stage = self.gate is not None and self.gate.stage  # planned with the most rows: same data, same answer
+            gate = gate_work(llm, self._gate_rows(main, rows)[0]) if stage else Work()
             n = mose.rows + gate.rows
             # train: measured 102 s for 2376 rows at d=576 on 1 thread (bench/results/make_pack.json), scaled
             # by rows and width: a rough share of the total, not measured per machine
