@@ -57,16 +57,15 @@ QUANTS = {"F16": 1, "Q8_0": 7, "Q4_0": 2, "Q4_1": 3, "Q4_K_M": 15, "Q5_K_M": 17}
 
 def smollm2_vocab(n_vocab: int) -> tuple[list[str], list[int], list[str], str, str]:
     """SmolLM2's tokens, types, merges, pre-tokenizer and chat template, padded to ``n_vocab`` unused tokens."""
-    import gguf
-
+    from finesteer_edge.gguf_file import read_gguf
     from finesteer_edge.resolve import resolve_model
 
-    r = gguf.GGUFReader(str(resolve_model("smollm2-135m-instruct", show_progress=False)))
-    tokens = list(r.fields["tokenizer.ggml.tokens"].contents())
-    types = [int(t) for t in r.fields["tokenizer.ggml.token_type"].contents()]
-    merges = list(r.fields["tokenizer.ggml.merges"].contents())
-    pre = str(r.fields["tokenizer.ggml.pre"].contents())
-    template = str(r.fields["tokenizer.chat_template"].contents())
+    md = read_gguf(resolve_model("smollm2-135m-instruct", show_progress=False)).metadata
+    tokens = list(md["tokenizer.ggml.tokens"])
+    types = [int(t) for t in md["tokenizer.ggml.token_type"]]
+    merges = list(md["tokenizer.ggml.merges"])
+    pre = str(md["tokenizer.ggml.pre"])
+    template = str(md["tokenizer.chat_template"])
     if n_vocab < len(tokens):
         raise SystemExit(f"the shape's vocabulary ({n_vocab}) is smaller than SmolLM2's ({len(tokens)})")
     pad = n_vocab - len(tokens)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from ..gate_input import user_span
 from ..steered import SteeredLlama
+from .extract import HeadCache, conversation
 from .tasks import SELF, Item
 
 CALIBRATION_TEXT = ("Tell me how households plan a weekly budget, what they usually forget, and how a "
@@ -114,8 +115,6 @@ def mose_work(llm: SteeredLlama, items: Iterable[Item], *, own_tokens: int, end_
 def gate_work(llm: SteeredLlama, items: Iterable[Item]) -> Work:
     """Gate-only rows (``extract._extract_gate_row``): one prefill of the whole conversation each, less the
     head the previous row left in the KV cache."""
-    from .extract import conversation
-
     w, prev = Work(), None
     for it in items:
         messages = conversation(it)
@@ -128,8 +127,8 @@ def gate_work(llm: SteeredLlama, items: Iterable[Item]) -> Work:
 
 def _head(llm: SteeredLlama, messages: list[dict[str, str]], prompt: list[int]) -> list[int]:
     """What ``extract.HeadCache`` keeps between rows: the prompt before the last user message."""
-    start = user_span(llm.chat_template, llm.session, messages, len(prompt))[0]
-    return prompt[: max(0, min(start, len(prompt) - 1))]
+    span = user_span(llm.chat_template, llm.session, messages, len(prompt))
+    return prompt[: HeadCache.head_length(prompt, span)]
 
 
 def _n_tokens(llm: SteeredLlama, text: str) -> int:

@@ -418,13 +418,18 @@ class HeadCache:
     def forget(self) -> None:
         self.head = None
 
+    @staticmethod
+    def head_length(prompt: list[int], span: tuple[int, int]) -> int:
+        """Where the head ends: the user message's first token, leaving at least one token to capture."""
+        return max(0, min(span[0], len(prompt) - 1))
+
     def prefill(self, s: LlamaSession, prompt: list[int], span: tuple[int, int]) -> int:
         """Decode ``prompt`` on ``s``, capturing every row from the user message's first token (``span[0]``) on
         and pooling ``span``; returns that position (the first captured row).
 
         Both batches are captures (the head's rows are dropped): on the ``tap_context`` path a capture runs in
         the tap context alone and one that is not would compute the head in the generation context too."""
-        start = max(0, min(span[0], len(prompt) - 1))
+        start = self.head_length(prompt, span)
         head = prompt[:start]
         if self.head is not None and self.head == head and s.tokens[:start] == head:
             s.truncate(start)

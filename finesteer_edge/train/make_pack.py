@@ -402,10 +402,8 @@ class MakePack:
 
         cfg, b = self.cfg, self.cfg.budget
         assert b.minutes is not None
-        st = cfg.model.stat()
-        key = {"model": str(cfg.model.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
-               "task": cfg.task, "data": str(self.data), "threads": cfg.threads, "minutes": b.minutes,
-               "own_tokens": cfg.own_tokens, "max_rows": b.rows, "eval_rows": b.eval_rows,
+        key = {"model": self._model_file_key(), "task": cfg.task, "data": str(self.data), "threads": cfg.threads,
+               "minutes": b.minutes, "own_tokens": cfg.own_tokens, "max_rows": b.rows, "eval_rows": b.eval_rows,
                "chat_template": cfg.chat_template, "version": _version()}
         saved = self.work / "budget.json"
         if cfg.resume and saved.is_file():
@@ -547,10 +545,14 @@ class MakePack:
                  eval=SECONDS_PER_EVAL_ROW * n_eval / 3 * self.budget.eval_rows)
         return {k: max(v, 1.0) for k, v in w.items()}
 
+    def _model_file_key(self) -> dict[str, Any]:
+        """The model file as path, size and mtime: what caches of its hash and of the budget's choice key on."""
+        st = self.cfg.model.stat()
+        return {"path": str(self.cfg.model.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
     def _model_sha(self) -> str:
         """The GGUF's sha256, cached in the state by size and mtime (a 0.5B model is ~400 MB)."""
-        st = self.cfg.model.stat()
-        key = {"path": str(self.cfg.model.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+        key = self._model_file_key()
         cached = self.state.data.get("model")
         if isinstance(cached, dict) and cached.get("key") == key:
             return str(cached["sha256"])
