@@ -28,8 +28,9 @@ class Slot:
     executor: ThreadPoolExecutor
     """The slot's one thread: it built ``llm`` (the load-time self-test decodes) and runs every turn on it.
     llama.cpp's CPU backend keeps an OpenMP thread team per calling thread; a context first used by one
-    thread and then driven from another ran ~20% slower on 2 cores (SmolLM2, 2 threads: 108 vs 134 tok/s,
-    docs/SERVE.md), so a slot never changes threads."""
+    thread and then driven from another ran ~20% slower on 2 cores (SmolLM2, 2 threads: 108 vs 134 tok/s through
+    the Python API, README; about 90 vs 138 for a streamed server request, docs/SERVE.md; both one-off
+    observations), so a slot never changes threads."""
 
     def close(self) -> None:
         self.executor.submit(self.llm.close).result()
