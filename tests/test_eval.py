@@ -686,3 +686,27 @@ def test_training_table_of_a_pack_regated_twice() -> None:
     assert "| 0.865 |" in row and "4: 23.3" in row
     plain = _training_table({"pack": {"provenance": {"training": training}}})
     assert plain is not None and plain.splitlines()[-1].startswith("| 9 | 0.500 |")
+
+
+def test_gate_ceiling_merge_counts_candidates_meeting_the_targets(tmp_path: Path) -> None:
+    """bench/gate_ceiling.py's merge counts, over every candidate row, those that reach issue 10's targets, and
+    RESULTS.md's reading states the count and the best recall from the merged numbers."""
+    from .conftest import load_script
+
+    bench = load_script("bench/gate_ceiling.py")
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    full = json.loads((docs / "results.json").read_text())
+    out = tmp_path / "docs"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({k: v for k, v in full.items() if k != "gate_ceiling"}))
+
+    def cand(name: str, rec: float, fpr: float) -> dict:
+        return {"candidate": name, "loso_recall": rec, "loso_fpr": fpr, "loso_min_shape_recall": rec,
+                "loso_max_shape_fpr": fpr, "score": rec - fpr}
+
+    rows = [cand("a", 0.95, 0.08), cand("b", 0.95, 0.12), cand("c", 0.85, 0.05), cand("d", 0.90, 0.10)]
+    bench.merge({"fpr": 0.05, "C": [0.03], "files": ["x.safetensors"], "rows": rows}, out)
+    gc = json.loads((out / "results.json").read_text())["gate_ceiling"]
+    assert (gc["n_candidates"], gc["n_meeting"]) == (4, 2)  # a and d; b has too many false positives, c too few hits
+    md = (out / "RESULTS.md").read_text()
+    assert "- Probe ceiling: 2 of 4 candidates reach 90.0% held-out recall at <= 10.0% false positives" in md

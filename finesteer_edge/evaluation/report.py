@@ -490,7 +490,8 @@ def render_markdown(report: dict[str, Any], analysis: str | None = None) -> str:
             L += [f"### Probe ceiling (cross-source, validation FPR fixed at {pct(gc['fpr'])})", "",
                   f"`{gc['command']}` (full table: `docs/GATE_CEILING.md`): the best leave-one-source-out "
                   "candidates over features (last prompt token, end of the user message, mean over the user "
-                  "message, three layers concatenated) and layers.", "",
+                  "message, one feature at three layers concatenated, two features at one layer concatenated), "
+                  "layers and probe strengths.", "",
                   md_table(["candidate", "LOSO recall", "LOSO FPR", "worst-shape recall", "worst-shape FPR"],
                            [[b["candidate"], pct(b["loso_recall"]), pct(b["loso_fpr"]),
                              pct(b["loso_min_shape_recall"]), pct(b["loso_max_shape_fpr"])] for b in gc["best"]]),
@@ -575,10 +576,19 @@ def contexts_reading(report: dict[str, Any]) -> list[str]:
     out.append("- The `pairs-*` test rows are topics held out from training but phrased in template families the "
                "gate was trained on, and AIRT has only a few prompts: read them as optimistic. The honest "
                "cross-source estimate is the leave-one-source-out table of the gate's training report "
-               "(`docs/gate/GATE_REPORT.md`) and the probe ceiling below it.")
+               "(`docs/gate/GATE_REPORT.md`) and the probe ceiling above.")
     if "single" in bc:
         out.append("- Per source (first turn, gate open): " + ", ".join(
             f"{k} {pct(v['gate_open'])}" for k, v in new["by_source"]["single"].items()) + ".")
+    gc = report.get("gate_ceiling") or {}
+    if "n_candidates" in gc:
+        top = max(gc["best"], key=lambda b: b["loso_recall"])
+        out.append(f"- Probe ceiling: {gc['n_meeting']} of {gc['n_candidates']} candidates reach "
+                   f"{pct(gc['target_recall'])} held-out recall at <= {pct(gc['target_fpr'])} false positives; "
+                   f"of the five best, the highest recall is {pct(top['loso_recall'])} at {pct(top['loso_fpr'])} "
+                   f"({top['candidate']}). Wider inputs and other probe strengths move the ceiling by a few "
+                   "points at most: SmolLM2-135M's states, with this data, do not separate harm from its "
+                   "benign twin across sources.")
     return out
 
 
