@@ -30,6 +30,12 @@ VECTOR_OPT = typer.Option(
     None, "--vector",
     help="head (the pack's per-prompt vector) or mean (its static mean vector, still gated: CAST-style).",
 )
+THRESHOLD_OPT = typer.Option(
+    None, "--gate-threshold", min=0.0,
+    help="Steer iff the gate score >= this, for every pack (default: each pack's own tau). Higher: fewer "
+         "false positives and fewer hits (the bundled safety pack's held-out rates per threshold: "
+         "docs/gate/GATE_CURVE.md).",
+)
 TEMPLATE_OPT = typer.Option(
     None, "--chat-template",
     help="Prompt format: chatml, llama3, gemma, phi3, plain, or a Jinja file. Default: the model's own "
@@ -58,7 +64,7 @@ def register(app: typer.Typer) -> None:
 def open_llm(model: str | None, packs: list[str] | None, no_pack: bool, *, mode: str | None, threads: int | None,
              n_ctx: int, strength: float, allow_unsteered: bool, quiet: bool = False,
              context_policy: str = "error", vector: str | None = None,
-             chat_template: str | None = None,
+             chat_template: str | None = None, threshold: float | None = None,
              schedule: str | None = None):  # type: ignore[no-untyped-def]
     """The SteeredLlama the options describe, the model path and the pack paths (empty: unsteered)."""
     from finesteer_edge.schedule import Schedule, ScheduleError
@@ -86,7 +92,8 @@ def open_llm(model: str | None, packs: list[str] | None, no_pack: bool, *, mode:
                   file=sys.stderr)
     return SteeredLlama(model_path, packs=pack_paths, mode=mode, n_threads=threads, n_ctx=n_ctx, strength=strength,
                         allow_unsteered=allow_unsteered, context_policy=context_policy,
-                        vector_source=vector, chat_template=chat_template, schedule=sched), model_path, pack_paths
+                        vector_source=vector, threshold=threshold, chat_template=chat_template,
+                        schedule=sched), model_path, pack_paths
 
 
 def generate_cmd(
@@ -104,6 +111,7 @@ def generate_cmd(
     n_ctx: int = CTX_OPT,
     strength: float = STRENGTH_OPT,
     vector: str = VECTOR_OPT,
+    gate_threshold: float = THRESHOLD_OPT,
     allow_unsteered: bool = ALLOW_OPT,
     chat_template: str = TEMPLATE_OPT,
     repeat_penalty: float = REPEAT_OPT,
@@ -117,7 +125,8 @@ def generate_cmd(
     pen = _penalties(repeat_penalty, repeat_last_n, dry_multiplier)
     llm, model_path, _ = open_llm(model, pack, no_pack, mode=mode, threads=threads, n_ctx=n_ctx,
                                   strength=strength, allow_unsteered=allow_unsteered, quiet=as_json,
-                                  vector=vector, chat_template=chat_template, schedule=schedule)
+                                  vector=vector, chat_template=chat_template, schedule=schedule,
+                                  threshold=gate_threshold)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     kwargs = dict(max_tokens=max_tokens, temperature=temperature, seed=seed, stop=stop or (), penalties=pen)
     if as_json:
@@ -186,6 +195,7 @@ def chat_cmd(
     n_ctx: int = CTX_OPT,
     strength: float = STRENGTH_OPT,
     vector: str = VECTOR_OPT,
+    gate_threshold: float = THRESHOLD_OPT,
     allow_unsteered: bool = ALLOW_OPT,
     chat_template: str = TEMPLATE_OPT,
     repeat_penalty: float = REPEAT_OPT,
@@ -203,7 +213,7 @@ def chat_cmd(
     llm, model_path, _ = open_llm(model, pack, no_pack, mode=mode, threads=threads, n_ctx=n_ctx,
                                   strength=strength, allow_unsteered=allow_unsteered,
                                   context_policy=context_policy, vector=vector, chat_template=chat_template,
-                                  schedule=schedule)
+                                  schedule=schedule, threshold=gate_threshold)
     interactive = sys.stdin.isatty()
     base = [{"role": "system", "content": system}] if system else []
     messages = list(base)

@@ -21,6 +21,7 @@ from .run_cmds import (
     STRENGTH_OPT,
     TEMPLATE_OPT,
     THREADS_OPT,
+    THRESHOLD_OPT,
     VECTOR_OPT,
 )
 
@@ -52,6 +53,7 @@ def serve_cmd(
     gate: str = typer.Option("pack", "--gate",
                              help=f"Default gate: {choices(GATE_POLICIES)} (pack: the pack's threshold decides)."),
     vector: str = VECTOR_OPT,
+    gate_threshold: float = THRESHOLD_OPT,
     allow_unsteered: bool = ALLOW_OPT,
     max_queue: int = typer.Option(16, "--max-queue", min=0, help="Requests that may wait for a slot; more get 503."),
     queue_timeout: float = typer.Option(60.0, "--queue-timeout", min=0.0,
@@ -91,8 +93,9 @@ def serve_cmd(
         print(f"warning: binding {host} without --api-key: anyone who can reach it can use it", file=sys.stderr)
     cfg = ServeConfig(model_path=model_path, pack_paths=pack_paths, model_id=model_alias, parallel=parallel,
                       n_ctx=n_ctx, n_threads=threads, strength=strength, mode=mode, gate=gate, vector=vector,
-                      allow_unsteered=allow_unsteered, max_queue=max_queue, queue_timeout=queue_timeout,
-                      max_body_bytes=max_body_bytes, api_key=api_key, chat_template=chat_template)
+                      threshold=gate_threshold, allow_unsteered=allow_unsteered, max_queue=max_queue,
+                      queue_timeout=queue_timeout, max_body_bytes=max_body_bytes, api_key=api_key,
+                      chat_template=chat_template)
     engine = build_engine(cfg)  # loads and verifies every pack: a PackError ends here with exit code 2
     try:
         packs = ", ".join(engine.packs) or "none"

@@ -1,8 +1,8 @@
 """One pack's verdict on a turn, read from the unsteered prefill: gate score, open or shut, and its vectors.
 
 Apart from :class:`~finesteer_edge.steered.SteeredLlama` because it is the per-pack arithmetic of DESIGN.md
-section 4 with no state of its own: the gate policy, ``enabled``, the instance's strength times the pack's,
-the vector source, the layer spread and the finite check. SteeredLlama decides every pack from one prefill
+section 4 with no state of its own: the gate policy and threshold, ``enabled``, the instance's strength times
+the pack's, the vector source, the layer spread and the finite check. SteeredLlama decides every pack from one prefill
 and adds the open ones' vectors together (multipack.py).
 """
 
@@ -42,7 +42,8 @@ def decide_pack(s: LlamaSession, pack: SteeringPack, pack_strength: float, st: S
     replaces the pack's own layer spread (None: the manifest's)."""
     m = pack.manifest
     out = pack.evaluate(gate_state(s, m), s.hidden(m.head_layer))
-    is_open = {"pack": out.gate_score >= m.tau, "always": True, "never": False}[st.gate]
+    tau = m.tau if st.threshold is None else st.threshold
+    is_open = {"pack": out.gate_score >= tau, "always": True, "never": False}[st.gate]
     if st.enabled is not None and pack_name(pack) not in st.enabled:
         is_open = False  # left out of this turn: shut, so the turn is as without the pack
     strength = st.strength * pack_strength
@@ -58,7 +59,7 @@ def decide_pack(s: LlamaSession, pack: SteeringPack, pack_strength: float, st: S
     for v in vectors.values():
         if not np.isfinite(v).all():
             raise PackError("the steering vector is not finite; refusing to generate")
-    return Decision(out.gate_score, bool(is_open), vectors, out.expert_weights)
+    return Decision(out.gate_score, bool(is_open), vectors, out.expert_weights, tau)
 
 
 def open_packs_schedule(packs: Sequence[SteeringPack], decisions: Sequence[Decision]) -> Schedule:

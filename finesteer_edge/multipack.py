@@ -53,6 +53,8 @@ class Decision:
     open: bool
     vectors: dict[int, np.ndarray]
     expert_weights: np.ndarray
+    threshold: float | None = None
+    """The threshold the gate score was held against (the settings' ``threshold``, else the pack's tau)."""
 
 
 @dataclass(frozen=True)

@@ -175,6 +175,11 @@ class SteeringSettings:
     vector_source: VectorSource | None = None
     enabled: tuple[str, ...] | None = None
     """Pack names (manifest name, else directory name) whose gates may open; None = every loaded pack."""
+    threshold: float | None = None
+    """Gate threshold for every pack's gate (policy ``pack``): open iff the gate score >= it. None: each pack's
+    own tau, the operating point its training chose. Why a knob: no threshold of the bundled safety gate meets
+    both the hit and the false-positive targets on unseen sources (docs/GATE_CEILING.md), so the trade-off is
+    the user's to choose; higher opens on fewer turns (held-out rates per threshold: docs/gate/GATE_CURVE.md)."""
 
     def __post_init__(self) -> None:
         if self.enabled is not None:
@@ -187,3 +192,5 @@ class SteeringSettings:
         if self.vector_source is not None:
             check_choice(self.vector_source, VECTOR_SOURCES, "vector_source")
         object.__setattr__(self, "strength", _number(self.strength, "strength"))
+        if self.threshold is not None:
+            object.__setattr__(self, "threshold", _number(self.threshold, "threshold"))

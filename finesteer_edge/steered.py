@@ -79,6 +79,8 @@ class SteeredLlama:
         gate: ``pack`` (threshold tau), ``always`` or ``never`` (for baselines and debugging).
         vector_source: ``head`` (query-specific MoSE vector) or ``mean`` (the pack's static mean
             vector from control.gguf); None: each pack's default.
+        threshold: gate threshold for every pack (open iff gate score >= threshold); None: each pack's tau.
+            Higher: fewer turns steered, fewer false positives and fewer hits.
         combine: when several open packs add at one layer beyond what any of them does alone: ``cap``
             (scale the sum down to that norm; default), ``refuse`` (raise :class:`PackError`) or ``sum``.
         strict: flash attention off and F32 KV cache (bit-stable, slower; for exactness tests).
@@ -116,6 +118,7 @@ class SteeredLlama:
         strength: float = 1.0,
         gate: str = "pack",
         vector_source: str | None = None,
+        threshold: float | None = None,
         combine: CombinePolicy = "cap",
         strict: bool = False,
         tap_method: str = "auto",
@@ -128,7 +131,7 @@ class SteeredLlama:
         if mode is not None:
             check_choice(mode, MODES, "mode")
         requested = SteeringSettings(mode=mode or "exact", strength=strength, gate=gate,  # type: ignore[arg-type]
-                                     vector_source=vector_source)  # type: ignore[arg-type]
+                                     vector_source=vector_source, threshold=threshold)  # type: ignore[arg-type]
         specs = pack_specs(pack, packs)
         if chat_template is not None:
             from .llama.chat_template import resolve_template_choice
@@ -302,7 +305,10 @@ class SteeredLlama:
 
     @property
     def threshold(self) -> float | None:
-        return self.pack.manifest.tau if self.pack else None
+        """The first pack's gate threshold: the settings' ``threshold``, else its tau (None without a pack)."""
+        if not self.pack:
+            return None
+        return self.pack.manifest.tau if self._steering.threshold is None else self._steering.threshold
 
     # ------------------------------------------------------------------ public calls
     def generate(
@@ -502,11 +508,11 @@ class SteeredLlama:
                 gate_score=first.gate_score if first else None,
                 expert_weights=[float(x) for x in first.expert_weights] if first else None,
                 mode=steering.mode if self._packs else "none", tokens=0, seconds=0.0,
-                threshold=self.threshold, prompt_tokens=len(tokens), cached_tokens=common,
+                threshold=first.threshold if first else None, prompt_tokens=len(tokens), cached_tokens=common,
                 strength=steering.strength if self._packs else None, dropped_turns=dropped,
                 packs=[PackOutcome(
                     name=pack_name(p), steered=d.open, gate_score=d.gate_score,
-                    threshold=p.manifest.tau, expert_weights=[float(x) for x in d.expert_weights],
+                    threshold=d.threshold, expert_weights=[float(x) for x in d.expert_weights],
                     strength=steering.strength * ps,
                     enabled=steering.enabled is None or pack_name(p) in steering.enabled,
                 ) for (p, ps), d in zip(self._packs, decisions, strict=True)],

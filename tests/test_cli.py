@@ -91,6 +91,24 @@ def test_chat_session(tiny_model: Path, pack: Path) -> None:
     assert "unknown command /bogus" in proc.stderr and "conversation reset" in proc.stderr
 
 
+def test_gate_threshold_option(tiny_model: Path, pack: Path) -> None:
+    """--gate-threshold replaces the pack's tau (-1 here: always open) in generate and chat; above every gate score
+    (a probability) the turn is unsteered and the output is the no-pack output."""
+    args = ("--prompt", "hello", "-n", "6", "--json", "--threads", "2", "--n-ctx", "512")
+    high = run_cli("generate", str(tiny_model), "--pack", str(pack), "--gate-threshold", "1.5", *args)
+    plain = run_cli("generate", str(tiny_model), "--no-pack", *args)
+    assert high.returncode == 0, high.stderr
+    d, p = json.loads(high.stdout), json.loads(plain.stdout)
+    assert d["steered"] is False and d["threshold"] == 1.5 and d["packs"][0]["threshold"] == 1.5
+    assert d["text"] == p["text"]
+    chat = run_cli("chat", str(tiny_model), "--pack", str(pack), "--explain", "-n", "4", "--threads", "2",
+                   "--gate-threshold", "1.5", input="hello\n/quit\n")
+    assert chat.returncode == 0, chat.stderr
+    assert "turn 1: not steered" in chat.stdout and "threshold 1.5000" in chat.stdout
+    bad = run_cli("generate", str(tiny_model), "--pack", str(pack), "--gate-threshold", "-1", *args)
+    assert bad.returncode == 2
+
+
 def test_inspect_and_verify(tiny_model: Path, pack: Path) -> None:
     import hashlib
 

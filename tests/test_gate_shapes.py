@@ -3,7 +3,10 @@ the runtime's gate sees on turn k of a chat (the KV cache of earlier turns does 
 
 from __future__ import annotations
 
+import itertools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,8 @@ from finesteer_edge.train.extract import conversation_states
 from finesteer_edge.train.shapes import SHAPES, context_for
 
 from .conftest import SHARED_DATA, run_cli
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_chat_gate_sees_the_extracted_feature_on_turn_two(tiny_model: Path, tmp_path: Path) -> None:
@@ -113,6 +118,23 @@ def test_train_selects_the_gate_by_leave_one_source_out(tiny_model: Path, tmp_pa
     # Regating replaces the gate only: the pack's schedule and spread survive (they were dropped before).
     assert new.manifest.schedule == old.manifest.schedule and new.manifest.schedule.tokens == 16
     assert new.manifest.spread == old.manifest.spread and new.manifest.spread is not None
+    # bench/gate_curve.py: the held-out rates of the regated pack's gate at thresholds around its tau; at tau
+    # they are the ones the selection recorded, and a higher threshold never steers more turns
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "gate_curve.py"), str(gate), str(main), "--pack",
+                        str(tmp_path / "p1"), "--out", str(tmp_path / "curve.json"), "--md", str(tmp_path / "c.md")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    curve = json.loads((tmp_path / "curve.json").read_text())
+    at_tau = next(row for row in curve["rows"] if row["margin"] == 0)
+    chosen = new.manifest.provenance["gate"]["loso"]
+    assert at_tau["threshold"] == pytest.approx(new.manifest.tau)
+    assert (at_tau["loso_recall"], at_tau["loso_fpr"]) == pytest.approx((chosen["loso_recall"], chosen["loso_fpr"]))
+    rows = sorted(curve["rows"], key=lambda row: row["threshold"])
+    for a, b in itertools.pairwise(rows):
+        for shape in a["by_shape"]:
+            for rate in ("recall", "fpr"):
+                if a["by_shape"][shape][rate] is not None:
+                    assert b["by_shape"][shape][rate] <= a["by_shape"][shape][rate]
     assert r.returncode == 0, r.stderr
     rep = json.loads((ckpt / "report.json").read_text())
     g = rep["gate"]

@@ -350,6 +350,8 @@ def _err(excinfo: pytest.ExceptionInfo) -> dict:
     ({"strength": "strong"}, "steering.strength", "invalid_request"),
     ({"mode": "slow"}, "steering.mode", "invalid_request"),
     ({"gate": "sometimes"}, "steering.gate", "invalid_request"),
+    ({"threshold": -0.5}, "steering.threshold", "invalid_request"),
+    ({"threshold": "high"}, "steering.threshold", "invalid_request"),
     ({"pack": ["open"]}, "steering.pack", "invalid_request"),  # a typo is an error, not silently unsteered
 ])
 def test_bad_steering_is_a_400(client: openai.OpenAI, steering: dict, param: str, code: str) -> None:

@@ -202,3 +202,27 @@ def test_instances_sharing_one_loaded_model_keep_their_own_steering(tiny_model: 
     assert b.generate(PROMPTS[0], max_tokens=12).token_ids == want_plain
     b.close()
     assert model.closed
+
+
+def test_gate_threshold_overrides_the_packs_tau(tiny_model: Path, packs: dict) -> None:
+    """``threshold`` replaces the pack's tau for the gate, per instance and per call, and the result reports the
+    threshold the score was held against; a threshold above every score leaves the turn bit-identical to no pack."""
+    from finesteer_edge.settings import SteeringSettings
+
+    low, high = packs["low"], packs["high"]
+    llm = SteeredLlama(tiny_model, packs["split"], **KW)
+    tau = llm.pack.manifest.tau
+    r_low, r_high = llm.generate(low, max_tokens=8), llm.generate(high, max_tokens=8)
+    assert (r_low.steered, r_high.steered) == (False, True) and r_high.threshold == tau
+    # a threshold just under the low prompt's score opens its gate; one just over the high prompt's shuts it
+    opened = llm.generate(low, max_tokens=8, steering=SteeringSettings(threshold=r_low.gate_score - 1e-6))
+    assert opened.steered and opened.threshold == pytest.approx(r_low.gate_score - 1e-6)
+    assert opened.packs[0].threshold == opened.threshold and opened.gate_score == r_low.gate_score
+    shut = SteeredLlama(tiny_model, packs["split"], threshold=r_high.gate_score + 1e-6, **KW)
+    assert shut.threshold == pytest.approx(r_high.gate_score + 1e-6)
+    plain = SteeredLlama(tiny_model, **KW).generate(high, max_tokens=8)
+    got = shut.generate(high, max_tokens=8)
+    assert not got.steered and got.token_ids == plain.token_ids
+    assert llm.generate(high, max_tokens=8).steered  # the per-call setting did not stick to the instance
+    with pytest.raises(ValueError):
+        SteeringSettings(threshold=float("nan"))

@@ -39,6 +39,8 @@ class ServeConfig:
     mode: str | None = None
     gate: str = "pack"
     vector: str | None = None
+    threshold: float | None = None
+    """``--gate-threshold``: the requests' default gate threshold (None: each pack's tau)."""
     allow_unsteered: bool = False
     max_queue: int = 16
     queue_timeout: float = 60.0
@@ -132,7 +134,7 @@ def build_engine(cfg: ServeConfig) -> Engine:
     default_packs = tuple(n for n in names if n in packs)
     unsteered = "; ".join(f"{n}: {failed[n]}" for n in names if n in failed) or None
     defaults = SteeringDefaults(packs=default_packs, strength=cfg.strength, mode=cfg.mode, gate=cfg.gate,
-                                vector=cfg.vector, unsteered_reason=unsteered)
+                                vector=cfg.vector, threshold=cfg.threshold, unsteered_reason=unsteered)
     pool = SlotPool(slots, max_queue=cfg.max_queue, queue_timeout=cfg.queue_timeout)
     return Engine(cfg, model, pool, packs, failed, defaults)
 

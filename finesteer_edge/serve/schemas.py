@@ -27,6 +27,8 @@ class SteeringRequest(BaseModel):
     mode: Mode | None = None
     gate: GatePolicy | None = None
     vector: VectorSource | None = None
+    threshold: float | None = Field(None, allow_inf_nan=False, ge=0.0,
+                                    description="Gate threshold for every requested pack; default: each pack's tau.")
 
 
 class TextPart(BaseModel):

@@ -35,6 +35,8 @@ class SteeringDefaults:
     gate: str = "pack"
     vector: str | None = None
     """None: each pack's own default."""
+    threshold: float | None = None
+    """None: each pack's own tau."""
     unsteered_reason: str | None = None
     """Why the default pack is not served (it failed at start-up under ``--allow-unsteered``)."""
 
@@ -50,6 +52,8 @@ class SteeringChoice:
     vector: str | None
     note: str | None = None
     """Reported in the response: why a request that asked for the defaults lacks a configured pack."""
+    threshold: float | None = None
+    """Gate threshold for every requested pack; None: each pack's tau."""
 
 
 def resolve(requested: SteeringRequest | None, given: bool, defaults: SteeringDefaults,
@@ -76,10 +80,11 @@ def resolve(requested: SteeringRequest | None, given: bool, defaults: SteeringDe
     mode = req.mode or defaults.mode
     gate = req.gate or defaults.gate
     vector = req.vector or defaults.vector
+    threshold = defaults.threshold if req.threshold is None else req.threshold
     note = defaults.unsteered_reason if req.packs is None else None
     if not packs:
         return SteeringChoice((), strength, None, "never", None, note)
-    return SteeringChoice(packs, float(strength), mode, gate, vector, note)
+    return SteeringChoice(packs, float(strength), mode, gate, vector, note, threshold)
 
 
 def _vector(choice: SteeringChoice, pack: SteeringPack) -> str:
@@ -94,7 +99,8 @@ def settings(choice: SteeringChoice, loaded: dict[str, SteeringPack]) -> Steerin
     modes = [loaded[n].manifest.mode for n in choice.packs]
     mode = choice.mode or ("exact" if "exact" in modes else "fast")
     return SteeringSettings(mode=mode, strength=choice.strength, gate=choice.gate,  # type: ignore[arg-type]
-                            vector_source=choice.vector, enabled=choice.packs)  # type: ignore[arg-type]
+                            vector_source=choice.vector, enabled=choice.packs,  # type: ignore[arg-type]
+                            threshold=choice.threshold)
 
 
 def report(choice: SteeringChoice, result: GenerationResult, loaded: dict[str, SteeringPack]) -> dict[str, object]:

@@ -153,17 +153,19 @@ class Candidate:
         return f"{self.kind}{'' if self.c is None else f'(C={self.c:g})'}@{self.feature}.{self.layer}"
 
 
-def loso(cand: Candidate, d: GateData, *, seed: int = 0, fixed_fpr: float | None = None) -> dict[str, Any]:
-    """Held-out scores of ``cand``: each fold's rows are scored by a gate fitted and calibrated without it.
+def loso_margins(cand: Candidate, d: GateData, *, seed: int = 0,
+                 fixed_fpr: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's held-out margin (gate logit minus its fold's threshold logit, from a gate fitted and calibrated
+    without the row's source fold; NaN where the fold could not be held out) and the rows that have one.
 
     The threshold is the balanced logistic calibration on the other sources' validation rows, or with
     ``fixed_fpr`` the quantile that gives that false-positive rate on their validation negatives (the
-    probe-ceiling view: recall at a fixed FPR).
+    probe-ceiling view: recall at a fixed FPR). A margin of 0 is the calibrated threshold; a margin of m is the
+    threshold moved by m in logit units, which is how a user's ``threshold`` maps onto held-out rates.
     """
     h = d.x[(cand.feature, cand.layer)]
     fold = d.fold
     held = np.full(len(d.y), np.nan)
-    taus = {}
     for f in sorted(set(fold)):
         out = fold == f
         tr, va = (~out) & (d.split == 0), (~out) & (d.split == 1)
@@ -175,27 +177,44 @@ def loso(cand: Candidate, d: GateData, *, seed: int = 0, fixed_fpr: float | None
             tau, _ = calibrate_tau(sv[d.y[va] == 1], sv[d.y[va] == 0])
         else:
             tau = float(np.quantile(sv[d.y[va] == 0], 1 - fixed_fpr))
-        taus[f] = tau
         s = g.score(h[out])
-        # store margins to the fold's own tau so that one threshold (0) applies to all held-out rows
+        # margins to the fold's own tau, so that one threshold (0) applies to all held-out rows
         held[out] = _logit(s, cand.kind) - _logit(np.array([tau]), cand.kind)[0]
-    ok = ~np.isnan(held)
+    return held, ~np.isnan(held)
+
+
+def loso_rates(held: np.ndarray, ok: np.ndarray, d: GateData, margin: float = 0.0) -> dict[str, Any]:
+    """Held-out recall / false-positive rates per source fold and per shape with the threshold at ``margin``."""
     s, y = held[ok], d.y[ok]
-    by_source = breakdown(s, y, 0.0, fold[ok])
-    by_shape = breakdown(s, y, 0.0, d.shape[ok])
+    by_source = breakdown(s, y, margin, d.fold[ok])
+    by_shape = breakdown(s, y, margin, d.shape[ok])
     recalls = [v["recall"] for v in by_source.values() if v["recall"] is not None]
     fprs = [v["fpr"] for v in by_source.values() if v["fpr"] is not None]
     shape_rec = [v["recall"] for v in by_shape.values() if v["recall"] is not None]
     shape_fpr = [v["fpr"] for v in by_shape.values() if v["fpr"] is not None]
     if not (recalls and fprs and shape_rec and shape_fpr):
-        raise DataError(f"{cand.name}: no source fold could be held out with both classes left to fit and "
-                        "calibrate on; leave-one-source-out needs targets from at least two sources")
-    macro_r, macro_f = float(np.mean(recalls)), float(np.mean(fprs))
-    score = 0.5 * (macro_r - macro_f) + 0.5 * (min(shape_rec) - max(shape_fpr))
-    return {"candidate": cand.name, "kind": cand.kind, "layer": cand.layer, "feature": cand.feature, "C": cand.c,
-            "loso_recall": macro_r, "loso_fpr": macro_f, "loso_min_shape_recall": min(shape_rec),
-            "loso_max_shape_fpr": max(shape_fpr), "loso_auroc": auroc(s[y == 1], s[y == 0]), "score": score,
+        raise DataError("no source fold could be held out with both classes left to fit and calibrate on; "
+                        "leave-one-source-out needs targets from at least two sources")
+    return {"loso_recall": float(np.mean(recalls)), "loso_fpr": float(np.mean(fprs)),
+            "loso_min_shape_recall": min(shape_rec), "loso_max_shape_fpr": max(shape_fpr),
             "by_source": by_source, "by_shape": by_shape}
+
+
+def loso(cand: Candidate, d: GateData, *, seed: int = 0, fixed_fpr: float | None = None) -> dict[str, Any]:
+    """Held-out scores of ``cand`` (:func:`loso_margins` at margin 0): each fold's rows are scored by a gate
+    fitted and calibrated without it."""
+    held, ok = loso_margins(cand, d, seed=seed, fixed_fpr=fixed_fpr)
+    try:
+        r = loso_rates(held, ok, d)
+    except DataError as exc:
+        raise DataError(f"{cand.name}: {exc}") from None
+    s, y = held[ok], d.y[ok]
+    score = 0.5 * (r["loso_recall"] - r["loso_fpr"]) + 0.5 * (r["loso_min_shape_recall"] - r["loso_max_shape_fpr"])
+    return {"candidate": cand.name, "kind": cand.kind, "layer": cand.layer, "feature": cand.feature, "C": cand.c,
+            "loso_recall": r["loso_recall"], "loso_fpr": r["loso_fpr"],
+            "loso_min_shape_recall": r["loso_min_shape_recall"], "loso_max_shape_fpr": r["loso_max_shape_fpr"],
+            "loso_auroc": auroc(s[y == 1], s[y == 0]), "score": score,
+            "by_source": r["by_source"], "by_shape": r["by_shape"]}
 
 
 def _logit(s: np.ndarray, kind: str) -> np.ndarray:
