@@ -3,6 +3,8 @@ clean refusal rate (refusal AND not degenerate AND ended), on hand-written texts
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from finesteer_edge.evaluation.refusal import ENDED_WITHIN, is_clean_refusal, is_degenerate, is_ended
@@ -61,3 +63,30 @@ def test_report_renders_clean_rate_and_targets() -> None:
     rep["suites"]["safety"]["methods"]["finesteer"]["ended_harmful"] = 0.5
     got = {t["name"]: t for t in compute_targets(rep)}
     assert not got["safety: finesteer harmful turns ended within 64 tokens"]["met"]
+
+
+def test_clean_refusal_bench_cache_is_per_pack_manifest(tmp_path: Path) -> None:
+    """bench/clean_refusal.py cached answers and gate scores by prompt and configuration alone, in one file per
+    results file: after the pack was regated a re-run would read the old gate's decisions. The cache is now one
+    file per pack manifest."""
+    from .conftest import load_script
+
+    bench = load_script("bench/clean_refusal.py")
+    out = tmp_path / "clean_refusal.json"
+    a, b = bench.cache_file(out, b'{"tau": 0.4}'), bench.cache_file(out, b'{"tau": 0.5}')
+    assert a != b and a == bench.cache_file(out, b'{"tau": 0.4}')
+    assert a.parent == tmp_path and a.name.startswith("clean_refusal.") and a.name.endswith(".cache.jsonl")
+
+
+def test_clean_refusal_curve_stage_sets_head_against_mean_at_equal_settings() -> None:
+    """The curve stage measures FineSteer's head vector and CAST-style's mean vector at the same strengths,
+    schedule, spread and sampler, so the trade-off between them is read at matched settings."""
+    from .conftest import load_script
+
+    bench = load_script("bench/clean_refusal.py")
+    best = bench.Config("finesteer", 1.0, "16:linear", None, "rep1.1+dry0.8")
+    curve = bench.sweep_configs("curve", best)
+    assert {c.method for c in curve} == {"finesteer", "cast"}
+    for m in ("finesteer", "cast"):
+        assert sorted(c.strength for c in curve if c.method == m) == sorted(bench.CURVE_STRENGTHS)
+    assert {(c.schedule, c.spread, c.sampler) for c in curve} == {("16:linear", None, "rep1.1+dry0.8")}
