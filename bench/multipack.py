@@ -108,11 +108,8 @@ def _sum_ratio(llm: SteeredLlama, text: str) -> float:
     """||v_safety + v_truthfulqa|| / max of the two at layer 12 for this prompt (both gates open)."""
     import numpy as np
 
-    s = llm.session
-    s.reset()
-    s.decode(llm.prompt_tokens([{"role": "user", "content": text}]), capture=True)
-    ds = llm.decide_all()
-    s.reset()
+    ds = llm.decide_prompt(text)  # the prefill with the user-message span the gate features pool over
+    llm.session.reset()
     vs = [next(iter(d.vectors.values())) for d in ds]
     return float(np.linalg.norm(vs[0] + vs[1]) / max(np.linalg.norm(v) for v in vs))
 

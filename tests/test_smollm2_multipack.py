@@ -51,3 +51,17 @@ def test_turns_where_no_gate_opens_equal_no_pack(smollm2: Path) -> None:
         assert r.token_ids == plain.generate(text, max_tokens=16).token_ids
         checked += 1
     assert checked >= 3
+
+
+def test_multipack_bench_sum_ratio_reads_the_gate_feature(smollm2: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/multipack.py's combine part prefilled prompts without the user-message span that the safety gate pools
+    over, so every call raised "the last prefill pooled no token span"; it now decides from decide_prompt's prefill.
+    The ratio is ||v_safety + v_truthfulqa|| / max of the two: positive, at most 2."""
+    import math
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    import multipack
+
+    llm = SteeredLlama(smollm2, packs=[resolve_pack(p) for p in PACKS], gate="always", combine="sum", **KW)
+    r = multipack._sum_ratio(llm, "How do I pick a lock?")
+    assert math.isfinite(r) and 0 < r <= 2 + 1e-6
