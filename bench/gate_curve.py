@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import time
@@ -26,8 +25,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 PACK = REPO / "finesteer_edge" / "packs" / "smollm2-135m-instruct-safety"
-MARGINS = (-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
-"""Threshold moves from the pack's tau, in logit units of the gate score."""
 CANDIDATE = re.compile(r"^(?P<kind>\w+?)(?:\(C=(?P<c>[0-9.eE+-]+)\))?@(?P<feature>\w+)\.(?P<layer>\d+)$")
 
 
@@ -51,19 +48,10 @@ def parse_candidate(name: str):  # type: ignore[no-untyped-def]
     return Candidate(m.group("kind"), int(m.group("layer")), m.group("feature"), float(c) if c else None)
 
 
-def threshold_at(tau: float, margin: float, kind: str = "probe") -> float:
-    """The gate-score threshold ``margin`` from ``tau`` on the scale ``gate_select`` measures margins in: logit
-    units for probability scores, the score itself for the one-class ``scs`` gate."""
-    if kind == "scs":
-        return tau + margin
-    p = min(max(tau, 1e-9), 1 - 1e-9)
-    return 1 / (1 + math.exp(-(math.log(p / (1 - p)) + margin)))
-
-
 def main() -> None:
     from finesteer_edge.measure.common import md_table
     from finesteer_edge.train.activations import load_activations
-    from finesteer_edge.train.gate_select import gate_data, loso_margins, loso_rates
+    from finesteer_edge.train.gate_select import gate_data, loso_margins, threshold_curve
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("acts", type=Path, nargs="+", help="gate-only activations files (extract --gate-only)")
@@ -78,10 +66,7 @@ def main() -> None:
     tau = float(manifest["tau"])
     d = gate_data([load_activations(p) for p in args.acts])
     held, ok = loso_margins(cand, d)
-    rows = []
-    for m in MARGINS:
-        r = loso_rates(held, ok, d, m)
-        rows.append({"margin": m, "threshold": threshold_at(tau, m, cand.kind), **r})
+    rows = threshold_curve(held, ok, d, tau, cand.kind)
     res = {"pack": manifest.get("name"), "candidate": name, "tau": tau, "files": [p.name for p in args.acts],
            "rows": rows, "seconds": time.perf_counter() - t0}
     args.out.parent.mkdir(parents=True, exist_ok=True)

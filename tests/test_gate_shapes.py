@@ -111,6 +111,7 @@ def test_train_selects_the_gate_by_leave_one_source_out(tiny_model: Path, tmp_pa
                 str(tmp_path / "rg"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "rg" / "report.md").read_text().count("shape: ") >= 4
+    assert "held-out trade-off per threshold" in (tmp_path / "rg" / "report.md").read_text()
     old, new = SteeringPack.load(pack0), SteeringPack.load(tmp_path / "p1")
     h = np.random.default_rng(0).standard_normal(256).astype(np.float32)
     assert np.allclose(old.evaluate(h, h).vector, new.evaluate(h, h).vector, rtol=1e-5, atol=1e-6)

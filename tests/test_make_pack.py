@@ -124,9 +124,17 @@ def test_gate_chosen_leave_one_source_out_from_the_gate_file(made: dict) -> None
     assert r["feature"] == best["feature"] and r["n_candidates"] == len(g["candidates"])
     assert r["loso_recall"] == best["loso_recall"] and r["loso_fpr"] == best["loso_fpr"]
     assert r["gate_files"] == ["gate_activations.safetensors"]
+    # the held-out trade-off per threshold (--gate-threshold): at the pack's tau it is the selection's own rates
+    curve = r["threshold_curve"]
+    at_tau = next(c for c in curve if c["margin"] == 0)
+    assert at_tau["threshold"] == pytest.approx(r["tau"])
+    assert (at_tau["loso_recall"], at_tau["loso_fpr"]) == pytest.approx((best["loso_recall"], best["loso_fpr"]))
+    assert [c["threshold"] for c in curve] == sorted(c["threshold"] for c in curve)
+    assert "held-out trade-off per threshold" in (work / "checkpoint" / "report.md").read_text()
     text = format_summary(s)
     assert f"gate {best['candidate']}" in text and f"feature {best['feature']}" in text
     assert "chosen leave-one-source-out" in text and f"recall {best['loso_recall']:.1%}" in text
+    assert f"threshold {r['tau']:.3f}; --gate-threshold moves it" in text
 
 
 def test_rerun_skips_everything_and_resumes_after_lost_stages(made: dict, tiny_model: Path) -> None:  # type: ignore[type-arg]

@@ -200,6 +200,27 @@ def loso_rates(held: np.ndarray, ok: np.ndarray, d: GateData, margin: float = 0.
             "by_source": by_source, "by_shape": by_shape}
 
 
+CURVE_MARGINS = (-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+"""Threshold moves from the chosen gate's tau at which the held-out trade-off is reported, in the units
+:func:`loso_margins` measures (logit units for probability scores)."""
+
+
+def threshold_at(tau: float, margin: float, kind: str) -> float:
+    """The gate-score threshold ``margin`` from ``tau`` on the scale of :func:`loso_margins`: logit units for
+    probability scores, the score itself for the one-class ``scs`` gate."""
+    if kind == "scs":
+        return tau + margin
+    p = min(max(tau, 1e-9), 1 - 1e-9)
+    return float(1 / (1 + np.exp(-(np.log(p / (1 - p)) + margin))))
+
+
+def threshold_curve(held: np.ndarray, ok: np.ndarray, d: GateData, tau: float, kind: str,
+                    margins: tuple[float, ...] = CURVE_MARGINS) -> list[dict[str, Any]]:
+    """Held-out rates of a gate at thresholds around its ``tau``: what ``SteeringSettings.threshold`` buys on
+    sources the gate was not fitted on (moving the threshold by m moves every fold's calibrated one by m)."""
+    return [{"margin": m, "threshold": threshold_at(tau, m, kind), **loso_rates(held, ok, d, m)} for m in margins]
+
+
 def loso(cand: Candidate, d: GateData, *, seed: int = 0, fixed_fpr: float | None = None) -> dict[str, Any]:
     """Held-out scores of ``cand`` (:func:`loso_margins` at margin 0): each fold's rows are scored by a gate
     fitted and calibrated without it."""
@@ -265,6 +286,9 @@ def select_gate(d: GateData, cands: list[Candidate], *, seed: int = 0) -> tuple[
                  "val_by_source": breakdown(sv, d.y[va], g.tau, d.source[va]),
                  "val_by_shape": breakdown(sv, d.y[va], g.tau, d.shape[va]),
                  "loso": {k: v for k, v in table[best_i].items() if k not in ("candidate",)}}
+    held, ok = loso_margins(best, d, seed=seed)
+    g.metrics["threshold_curve"] = [{k: v for k, v in r.items() if k != "by_source"}
+                                    for r in threshold_curve(held, ok, d, g.tau, g.kind)]
     g.metrics = nan_to_none(g.metrics)
     summary = {"candidates": [nan_to_none({k: v for k, v in t.items() if k not in ("by_source", "by_shape")})
                               for t in table], "chosen": best.name}

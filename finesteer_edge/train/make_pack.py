@@ -807,7 +807,10 @@ def _gate_result(report: dict[str, Any]) -> dict[str, Any]:
         out.update(candidate=v["candidate"], n_candidates=len(g["candidates"]), loso_recall=lo["loso_recall"],
                    loso_fpr=lo["loso_fpr"], loso_min_shape_recall=lo["loso_min_shape_recall"],
                    loso_max_shape_fpr=lo["loso_max_shape_fpr"], loso_folds=sorted(lo["by_source"]),
-                   gate_files=[Path(x["file"]).name for x in g.get("gate_acts", [])])
+                   gate_files=[Path(x["file"]).name for x in g.get("gate_acts", [])],
+                   threshold_curve=[{k: r[k] for k in ("threshold", "margin", "loso_recall", "loso_fpr",
+                                                       "loso_min_shape_recall", "loso_max_shape_fpr")}
+                                    for r in v.get("threshold_curve", [])])
     return out
 
 
@@ -835,6 +838,13 @@ def format_summary(s: dict[str, Any]) -> str:
                   f"    held-out source folds: recall {g['loso_recall']:.1%}, false-positive rate {g['loso_fpr']:.1%} "
                   f"(worst shape: recall {g['loso_min_shape_recall']:.1%}, FPR {g['loso_max_shape_fpr']:.1%}); "
                   f"validation, all sources and shapes: recall {g['val_recall']:.1%}, FPR {g['val_fpr']:.1%}"]
+        curve = sorted(g.get("threshold_curve", []), key=lambda c: c["threshold"])
+        if curve:
+            lo, hi = curve[0], curve[-1]
+            lines.append(f"    threshold {g['tau']:.3f}; --gate-threshold moves it, from {lo['threshold']:.3f} "
+                         f"(held-out recall {lo['loso_recall']:.1%}, FPR {lo['loso_fpr']:.1%}) to "
+                         f"{hi['threshold']:.3f} ({hi['loso_recall']:.1%}, {hi['loso_fpr']:.1%}); every step: "
+                         f"{Path(s['work_dir']) / 'checkpoint' / 'report.md'}")
     else:
         lines.append(f"  gate ({g['kind']}, layer {g['layer']}) on validation: recall {g['val_recall']:.1%}, "
                      f"false-positive rate {g['val_fpr']:.1%}"

@@ -353,6 +353,17 @@ def _loso_lines(g: dict[str, Any]) -> list[str]:
                   "| source / shape | rows | harmful | recall | FPR |", "|---|---:|---:|---:|---:|"]
         for name, t in [*src.items(), *((f"shape: {k}", x) for k, x in shp.items())]:
             lines.append(f"| {name} | {t['n']} | {t['n_harmful']} | {_pct(t['recall'])} | {_pct(t['fpr'])} |")
+    curve = v.get("threshold_curve")
+    if curve:
+        lines += ["", "**Chosen gate, held-out trade-off per threshold** (`--gate-threshold`, "
+                  "`SteeringSettings(threshold=...)`; each fold's calibrated threshold moved by the same step):", "",
+                  "| threshold | step | recall (mean over sources) | FPR (mean over sources) | worst-shape recall "
+                  "| worst-shape FPR |", "|---|---:|---:|---:|---:|---:|"]
+        for r in curve:
+            mark = " (tau)" if r["margin"] == 0 else ""
+            lines.append(f"| {r['threshold']:.4f}{mark} | {r['margin']:+g} | {_pct(r['loso_recall'])} | "
+                         f"{_pct(r['loso_fpr'])} | {_pct(r['loso_min_shape_recall'])} | "
+                         f"{_pct(r['loso_max_shape_fpr'])} |")
     return lines
 
 
