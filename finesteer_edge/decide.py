@@ -36,13 +36,18 @@ def pack_vector_source(pack: SteeringPack, steering: SteeringSettings) -> Vector
     return steering.vector_source or vector_source_from_manifest(pack.manifest.vector_source)  # type: ignore[arg-type]
 
 
+def pack_threshold(pack: SteeringPack, steering: SteeringSettings) -> float:
+    """The score ``pack``'s gate is held against: ``steering``'s threshold, else the pack's own tau."""
+    return pack.manifest.tau if steering.threshold is None else steering.threshold
+
+
 def decide_pack(s: LlamaSession, pack: SteeringPack, pack_strength: float, st: SteeringSettings,
                 spread: Spread | None = None) -> Decision:
     """``pack``'s gate and vectors for the hidden states of ``s``'s last capturing prefill. ``spread``
     replaces the pack's own layer spread (None: the manifest's)."""
     m = pack.manifest
     out = pack.evaluate(gate_state(s, m), s.hidden(m.head_layer))
-    tau = m.tau if st.threshold is None else st.threshold
+    tau = pack_threshold(pack, st)
     is_open = {"pack": out.gate_score >= tau, "always": True, "never": False}[st.gate]
     if st.enabled is not None and pack_name(pack) not in st.enabled:
         is_open = False  # left out of this turn: shut, so the turn is as without the pack

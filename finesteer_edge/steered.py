@@ -30,7 +30,7 @@ from dataclasses import replace
 from typing import Any
 
 from .context_fit import check_context, drop_oldest_turns, fit_prompt
-from .decide import decide_pack, open_packs_schedule, pack_name, pack_vector_source
+from .decide import decide_pack, open_packs_schedule, pack_name, pack_threshold, pack_vector_source
 from .errors import ConcurrentUseError, PackError
 from .gate_input import needs_span, user_span
 from .generation import drain, generate_tokens
@@ -306,9 +306,7 @@ class SteeredLlama:
     @property
     def threshold(self) -> float | None:
         """The first pack's gate threshold: the settings' ``threshold``, else its tau (None without a pack)."""
-        if not self.pack:
-            return None
-        return self.pack.manifest.tau if self._steering.threshold is None else self._steering.threshold
+        return pack_threshold(self.pack, self._steering) if self.pack else None
 
     # ------------------------------------------------------------------ public calls
     def generate(

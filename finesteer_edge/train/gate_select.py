@@ -206,12 +206,10 @@ CURVE_MARGINS = (-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 
 
 def threshold_at(tau: float, margin: float, kind: str) -> float:
-    """The gate-score threshold ``margin`` from ``tau`` on the scale of :func:`loso_margins`: logit units for
-    probability scores, the score itself for the one-class ``scs`` gate."""
-    if kind == "scs":
-        return tau + margin
-    p = min(max(tau, 1e-9), 1 - 1e-9)
-    return float(1 / (1 + np.exp(-(np.log(p / (1 - p)) + margin))))
+    """The gate-score threshold ``margin`` from ``tau`` on the scale of :func:`loso_margins` (``_logit``: logit
+    units for probability scores, the score itself for the one-class ``scs`` gate), mapped back to a score."""
+    z = float(_logit(np.array([tau]), kind)[0]) + margin
+    return z if kind == "scs" else float(1 / (1 + np.exp(-z)))
 
 
 def threshold_curve(held: np.ndarray, ok: np.ndarray, d: GateData, tau: float, kind: str,
@@ -224,7 +222,11 @@ def threshold_curve(held: np.ndarray, ok: np.ndarray, d: GateData, tau: float, k
 def loso(cand: Candidate, d: GateData, *, seed: int = 0, fixed_fpr: float | None = None) -> dict[str, Any]:
     """Held-out scores of ``cand`` (:func:`loso_margins` at margin 0): each fold's rows are scored by a gate
     fitted and calibrated without it."""
-    held, ok = loso_margins(cand, d, seed=seed, fixed_fpr=fixed_fpr)
+    return loso_score(cand, *loso_margins(cand, d, seed=seed, fixed_fpr=fixed_fpr), d)
+
+
+def loso_score(cand: Candidate, held: np.ndarray, ok: np.ndarray, d: GateData) -> dict[str, Any]:
+    """:func:`loso`'s result from margins already computed (``select_gate`` keeps them for the curve)."""
     try:
         r = loso_rates(held, ok, d)
     except DataError as exc:
@@ -267,7 +269,8 @@ def runtime_features(d: GateData) -> tuple[str, ...]:
 
 def select_gate(d: GateData, cands: list[Candidate], *, seed: int = 0) -> tuple[GateFit, dict[str, Any]]:
     """LOSO-best candidate, refitted on all training rows and calibrated on all validation rows."""
-    table = [loso(c, d, seed=seed) for c in cands]
+    margins = [loso_margins(c, d, seed=seed) for c in cands]
+    table = [loso_score(c, *m, d) for c, m in zip(cands, margins, strict=True)]
     best_i = int(np.argmax([t["score"] for t in table]))
     best = cands[best_i]
     h = d.x[(best.feature, best.layer)]
@@ -286,9 +289,8 @@ def select_gate(d: GateData, cands: list[Candidate], *, seed: int = 0) -> tuple[
                  "val_by_source": breakdown(sv, d.y[va], g.tau, d.source[va]),
                  "val_by_shape": breakdown(sv, d.y[va], g.tau, d.shape[va]),
                  "loso": {k: v for k, v in table[best_i].items() if k not in ("candidate",)}}
-    held, ok = loso_margins(best, d, seed=seed)
     g.metrics["threshold_curve"] = [{k: v for k, v in r.items() if k != "by_source"}
-                                    for r in threshold_curve(held, ok, d, g.tau, g.kind)]
+                                    for r in threshold_curve(*margins[best_i], d, g.tau, best.kind)]
     g.metrics = nan_to_none(g.metrics)
     summary = {"candidates": [nan_to_none({k: v for k, v in t.items() if k not in ("by_source", "by_shape")})
                               for t in table], "chosen": best.name}
