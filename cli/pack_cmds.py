@@ -1,4 +1,4 @@
-"""``inspect`` and ``verify``: look into a pack and prove it works with a model."""
+"""``inspect``, ``verify`` and ``set-defaults``: look into a pack, prove it works with a model, record how it steers."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from finesteer_edge.resolve import resolve_model, resolve_pack
 def register(app: typer.Typer) -> None:
     app.command("inspect")(inspect_cmd)
     app.command("verify")(verify_cmd)
+    app.command("set-defaults")(set_defaults_cmd)
 
 
 def inspect_cmd(
@@ -41,6 +42,7 @@ def inspect_cmd(
         f"tokenizer   sha256 {m.model.tokenizer_sha256[:16]}...",
         f"layers      gate {m.gate_layer}, steer {m.steer_layer}  (layer N = output of block N)",
         f"alpha       {m.alpha:g}",
+        f"strength    {m.strength:g}  (the pack's own; --strength multiplies it)",
         f"tau         {m.tau:g}  (steer iff gate score >= tau)",
         f"experts     K = {m.n_experts}, basis rank k = {m.basis_rank}",
         f"control     direction layers {sorted(p.control.directions)}",
@@ -106,3 +108,42 @@ def verify_cmd(
     lines += [f"  {c.name:<12} ok ({c.detail})" if c.name != "selftest" else f"  {'self-test':<12} ok: {c.detail}"
               for c in report.checks]
     typer.echo("\n".join(lines))
+
+
+def set_defaults_cmd(
+    pack: str = typer.Argument(..., help="Pack directory or bundled pack name."),
+    out: Path = typer.Option(..., "--out", help="Pack directory to write (the same as PACK with --overwrite)."),
+    vector: str = typer.Option(None, "--vector", help="Default vector source: head, mean or projected."),
+    strength: float = typer.Option(None, "--strength", help="The pack's own strength (> 0; turns multiply it)."),
+    schedule: str = typer.Option(None, "--schedule", help="Default schedule: all, K, K:linear or K:exp."),
+    note: str = typer.Option("", "--note", help="How the values were chosen (kept in the manifest's provenance)."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Record how a pack steers by default (vector source, strength, schedule), chosen by measurement.
+
+    Only manifest.json changes; the rewritten pack must load before it replaces anything, and the values it
+    replaced are kept in provenance.defaults."""
+    from finesteer_edge.converters.pack_defaults import set_pack_defaults
+    from finesteer_edge.pack.manifest import MAX_PACK_STRENGTH
+    from finesteer_edge.schedule import Schedule, ScheduleError
+    from finesteer_edge.vocab import VECTOR_SOURCES, choices, vector_source_from_manifest
+
+    if vector is not None and vector not in VECTOR_SOURCES:
+        raise typer.BadParameter(f"--vector must be {choices(VECTOR_SOURCES)}, not {vector!r}")
+    if strength is not None and not 0.0 < strength <= MAX_PACK_STRENGTH:
+        raise typer.BadParameter(f"--strength must be in (0, {MAX_PACK_STRENGTH:g}], not {strength:g}")
+    try:
+        sched = Schedule.parse(schedule) if schedule else None
+    except ScheduleError as exc:
+        raise typer.BadParameter(f"--schedule: {exc}") from None
+    if vector is None and strength is None and sched is None:
+        raise typer.BadParameter("nothing to set: give --vector, --strength or --schedule")
+    src = resolve_pack(pack)
+    if out.exists() and not overwrite:
+        raise typer.BadParameter(f"{out} exists; pass --overwrite to replace it")
+    set_pack_defaults(src, out, vector_source=vector, strength=strength, schedule=sched,  # type: ignore[arg-type]
+                      note=note, overwrite=overwrite)
+    m = SteeringPack.load(out).manifest
+    source = vector_source_from_manifest(m.vector_source)  # type: ignore[arg-type]
+    typer.echo(f"wrote {out}: vector {source}, strength {m.strength:g}, schedule {_schedule_text(m.schedule)} "
+               f"(format version {m.written_version})")

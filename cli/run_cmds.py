@@ -28,7 +28,8 @@ CTX_OPT = typer.Option(4096, "--n-ctx", help="Context size in tokens.")
 STRENGTH_OPT = typer.Option(1.0, "--strength", help="Multiply the pack's steering vector.")
 VECTOR_OPT = typer.Option(
     None, "--vector",
-    help="head (the pack's per-prompt vector) or mean (its static mean vector, still gated: CAST-style).",
+    help="head (the pack's per-prompt vector), mean (its static mean vector, still gated: CAST-style) or "
+         "projected (the mean's direction at the head's per-prompt length). Default: the pack's own.",
 )
 THRESHOLD_OPT = typer.Option(
     None, "--gate-threshold", min=0.0,

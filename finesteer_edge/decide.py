@@ -51,10 +51,13 @@ def decide_pack(s: LlamaSession, pack: SteeringPack, pack_strength: float, st: S
     is_open = {"pack": out.gate_score >= tau, "always": True, "never": False}[st.gate]
     if st.enabled is not None and pack_name(pack) not in st.enabled:
         is_open = False  # left out of this turn: shut, so the turn is as without the pack
-    strength = st.strength * pack_strength
+    strength = st.strength * pack_strength * m.strength  # the turn's, the PackSpec's, the pack's own
+    source = pack_vector_source(pack, st)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, not warned
-        if pack_vector_source(pack, st) == "head":
+        if source == "head":
             vectors = {m.steer_layer: out.vector * strength}
+        elif source == "projected":
+            vectors = {m.steer_layer: project_on_mean(pack, out.vector) * strength}
         else:
             vectors = {layer: v * strength for layer, v in pack.control.directions.items()}
         spread = spread or m.spread
@@ -65,6 +68,29 @@ def decide_pack(s: LlamaSession, pack: SteeringPack, pack_strength: float, st: S
         if not np.isfinite(v).all():
             raise PackError("the steering vector is not finite; refusing to generate")
     return Decision(out.gate_score, bool(is_open), vectors, out.expert_weights, tau)
+
+
+def project_on_mean(pack: SteeringPack, vector: np.ndarray) -> np.ndarray:
+    """The ``projected`` vector source: the pack's mean direction at the steer layer, as long as ``vector`` (the
+    head's) reaches along it, and zero where the head points away from it.
+
+    Why: on SmolLM2's safety pack the head's vectors lie within ~0.97 cosine of the mean and their departures
+    are noise for refusing, while their lengths carry what the head learned per query (about 68 on harmful
+    prompts, about 35 on the borderline ones whose gate opens; docs/CLEAN_REFUSAL.md). Keeping the length and
+    dropping the direction keeps the one and loses the other. The head never reverses the mean's direction.
+    """
+    m = pack.manifest
+    mean = pack.control.directions.get(m.steer_layer)
+    if mean is None:
+        raise PackError(f"pack {pack_name(pack)}: control.gguf has no direction.{m.steer_layer} to project the head's "
+                        "vector on; use vector source head or mean")
+    mean = mean.astype(np.float64)
+    norm2 = float(mean @ mean)
+    if not np.isfinite(norm2) or norm2 == 0.0:
+        raise PackError(f"pack {pack_name(pack)}: the mean vector at layer {m.steer_layer} is zero or not finite; "
+                        "the head's vector has no direction to be projected on")
+    along = max(float(vector.astype(np.float64) @ mean) / norm2, 0.0)
+    return (mean * along).astype(np.float32)
 
 
 def open_packs_schedule(packs: Sequence[SteeringPack], decisions: Sequence[Decision]) -> Schedule:

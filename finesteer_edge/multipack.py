@@ -123,11 +123,12 @@ def check_compatible(packs: Sequence[SteeringPack]) -> None:
 
 
 def steer_layers(pack: SteeringPack, vector_source: str | None = None) -> list[int]:
-    """The layers a pack's control vector writes: its steer layer (``head``) or control.gguf's rows (``mean``)."""
+    """The layers a pack's control vector writes: its steer layer (``head``, ``projected``) or control.gguf's rows
+    (``mean``)."""
     from .vocab import vector_source_from_manifest
 
     source = vector_source or vector_source_from_manifest(pack.manifest.vector_source)  # type: ignore[arg-type]
-    return [pack.manifest.steer_layer] if source == "head" else sorted(pack.control.directions)
+    return sorted(pack.control.directions) if source == "mean" else [pack.manifest.steer_layer]
 
 
 def describe_set(packs: Sequence[SteeringPack]) -> dict[str, object]:

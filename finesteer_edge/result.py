@@ -16,6 +16,8 @@ class PackOutcome:
     threshold: float
     expert_weights: list[float]
     strength: float
+    """What this pack's vector was multiplied by: the turn's strength, times its PackSpec's, times the pack's own
+    (manifest ``strength``; 1 for most packs)."""
     enabled: bool = True
     """False: ``SteeringSettings.enabled`` left this pack out, so its gate was forced shut this turn."""
 

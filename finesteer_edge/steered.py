@@ -77,8 +77,9 @@ class SteeredLlama:
         n_ctx, n_threads, n_batch: llama.cpp context settings (threads default to the usable cores).
         strength: multiplies every pack's vector (1.0 = as trained), on top of each :class:`PackSpec`'s own.
         gate: ``pack`` (threshold tau), ``always`` or ``never`` (for baselines and debugging).
-        vector_source: ``head`` (query-specific MoSE vector) or ``mean`` (the pack's static mean
-            vector from control.gguf); None: each pack's default.
+        vector_source: ``head`` (query-specific MoSE vector), ``mean`` (the pack's static mean
+            vector from control.gguf) or ``projected`` (the mean's direction at the length of the head's
+            vector along it); None: each pack's default.
         threshold: gate threshold for every pack (open iff gate score >= threshold); None: each pack's tau.
             Higher: fewer turns steered, fewer false positives and fewer hits.
         combine: when several open packs add at one layer beyond what any of them does alone: ``cap``
@@ -511,7 +512,7 @@ class SteeredLlama:
                 packs=[PackOutcome(
                     name=pack_name(p), steered=d.open, gate_score=d.gate_score,
                     threshold=d.threshold, expert_weights=[float(x) for x in d.expert_weights],
-                    strength=steering.strength * ps,
+                    strength=steering.strength * ps * p.manifest.strength,
                     enabled=steering.enabled is None or pack_name(p) in steering.enabled,
                 ) for (p, ps), d in zip(self._packs, decisions, strict=True)],
             )

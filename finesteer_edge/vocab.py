@@ -43,11 +43,13 @@ GateCandidateKind = Literal["scs", "scs_logistic", "probe"]
 (stored as a rank-1 ``scs_logistic`` gate, so packs only ever hold ``GateKind``s)."""
 GATE_CANDIDATE_KINDS: tuple[GateCandidateKind, ...] = get_args(GateCandidateKind)
 
-VectorSource = Literal["head", "mean"]
-"""API spelling. ``head``: the MoSE head's query-specific vector; ``mean``: the pack's static mean vector."""
+VectorSource = Literal["head", "mean", "projected"]
+"""API spelling. ``head``: the MoSE head's query-specific vector; ``mean``: the pack's static mean vector;
+``projected``: the pack's mean direction at the length of the head's vector along it (the head decides how hard
+to steer each query, the mean which way; issue 11, DESIGN-NOTES item 17)."""
 VECTOR_SOURCES: tuple[VectorSource, ...] = get_args(VectorSource)
 
-ManifestVectorSource = Literal["head", "control"]
+ManifestVectorSource = Literal["head", "control", "projected"]
 """Manifest spelling (format_version 1, kept for old packs): the static vector is the file ``control.gguf``."""
 MANIFEST_VECTOR_SOURCES: tuple[ManifestVectorSource, ...] = get_args(ManifestVectorSource)
 
@@ -68,13 +70,15 @@ _T = TypeVar("_T", bound=str)
 
 
 def vector_source_from_manifest(value: ManifestVectorSource) -> VectorSource:
-    """The API's name for a manifest's ``vector_source`` (``control`` -> ``mean``)."""
-    return "mean" if check_choice(value, MANIFEST_VECTOR_SOURCES, "manifest vector_source") == "control" else "head"
+    """The API's name for a manifest's ``vector_source`` (``control`` -> ``mean``; the others are spelled alike)."""
+    value = check_choice(value, MANIFEST_VECTOR_SOURCES, "manifest vector_source")
+    return "mean" if value == "control" else value
 
 
 def vector_source_to_manifest(value: VectorSource) -> ManifestVectorSource:
-    """The manifest's name for an API ``vector_source`` (``mean`` -> ``control``)."""
-    return "control" if check_choice(value, VECTOR_SOURCES, "vector_source") == "mean" else "head"
+    """The manifest's name for an API ``vector_source`` (``mean`` -> ``control``; the others are spelled alike)."""
+    value = check_choice(value, VECTOR_SOURCES, "vector_source")
+    return "control" if value == "mean" else value
 
 
 def check_choice(value: object, allowed: tuple[_T, ...], name: str) -> _T:

@@ -158,6 +158,10 @@ def test_per_request_mode_vector_and_strength_are_applied_and_reported(client: o
     st = r.model_extra["steering"]
     assert (st["mode"], st["vector"], st["packs"][0]["strength"]) == ("fast", "mean", 2.0)
     assert r.choices[0].message.content != base
+    proj = chat(client, {"vector": "projected"}).model_extra["steering"]
+    assert proj["vector"] == "projected" and proj["packs"][0]["vector"] == "projected" and proj["steered"]
+    with pytest.raises(openai.BadRequestError):
+        chat(client, {"vector": "sideways"})
     # nothing leaks into the next request on the same slots
     assert chat(client).model_extra["steering"]["mode"] == "exact"
     assert chat(client).choices[0].message.content == base

@@ -300,7 +300,9 @@ def _pack_lines(res: dict[str, Any]) -> list[str]:
     lines = [f"- pack `{p['name']}` at `{display_pack_path(p['path'], p.get('manifest_sha256'))}`, manifest sha256 "
              f"`{p['manifest_sha256']}`",
              f"- layers {p.get('layers')}, tau {p.get('tau')}, alpha {p.get('alpha')}, gate {p.get('gate')}, "
-             f"experts {p.get('experts')}"]
+             f"experts {p.get('experts')}"
+             + (f", vector source {p['vector_source']}, the pack's own strength {p['strength']:g} (every strength "
+                "below multiplies it)" if "vector_source" in p else "")]
     if p.get("warning"):
         lines.append(f"- **{p['warning']}**")
     stale = stale_pack_note(p["path"], p.get("manifest_sha256"))

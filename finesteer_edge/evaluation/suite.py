@@ -66,13 +66,15 @@ class SuiteConfig:
 
 
 def pack_identity(pack_dir: Path) -> dict[str, Any]:
-    """Name, layers, tau, alpha and hashes of a pack (sha256 of manifest.json pins all its files)."""
+    """Name, layers, tau, alpha, default vector source and strength, and hashes of a pack (sha256 of manifest.json
+    pins all its files)."""
     raw = (pack_dir / "manifest.json").read_bytes()
     m = json.loads(raw)
     return {
         "path": str(pack_dir), "name": m.get("name"), "manifest_sha256": hashlib.sha256(raw).hexdigest(),
         "files": m.get("files"), "layers": m.get("layers"), "tau": m.get("tau"), "alpha": m.get("alpha"),
         "gate": m.get("gate"), "experts": m.get("experts"), "method": m.get("method"),
+        "vector_source": m.get("vector_source"), "strength": m.get("strength", 1.0),
         "provenance": m.get("provenance"), "description": m.get("description"),
     }
 

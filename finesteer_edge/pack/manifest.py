@@ -24,7 +24,11 @@ FORMAT_VERSION = 1
 SPAN_FEATURE_VERSION = 2
 """Written for packs whose gate reads a user-message span (``gate.feature``): a runtime that only knows version 1
 would ignore the field and gate on the last token, silently wrong, so it must refuse the pack instead."""
-READ_VERSIONS = (FORMAT_VERSION, SPAN_FEATURE_VERSION)
+DEFAULTS_VERSION = 3
+"""Written for packs that carry their own ``strength`` or steer with the ``projected`` vector source (issue 11): a
+version-2 runtime would ignore the strength and steer weaker than measured, so it must refuse the pack instead."""
+READ_VERSIONS = (FORMAT_VERSION, SPAN_FEATURE_VERSION, DEFAULTS_VERSION)
+MAX_PACK_STRENGTH = 100.0
 MANIFEST = "manifest.json"
 HEAD = "head.onnx"
 CONTROL = "control.gguf"
@@ -55,7 +59,8 @@ class Manifest:
     n_experts: int
     basis_rank: int
     vector_source: str
-    """``head``: the head's query-specific vector at ``steer_layer``; ``control``: control.gguf's rows."""
+    """``head``: the head's query-specific vector at ``steer_layer``; ``control``: control.gguf's rows;
+    ``projected``: control.gguf's row at ``steer_layer`` at the length of the head's vector along it."""
     mode: str
     files: dict[str, FileEntry]
     feature_layer: int | None = None
@@ -71,6 +76,16 @@ class Manifest:
     gate_feature: str = "last"
     """What the gate reads at ``gate_layer`` (``finesteer_edge.vocab.GateFeature``): the last prompt token's state,
     or a pooled state of the last user message (packs with one are written as format version 2)."""
+    strength: float = 1.0
+    """The pack's own strength, chosen by measurement (``set-defaults``): every turn's strength multiplies it, so a
+    user's ``--strength 1`` is the measured point. Packs with one other than 1 are written as format version 3."""
+
+    @property
+    def written_version(self) -> int:
+        """The oldest format version whose readers apply everything this manifest asks for."""
+        if self.strength != 1.0 or self.vector_source == "projected":
+            return DEFAULTS_VERSION
+        return SPAN_FEATURE_VERSION if self.gate_feature != "last" else self.format_version
 
     @property
     def head_layer(self) -> int:
@@ -79,7 +94,7 @@ class Manifest:
     def to_json(self) -> str:
         d: dict[str, Any] = {
             "format": FORMAT_NAME,
-            "format_version": SPAN_FEATURE_VERSION if self.gate_feature != "last" else self.format_version,
+            "format_version": self.written_version,
             "name": self.name,
             "description": self.description,
             "method": self.method,
@@ -95,6 +110,8 @@ class Manifest:
             "files": {k: {"sha256": v.sha256, "bytes": v.bytes} for k, v in sorted(self.files.items())},
             "provenance": self.provenance,
         }
+        if self.strength != 1.0:
+            d["strength"] = self.strength
         if self.schedule is not None:
             d["schedule"] = self.schedule.to_dict()
         if self.spread is not None:
@@ -199,6 +216,15 @@ def parse_manifest(raw: bytes) -> Manifest:
     if gate_feature != "last" and gate_layer >= fp.n_layer - 1:
         # llama.cpp keeps only the output rows in the last block: no user-message span to pool there
         raise PackFormatError(f"manifest: gate.feature {gate_feature!r} cannot read the last layer ({gate_layer})")
+    vector_source = _choice(_get(d, "vector_source", str), MANIFEST_VECTOR_SOURCES, "vector_source")
+    strength = 1.0
+    if "strength" in d:
+        strength = _finite(_get(d, "strength", (int, float)), "strength")
+        if not 0.0 < strength <= MAX_PACK_STRENGTH:
+            raise PackFormatError(f"manifest: strength must be in (0, {MAX_PACK_STRENGTH:g}], not {strength:g}")
+    if (strength != 1.0 or vector_source == "projected") and version < DEFAULTS_VERSION:
+        raise PackFormatError(f"manifest: a pack strength or vector_source 'projected' needs format_version "
+                              f"{DEFAULTS_VERSION}")
     schedule = spread = None
     try:
         if d.get("schedule") is not None:
@@ -225,7 +251,8 @@ def parse_manifest(raw: bytes) -> Manifest:
         gate_feature=gate_feature,
         n_experts=n_experts,
         basis_rank=basis_rank,
-        vector_source=_choice(_get(d, "vector_source", str), MANIFEST_VECTOR_SOURCES, "vector_source"),
+        vector_source=vector_source,
+        strength=strength,
         mode=_choice(_get(d, "mode", str), MODES, "mode"),
         files=files,
         provenance=provenance,
