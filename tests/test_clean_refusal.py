@@ -3,6 +3,7 @@ clean refusal rate (refusal AND not degenerate AND ended), on hand-written texts
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,33 @@ def test_clean_refusal_curve_stage_sets_head_against_mean_at_equal_settings() ->
     for m in ("finesteer", "cast"):
         assert sorted(c.strength for c in curve if c.method == m) == sorted(bench.CURVE_STRENGTHS)
     assert {(c.schedule, c.spread, c.sampler) for c in curve} == {("16:linear", None, "rep1.1+dry0.8")}
+
+
+def test_clean_refusal_bench_cache_ignores_the_packs_recorded_defaults(tmp_path: Path) -> None:
+    """Every configuration sets its vector source, absolute strength and schedule, so recording new defaults in
+    the manifest (set-defaults) keeps the cached answers; a new gate or new files do not."""
+    from .conftest import load_script
+
+    bench = load_script("bench/clean_refusal.py")
+    out = tmp_path / "clean_refusal.json"
+    base = {"tau": 0.4, "files": {"head.onnx": "a"}, "vector_source": "head", "format_version": 2}
+    tuned = {**base, "vector_source": "projected", "strength": 1.1, "format_version": 3,
+             "provenance": {"defaults": [{"note": "x"}]}, "schedule": {"tokens": 16}}
+    key = bench.cache_file
+    assert key(out, json.dumps(base).encode()) == key(out, json.dumps(tuned).encode())
+    assert key(out, json.dumps(base).encode()) != key(out, json.dumps({**base, "files": {"head.onnx": "b"}}).encode())
+
+
+def test_default_rule_weighs_held_out_sources_and_caps_their_over_refusal() -> None:
+    """The pack's default is chosen on both validation sets: a point that wins in distribution but collapses on the
+    held-out sources loses, and one that over-refuses the held-out benign prompts is out."""
+    from .conftest import load_script
+
+    bench = load_script("bench/clean_refusal.py")
+    val = [{"label": "a", "clean": 0.8}, {"label": "b", "clean": 0.7}, {"label": "c", "clean": 0.9}]
+    held = [{"label": "a", "clean": 0.4, "refusal": 0.6, "over_benign": 0.05},
+            {"label": "b", "clean": 0.7, "refusal": 0.8, "over_benign": 0.05},
+            {"label": "c", "clean": 0.9, "refusal": 0.9, "over_benign": 0.2}]
+    got = bench.choose_default(val, held)
+    assert got["label"] == "b" and abs(got["score"] - 0.7) < 1e-9
+    assert bench.choose_default(val, [held[2]]) is None

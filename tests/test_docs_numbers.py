@@ -25,7 +25,7 @@ DOCS = [
     (
         "bench/clean_refusal_notes.md",
         "docs/CLEAN_REFUSAL.md",
-        ("docs/RESULTS.md", "docs/BENCHMARKS.md", "bench/results/eot_probe.json"),
+        ("docs/BENCHMARKS.md", "bench/results/eot_probe.json"),
     ),
 ]
 """(analysis, the document it is pasted into, other sources the analysis cites by name)."""
