@@ -17,6 +17,14 @@ Cost control, each exact (DESIGN.md: a closed gate is bit-identical to no pack):
 
     python bench/clean_refusal.py                 # validation sweep (resumable)
     python bench/clean_refusal.py --test          # + test split for the chosen point, CAST, CAA
+    python bench/clean_refusal.py --stages schedule,sampler,strength,spread,curve,projected --skip-base \
+        --test --heldout-val --heldout              # as docs/CLEAN_REFUSAL.md was made
+
+Out of distribution: ``--heldout-val`` measures each vector source's best point on the validation prompts of
+sources the MoSE head never trained on (pair phrasings, AIRT seeds, benign twins, general prompts, hard negatives)
+and applies the rule for a pack's default (``DEFAULT_RULE``: in-distribution and held-out validation weigh the
+same); ``--heldout`` reports the same sources' test prompts as first turns, after benign exchanges and under a
+system prompt, and how far the head's vector reaches along the mean per source family.
 """
 
 from __future__ import annotations
