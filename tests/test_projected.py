@@ -136,6 +136,7 @@ def test_set_defaults_records_vector_strength_and_schedule(tiny_model: Path, pac
     assert rec["before"] == {"vector_source": "head", "strength": 1.0, "schedule": None}
     assert rec["note"] == "chosen on val" and rec["set"]["vector_source"] == "projected"
     assert "strength    2" in run_cli("inspect", str(out)).stdout
+    assert json.loads(run_cli("inspect", str(out), "--json").stdout)["strength"] == 2.0
     # the pack's strength multiplies the turn's: tuned at 1 == the original at 2, projected, same schedule
     tuned = SteeredLlama(tiny_model, out, **KW)
     plain = SteeredLlama(tiny_model, pack, vector_source="projected", strength=2.0, **KW)

@@ -138,6 +138,7 @@ class SteeringPack:
             "experts": m.n_experts,
             "basis_rank": m.basis_rank,
             "vector_source": m.vector_source,
+            "strength": m.strength,
             "mode": m.mode,
             "control_layers": sorted(self.control.directions),
             "schedule": m.schedule.to_dict() if m.schedule else None,
