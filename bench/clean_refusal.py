@@ -464,12 +464,12 @@ def main() -> None:
         base["stage"] = "base"
         points.insert(0, base)
     chosen = res["chosen"]
+    # each method's best validation point, by the selection rule: what the test and held-out parts measure
+    best = {m: choose([p for p in points if p["method"] == m]) for m in METHODS}
+    cast_best, head_best = best["cast"], best["finesteer"]
     if args.test and chosen:
         test = {g: xs[: args.test_limit[g]] for g, xs in load("test").items()}
         c = cfg_of(chosen)
-        casts = [p for p in points if p["method"] == "cast"]
-        cast_best = choose(casts)
-        head_best = choose([p for p in points if p["method"] == "finesteer"])
         tcfgs = [c] + ([cfg_of(head_best)] if head_best and cfg_of(head_best) != c else []) + [
                  Config("cast", cfg_of(cast_best).strength if cast_best else 1.33, c.schedule, c.spread, c.sampler),
                  Config("caa", args.caa_strength, c.schedule, c.spread, c.sampler)]
@@ -481,11 +481,8 @@ def main() -> None:
             _write(res, args, runner, t0)
     if args.heldout_val and chosen:
         sets, sizes = load_heldout(args.heldout_limit, "val", ("single",))
-        cands = [p for p in points if p["method"] in FINESTEER]
-        best_each = [choose([p for p in cands if p["method"] == m]) for m in FINESTEER]
-        cast_best = choose([p for p in points if p["method"] == "cast"])
         res["heldout_val"] = {"sizes": sizes, "points": []}
-        for p0 in [b for b in best_each if b] + ([cast_best] if cast_best else []):
+        for p0 in [b for b in (*(best[m] for m in FINESTEER), cast_best) if b]:
             p = runner.metrics(cfg_of(p0), sets["single"])
             res["heldout_val"]["points"].append(p)
             res["default"] = choose_default(points, res["heldout_val"]["points"])
@@ -497,7 +494,6 @@ def main() -> None:
     if args.heldout and chosen:
         sets, sizes = load_heldout(args.heldout_limit)
         c = cfg_of(chosen)
-        cast_best = choose([p for p in points if p["method"] == "cast"])
         hcfgs = [c, Config("finesteer" if c.method != "finesteer" else "projected", c.strength, c.schedule, c.spread,
                            c.sampler),
                  Config("cast", cfg_of(cast_best).strength if cast_best else 1.0, c.schedule, c.spread, c.sampler),
