@@ -12,7 +12,14 @@ import typer
 
 from finesteer_edge.errors import FinesteerError
 from finesteer_edge.resolve import resolve_model
-from finesteer_edge.vocab import GATE_CANDIDATE_KINDS, GATE_FEATURES, MODES, TRAINED_GATE_KINDS, choices
+from finesteer_edge.vocab import (
+    GATE_CANDIDATE_KINDS,
+    GATE_FEATURES,
+    HEAD_FEATURES,
+    MODES,
+    TRAINED_GATE_KINDS,
+    choices,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -64,9 +71,11 @@ def extract_cmd(
     gate_only: bool = typer.Option(False, "--gate-only", help="Gate rows only (prefill, no targets): every "
                                    "train/val prompt of a safety folder in several conversation shapes."),
     shapes: str = typer.Option("single,history,system,after_refusal", "--shapes",
-                               help="--gate-only: conversation shapes, comma-separated."),
-    shaped_fraction: float = typer.Option(1.0, "--shaped-fraction", min=0.0, max=1.0,
-                                          help="--gate-only: share of items rendered in each non-single shape."),
+                               help="Conversation shapes, comma-separated (with --shaped-fraction)."),
+    shaped_fraction: float = typer.Option(
+        None, "--shaped-fraction", min=0.0, max=1.0,
+        help="Share of prompts also rendered in each non-single shape (default: 1 with --gate-only, else 0). "
+             "Without --gate-only these are prefill-only rows that train gives their prompt's target shift."),
     families_per_topic: int = typer.Option(None, "--families-per-topic", min=1,
                                            help="--gate-only: phrasing families kept per topic pair."),
     skip_single: str = typer.Option("", "--skip-single", help="--gate-only: sources (comma-separated) whose "
@@ -118,6 +127,14 @@ def train_cmd(
                                          "--gate-only): the gate is fitted on their rows plus the main file's."),
     gate_select: str = typer.Option("val", "--gate-select", help="val (validation split) or loso "
                                     "(leave-one-source-out over sources and conversation shapes)."),
+    head_acts: list[Path] = typer.Option(None, "--head-acts", help="Gate-only activations (extract --gate-only) whose "
+                                         "rows also train the head: harmful ones towards the mean shift, the rest "
+                                         "towards zero (sources the main file holds are skipped)."),
+    head_exclude: str = typer.Option("", "--head-exclude", help="--head-acts sources (comma-separated; 'tpl:' "
+                                     "= every source starting so) left out: a leave-sources-out check."),
+    head_feature: str = typer.Option("last", "--head-feature", help=f"What the MoSE head reads at the steer layer: "
+                                     f"{choices(HEAD_FEATURES)} (the pooled ones need the steer layer among the "
+                                     "extraction's --gate-layers)."),
 ) -> None:
     """Fit the SCS gate and the MoSE head (deterministic for a seed); writes the checkpoint and a report."""
     _need_extra("torch", "train")
@@ -126,10 +143,14 @@ def train_cmd(
 
     if gate not in ("auto", *TRAINED_GATE_KINDS):
         raise typer.BadParameter(f"--gate must be {choices(('auto', *TRAINED_GATE_KINDS))}")
+    if head_feature not in HEAD_FEATURES:
+        raise typer.BadParameter(f"--head-feature must be {choices(HEAD_FEATURES)}")
     report = train(acts, out, TrainConfig(alpha=alpha, seed=seed, gate_kind=gate, gate_layer=gate_layer,
                                           epochs=epochs, threads=threads, negative_weight=negative_weight,
                                           hidden=mlp_hidden, gate_acts=list(gate_acts or []),
-                                          gate_select=gate_select))
+                                          gate_select=gate_select, head_feature=head_feature,
+                                          head_acts=list(head_acts or []),
+                                          head_exclude=[x.strip() for x in head_exclude.split(",") if x.strip()]))
     if as_json:
         typer.echo(json.dumps(report, default=float))
         return

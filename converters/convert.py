@@ -126,6 +126,7 @@ def convert(src: Path, out: Path, *, model: Path | None = None, alpha: float | N
         tau=g.tau if tau is None else tau, mean_vector={ckpt.steer_layer: mean_vec}, method="finesteer",
         vector_source="head", mode=mode, name=name or out.name, description=description, model_name=model_name,
         provenance=provenance, overwrite=overwrite, feature_layer=ckpt.feature_layer, gate_feature=g.feature,
+        head_feature=ckpt.head_feature,
         verify=lambda tmp: errs.append(_check_onnx(tmp, head, probe)),
     )
     onnx_err = errs[0]

@@ -49,10 +49,12 @@ def write_pack(
     spread: Spread | None = None,
     gate_feature: str = "last",
     strength: float = 1.0,
+    head_feature: str = "last",
 ) -> Path:
     """Write ``out`` (a directory). ``mean_vector`` (layer -> (d,)) becomes ``control.gguf``; ``schedule`` and
     ``spread`` go into the manifest (issue 11; None: steer the whole turn at the steer layer), and so does what the gate
-reads (``gate_feature``, issue 10; ``last``: the last prompt token, as before) and the pack's own ``strength``.
+reads (``gate_feature``, issue 10; ``last``: the last prompt token, as before), what the MoSE head reads
+(``head_feature``, issue 11, same vocabulary) and the pack's own ``strength``.
 
     ``verify(tmp_dir)`` runs on the finished pack before it is moved into place; if it raises, nothing
     is left behind.
@@ -80,6 +82,7 @@ reads (``gate_feature``, issue 10; ``last``: the last prompt token, as before) a
             gate_kind=head.gate.kind, n_experts=head.n_experts, basis_rank=head.basis_rank,
             vector_source=vector_source, mode=mode, files=files, provenance=dict(provenance or {}),
             schedule=schedule, spread=spread, gate_feature=gate_feature, strength=float(strength),
+            head_feature=head_feature,
         )
         (tmp / MANIFEST).write_text(manifest.to_json())
         if verify is not None:

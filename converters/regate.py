@@ -77,7 +77,7 @@ def regate(pack_dir: Path, gate: GateFit, out: Path, *, name: str = "", descript
         mode=m.mode, name=name or m.name, description=m.description if description is None else description,
         model_name=m.model_name, provenance=json.loads(json.dumps(provenance, default=float)),
         overwrite=overwrite, feature_layer=m.feature_layer, schedule=m.schedule, spread=m.spread,
-        gate_feature=gate.feature, strength=m.strength,
+        gate_feature=gate.feature, strength=m.strength, head_feature=m.head_feature,
         verify=lambda tmp: errs.append(_check_onnx(tmp, head, probe)) or _same_mose(old, tmp, probe),
     )
     return pack

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import PackError
-from .gate_input import gate_state
+from .gate_input import gate_state, head_state
 from .multipack import Decision
 from .pack.pack import SteeringPack
 from .schedule import ALWAYS, Schedule
@@ -46,7 +46,7 @@ def decide_pack(s: LlamaSession, pack: SteeringPack, pack_strength: float, st: S
     """``pack``'s gate and vectors for the hidden states of ``s``'s last capturing prefill. ``spread``
     replaces the pack's own layer spread (None: the manifest's)."""
     m = pack.manifest
-    out = pack.evaluate(gate_state(s, m), s.hidden(m.head_layer))
+    out = pack.evaluate(gate_state(s, m), head_state(s, m))
     tau = pack_threshold(pack, st)
     is_open = {"pack": out.gate_score >= tau, "always": True, "never": False}[st.gate]
     if st.enabled is not None and pack_name(pack) not in st.enabled:

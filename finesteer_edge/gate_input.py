@@ -1,5 +1,5 @@
-"""What a pack's gate reads from a prefill: the last prompt token's state, or a pooled state of the last user
-message (``manifest.gate_feature``, vocabulary in :mod:`finesteer_edge.vocab`).
+"""What a pack's gate (and its MoSE head) reads from a prefill: the last prompt token's state, or a pooled state
+of the last user message (``manifest.gate_feature`` / ``head_feature``, vocabulary in :mod:`finesteer_edge.vocab`).
 
 One home for the span and the pooling, because three places must compute the same feature: ``extract`` (the
 training rows), the runtime (:class:`~finesteer_edge.steered.SteeredLlama`) and the torch reference
@@ -58,8 +58,8 @@ def pool(rows: np.ndarray, span: tuple[int, int], feature: str) -> np.ndarray:
 
 
 def needs_span(manifests: Sequence[Manifest]) -> bool:
-    """Whether any of these packs' gates reads a user-message span (the prefill must pool it)."""
-    return any(m.gate_feature in SPAN_GATE_FEATURES for m in manifests)
+    """Whether any of these packs' gates or heads reads a user-message span (the prefill must pool it)."""
+    return any(m.gate_feature in SPAN_GATE_FEATURES or m.head_feature in SPAN_GATE_FEATURES for m in manifests)
 
 
 def gate_state(session: LlamaSession, manifest: Manifest) -> np.ndarray:
@@ -67,3 +67,10 @@ def gate_state(session: LlamaSession, manifest: Manifest) -> np.ndarray:
     if manifest.gate_feature in SPAN_GATE_FEATURES:
         return session.hidden_span(manifest.gate_layer, manifest.gate_feature)
     return session.hidden(manifest.gate_layer)
+
+
+def head_state(session: LlamaSession, manifest: Manifest) -> np.ndarray:
+    """The state the pack's MoSE head reads (``manifest.head_feature`` at its layer), from the same prefill."""
+    if manifest.head_feature in SPAN_GATE_FEATURES:
+        return session.hidden_span(manifest.head_layer, manifest.head_feature)
+    return session.hidden(manifest.head_layer)

@@ -33,6 +33,10 @@ across data sources and conversation shapes better than the last token (docs/GAT
 GATE_FEATURES: tuple[GateFeature, ...] = get_args(GateFeature)
 SPAN_GATE_FEATURES: tuple[GateFeature, ...] = ("user_end", "user_mean")
 """The features read over the last user message's token span (the runtime locates it in the rendered prompt)."""
+HEAD_FEATURES: tuple[GateFeature, ...] = GATE_FEATURES
+"""What the MoSE head reads at its layer (manifest ``head.feature``; absent = ``last``): the same features as the
+gate, computed by the same code (``gate_input.py``). Issue 11: a head fed the last token's state shrank its vector
+on phrasings and conversations it never saw (docs/CLEAN_REFUSAL.md); the user message's own tokens move less."""
 
 TrainedGateKind = Literal["scs", "scs_logistic"]
 """The gates ``train`` fits and checkpoints hold; both project onto a PCA subspace (mean ``m``, basis ``V``)."""

@@ -594,6 +594,21 @@ def test_fidelity_of_a_user_message_gate(tiny_model: Path, tmp_path: Path) -> No
     assert min(gap) > 10 * fid["score_abs_diff_max"]
 
 
+def test_fidelity_of_a_user_message_head(tiny_model: Path, tmp_path: Path) -> None:
+    """The torch reference feeds the head the same pooled user-message state as the runtime (issue 11)."""
+    from finesteer_edge.evaluation.fidelity import run_fidelity
+
+    pack = make_random_pack(tiny_model, tmp_path / "uh", tau=-1.0, head_feature="user_mean", vector_norm=20.0)
+    llm = SteeredLlama(tiny_model, pack, **KW)
+    fid = run_fidelity(llm, HARMFUL[:2] + BENIGN[:2], progress=False)
+    assert fid["n"] == 4 and fid["gate_agreement"] == 1.0 and fid["vector_cos_min"] > 0.999
+    # negative control: the same weights fed the last token's state give other vectors
+    last = SteeredLlama(tiny_model, make_random_pack(tiny_model, tmp_path / "l", tau=-1.0, vector_norm=20.0), **KW)
+    a, b = llm.decide_prompt(HARMFUL[0])[0].vectors, last.decide_prompt(HARMFUL[0])[0].vectors
+    cos = float(a[2] @ b[2] / (np.linalg.norm(a[2]) * np.linalg.norm(b[2])))
+    assert cos < 0.999
+
+
 # ------------------------------------------------------------------------------------------ SmolLM2 (slow)
 @pytest.fixture(scope="module")
 def smol_pack(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:

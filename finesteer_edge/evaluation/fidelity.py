@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..gate_input import gate_state, pool, user_span
+from ..gate_input import gate_state, head_state, pool, user_span
 from ..progress import track
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def run_fidelity(llm: SteeredLlama, prompts: Sequence[str], *, reference: Any = 
         s.clear_control()
         s.reset()
         s.decode(toks, capture=True, span=llm.prefill_span(msgs, toks))
-        ours = pack.evaluate(gate_state(s, m), s.hidden(m.head_layer))
+        ours = pack.evaluate(gate_state(s, m), head_state(s, m))
         base_ours = s.logits()
         s.set_control(*s.control_buffer({m.steer_layer: ours.vector}))
         s.reset()
@@ -87,7 +87,7 @@ def run_fidelity(llm: SteeredLlama, prompts: Sequence[str], *, reference: Any = 
             out = model(ids, output_hidden_states=True)
         hs = out.hidden_states
         ref = pack.evaluate(pool(hs[m.gate_layer + 1][0].numpy(), span, m.gate_feature),
-                            hs[m.head_layer + 1][0, -1].numpy())
+                            pool(hs[m.head_layer + 1][0].numpy(), span, m.head_feature))
         base_ref = out.logits[0, -1].numpy()
         vec = torch.from_numpy(np.asarray(ref.vector, dtype=np.float32))
 

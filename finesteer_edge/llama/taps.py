@@ -66,7 +66,7 @@ class _Captures:
     """
 
     def __init__(self, layers: tuple[int, ...], n_embd: int) -> None:
-        self.layers = layers
+        self.layers = tuple(sorted(set(layers)))  # a layer named twice is one capture (it was a missing-tensor error)
         self._n_embd = n_embd
         self._last: dict[int, np.ndarray] = {}
         self._rows: dict[int, list[np.ndarray]] = {}
@@ -147,7 +147,7 @@ class LayerInpTap(_Captures):
             raise RuntimeError("llama_set_embeddings_layer_inp is not exported by this llama.cpp")
         self._api = api
         self._ctx = ctx
-        for layer in layers:
+        for layer in self.layers:
             api.set(ctx, layer + 1, True)  # layer_inp[N+1] == l_out-N
 
     def after_decode(self, n_tokens: int) -> None:

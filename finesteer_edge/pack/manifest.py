@@ -16,7 +16,7 @@ from ..model_info import Fingerprint
 from ..schedule import Schedule, ScheduleError
 from ..spread import Spread, SpreadError
 from ..strict_json import loads_strict
-from ..vocab import GATE_FEATURES, GATE_KINDS, MANIFEST_VECTOR_SOURCES, MODES, PACK_METHODS
+from ..vocab import GATE_FEATURES, GATE_KINDS, HEAD_FEATURES, MANIFEST_VECTOR_SOURCES, MODES, PACK_METHODS
 
 FORMAT_NAME = "finesteer-edge-pack"
 FORMAT_VERSION = 1
@@ -27,7 +27,10 @@ would ignore the field and gate on the last token, silently wrong, so it must re
 DEFAULTS_VERSION = 3
 """Written for packs that carry their own ``strength`` or steer with the ``projected`` vector source (issue 11): a
 version-2 runtime would ignore the strength and steer weaker than measured, so it must refuse the pack instead."""
-READ_VERSIONS = (FORMAT_VERSION, SPAN_FEATURE_VERSION, DEFAULTS_VERSION)
+HEAD_FEATURE_VERSION = 4
+"""Written for packs whose MoSE head reads a user-message span (``head.feature``): an older runtime would feed the
+head the last token's state, a different input than it was trained on, so it must refuse the pack instead."""
+READ_VERSIONS = (FORMAT_VERSION, SPAN_FEATURE_VERSION, DEFAULTS_VERSION, HEAD_FEATURE_VERSION)
 MAX_PACK_STRENGTH = 100.0
 MANIFEST = "manifest.json"
 HEAD = "head.onnx"
@@ -79,10 +82,15 @@ class Manifest:
     strength: float = 1.0
     """The pack's own strength, chosen by measurement (``set-defaults``): every turn's strength multiplies it, so a
     user's ``--strength 1`` is the measured point. Packs with one other than 1 are written as format version 3."""
+    head_feature: str = "last"
+    """What the MoSE head reads at ``head_layer``, in the gate's vocabulary (``HEAD_FEATURES``); packs whose head
+    reads a user-message span are written as format version 4."""
 
     @property
     def written_version(self) -> int:
         """The oldest format version whose readers apply everything this manifest asks for."""
+        if self.head_feature != "last":
+            return HEAD_FEATURE_VERSION
         if self.strength != 1.0 or self.vector_source == "projected":
             return DEFAULTS_VERSION
         return SPAN_FEATURE_VERSION if self.gate_feature != "last" else self.format_version
@@ -103,6 +111,7 @@ class Manifest:
             "alpha": self.alpha,
             "tau": self.tau,
             "gate": {"kind": self.gate_kind, **({"feature": self.gate_feature} if self.gate_feature != "last" else {})},
+            **({"head": {"feature": self.head_feature}} if self.head_feature != "last" else {}),
             "experts": self.n_experts,
             "basis_rank": self.basis_rank,
             "vector_source": self.vector_source,
@@ -216,6 +225,13 @@ def parse_manifest(raw: bytes) -> Manifest:
     if gate_feature != "last" and gate_layer >= fp.n_layer - 1:
         # llama.cpp keeps only the output rows in the last block: no user-message span to pool there
         raise PackFormatError(f"manifest: gate.feature {gate_feature!r} cannot read the last layer ({gate_layer})")
+    head_feature = "last"
+    if "head" in d:
+        head_feature = _choice(_get(_get(d, "head", dict), "feature", str, "head."), HEAD_FEATURES, "head.feature")
+    if head_feature != "last" and version < HEAD_FEATURE_VERSION:
+        raise PackFormatError(f"manifest: head.feature {head_feature!r} needs format_version {HEAD_FEATURE_VERSION}")
+    if head_feature != "last" and (steer_layer if feature_layer is None else feature_layer) >= fp.n_layer - 1:
+        raise PackFormatError(f"manifest: head.feature {head_feature!r} cannot read the last layer")
     vector_source = _choice(_get(d, "vector_source", str), MANIFEST_VECTOR_SOURCES, "vector_source")
     strength = 1.0
     if "strength" in d:
@@ -249,6 +265,7 @@ def parse_manifest(raw: bytes) -> Manifest:
         tau=_finite(_get(d, "tau", (int, float)), "tau"),
         gate_kind=_choice(_get(gate, "kind", str, "gate."), GATE_KINDS, "gate.kind"),
         gate_feature=gate_feature,
+        head_feature=head_feature,
         n_experts=n_experts,
         basis_rank=basis_rank,
         vector_source=vector_source,

@@ -132,6 +132,8 @@ class SteeringPack:
             "gate_layer": m.gate_layer,
             "steer_layer": m.steer_layer,
             "feature_layer": m.head_layer,
+            "gate_feature": m.gate_feature,
+            "head_feature": m.head_feature,
             "alpha": m.alpha,
             "tau": m.tau,
             "gate_kind": m.gate_kind,

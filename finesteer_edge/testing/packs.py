@@ -52,9 +52,10 @@ def random_head(d: int, *, n_experts: int = 4, basis_rank: int = 3, hidden: int 
 def make_random_pack(model_path: str | Path, out: str | Path, *, gate_layer: int = 1, steer_layer: int = 2,
                      tau: float = 0.0, alpha: float = 1.0, gate_kind: str = "scs", n_experts: int = 4,
                      basis_rank: int = 3, vector_norm: float = 4.0, mode: str = "exact", seed: int = 0,
-                     overwrite: bool = True, name: str = "random-test-pack", gate_feature: str = "last") -> Path:
+                     overwrite: bool = True, name: str = "random-test-pack", gate_feature: str = "last",
+                     head_feature: str = "last") -> Path:
     """A valid pack for ``model_path`` (``name``: its manifest name, which a server's requests use;
-    ``gate_feature``: what the gate reads, as in ``finesteer_edge.vocab.GateFeature``).
+    ``gate_feature`` / ``head_feature``: what the gate / head reads, as in ``finesteer_edge.vocab.GateFeature``).
     ``tau <= 0`` opens the SCS gate for every prompt; ``tau > 1``
     closes it for every prompt (the energy ratio lies in [0, 1])."""
     from ..converters.pack_writer import write_pack
@@ -67,5 +68,5 @@ def make_random_pack(model_path: str | Path, out: str | Path, *, gate_layer: int
         out, head=head, fingerprint=info.fingerprint, gate_layer=gate_layer, steer_layer=steer_layer,
         alpha=alpha, tau=tau, mean_vector={steer_layer: mean}, mode=mode, name=name,
         description="random weights for tests", model_name=info.name, overwrite=overwrite,
-        provenance={"kind": "random", "seed": seed}, gate_feature=gate_feature,
+        provenance={"kind": "random", "seed": seed}, gate_feature=gate_feature, head_feature=head_feature,
     )

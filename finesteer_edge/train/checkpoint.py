@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import CheckpointError
 from ..model_info import Fingerprint
-from ..vocab import GATE_FEATURES, TRAINED_GATE_KINDS, check_choice
+from ..vocab import GATE_FEATURES, HEAD_FEATURES, TRAINED_GATE_KINDS, check_choice
 
 FORMAT_NAME = "finesteer-edge-checkpoint"
 FORMAT_VERSION = 1
@@ -111,6 +111,8 @@ class Checkpoint:
     config: dict[str, Any] = field(default_factory=dict)
     feature_layer: int | None = None
     """Layer whose state feeds MoSE when it differs from ``steer_layer`` (official FineSteer imports)."""
+    head_feature: str = "last"
+    """What MoSE reads at that layer (``finesteer_edge.vocab.HEAD_FEATURES``); checkpoints before issue 11: last."""
 
 
 def save_checkpoint(out: Path, tensors: dict[str, np.ndarray], config: dict[str, Any],
@@ -166,6 +168,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         fp = Fingerprint.from_dict(config["model"]) if "model" in config else None
         feature = config.get("feature_layer")
         feature_layer = int(feature) if feature is not None else None
+        head_feature = check_choice(config.get("head_feature", "last"), HEAD_FEATURES, "head_feature")
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise CheckpointError(f"{path / CONFIG}: missing or bad field ({exc})") from exc
     if gate.kind not in TRAINED_GATE_KINDS:
@@ -194,7 +197,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: tau, bias and alpha must be finite")
     return Checkpoint(mose=mose, gate=gate, steer_layer=steer_layer, alpha=alpha, fingerprint=fp,
                       mean_delta=None if mean_delta is None else mean_delta.astype(np.float64), config=config,
-                      feature_layer=feature_layer)
+                      feature_layer=feature_layer, head_feature=head_feature)
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -90,14 +90,23 @@ class ExtractConfig:
     every conversation shape of ``shapes``, prefill only (no own answers, no deltas): cheap, and what
     ``train --gate-acts`` fits the gate on."""
     shapes: tuple[str, ...] = ("single", "history", "system", "after_refusal")
-    shaped_fraction: float = 1.0
-    """Gate-only: probability that an item is also rendered in each non-single shape."""
+    shaped_fraction: float | None = None
+    """Probability that an item is also rendered in each non-single shape of ``shapes``; None = 1 for gate-only
+    extraction, 0 otherwise. Gate-only: every item. Otherwise: every original prompt, as a prefill-only row
+    (id ``<id>@<shape>``) that ``train`` gives its original's target shift, as it does a style rewrite, so the
+    head learns to answer a request the same way after a few exchanges or under a system prompt (issue 11)."""
     families_per_topic: int | None = None
     """Gate-only: phrasing families kept per topic pair (both halves), None = all."""
     skip_single: tuple[str, ...] = ()
     """Gate-only: sources whose first-turn rows are not extracted (another file holds them)."""
     sources: tuple[str, ...] = ()
     """Gate-only: keep only items of these sources (empty = all); e.g. to add rows to an earlier file."""
+
+    @property
+    def shaped(self) -> float:
+        if self.shaped_fraction is not None:
+            return self.shaped_fraction
+        return 1.0 if self.gate_only else 0.0
 
 
 def _limit(items: list[Item], limit: int | None, *, by_source: bool = False) -> list[Item]:
@@ -120,15 +129,19 @@ def extract(model_path: Path, cfg: ExtractConfig) -> Path:
         items, files = load_gate_items(cfg.data, families_per_topic=cfg.families_per_topic)
         if cfg.sources:
             items = [it for it in items if it.source in cfg.sources]
-        items = with_shapes(_limit(items, cfg.limit, by_source=True), cfg.shapes, shaped_fraction=cfg.shaped_fraction,
+        items = with_shapes(_limit(items, cfg.limit, by_source=True), cfg.shapes, shaped_fraction=cfg.shaped,
                             skip_single=cfg.skip_single)
         augment = False
     else:
         items, files = load_items(cfg.task, cfg.data, negatives=cfg.negatives,
                                   pairs_per_question=cfg.pairs_per_question)
         items = _limit(items, cfg.limit)
+    originals = list(items)
     if augment:
         items += style_variants(items)
+    if not cfg.gate_only and cfg.shaped > 0:
+        items += [it for it in with_shapes(originals, cfg.shapes, shaped_fraction=cfg.shaped)
+                  if it.shape != "single"]
     llm = SteeredLlama(model_path, n_ctx=cfg.n_ctx, n_threads=cfg.threads, chat_template=cfg.chat_template)
     n_layer = llm.session.n_layer
     gate, steer, cands = default_layers(n_layer)
@@ -197,8 +210,8 @@ def extract(model_path: Path, cfg: ExtractConfig) -> Path:
             "augment": augment,
             "limit": cfg.limit,
             "gate_only": cfg.gate_only,
-            "shapes": list(cfg.shapes) if cfg.gate_only else ["single"],
-            "shaped_fraction": cfg.shaped_fraction if cfg.gate_only else 0.0,
+            "shapes": list(cfg.shapes) if cfg.gate_only or cfg.shaped > 0 else ["single"],
+            "shaped_fraction": cfg.shaped,
             "families_per_topic": cfg.families_per_topic,
             "skip_single": list(cfg.skip_single),
             "sources": list(cfg.sources),
@@ -277,7 +290,7 @@ def _resume(folder: Path | None, plan: dict[str, Any]) -> list[dict[str, Any]]:
 def _extract_one(llm: SteeredLlama, s: LlamaSession, item: Item, i: int, writer: ActivationsWriter,
                  cands: list[int], gate: int, steer: int, own_tokens: int, eot: int | None = None,
                  heads: HeadCache | None = None) -> str | None:
-    messages = [{"role": "user", "content": item.prompt}]
+    messages = conversation(item)
     prompt = llm.prompt_tokens(messages)
     if len(prompt) + 2 > s.n_ctx:
         raise DataError(f"item {item.id}: the prompt is {len(prompt)} tokens, too long for n_ctx {s.n_ctx}")

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..data import file_sha256
 from ..errors import ActivationsError, DataError
-from ..vocab import GATE_CANDIDATE_KINDS, TRAINED_GATE_KINDS
+from ..vocab import GATE_CANDIDATE_KINDS, HEAD_FEATURES, TRAINED_GATE_KINDS, check_choice
 from .activations import Activations, load_activations
 from .checkpoint import save_checkpoint
 from .gate_select import nan_to_none
@@ -55,6 +55,20 @@ class TrainConfig:
     """LOSO: candidate layers (default: all extracted)."""
     gate_features: list[str] | None = None
     """LOSO: gate features to choose from (None: every one all gate files hold, ``finesteer_edge.vocab``)."""
+    head_feature: str = "last"
+    """What the MoSE head reads at the steer layer (``finesteer_edge.vocab.HEAD_FEATURES``): the last prompt token's
+    state (as published) or a pooled state of the user message (``f_<feature>.<steer layer>`` in the activations
+    file; extract writes it when the steer layer is among ``--gate-layers``)."""
+    head_acts: list[Path] = field(default_factory=list)
+    """Gate-only activations files (``extract --gate-only``) whose rows also train the head (issue 11): a harmful row
+    with the mean training shift as its target, any other row with a zero target at ``negative_weight``, in its own
+    split. Rows of the sources the main file holds are skipped (they are there, with their own shifts). Why: the
+    main file's prompts come from one harmful and one benign source, single turns; the gate files hold the
+    realistic-use prompts (topic-matched benign twins, hard negatives, other phrasings) in conversation shapes, and a
+    head that never saw them shrinks its vector on harmful ones and keeps it on their benign twins."""
+    head_exclude: list[str] = field(default_factory=list)
+    """Sources of ``head_acts`` left out of the head's training (a name, or a prefix ending in ``:`` such as
+    ``tpl:``): a leave-sources-out check of what the head learned (bench/head_reach.py)."""
     negative_weight: float = 1.0
     """Also train MoSE on negatives (prompts not to steer) with a zero target, at this weight; 0 = targets
     only, as published. Our addition: it makes the head itself propose (almost) nothing for prompts that
@@ -80,17 +94,22 @@ def train(acts_path: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
     delta, has_delta = _variant_deltas(acts)
     train_m = acts.mask(split="train", target=True) & has_delta
     val_m = acts.mask(split="val", target=True) & has_delta
-    x_tr, y_tr = acts.h_steer[train_m], delta[train_m]
-    x_va, y_va = acts.h_steer[val_m], delta[val_m]
+    h_steer_in = head_inputs(acts, cfg.head_feature)
+    x_tr, y_tr = h_steer_in[train_m], delta[train_m]
+    x_va, y_va = h_steer_in[val_m], delta[val_m]
     original = acts.mask(split="train", target=True) & (acts.has_delta == 1)
     experts = build_experts(acts.delta[original], k_basis=cfg.k_basis, k_range=K_RANGE, seed=cfg.seed)
-    h_steer_in = acts.layers.get(acts.steer_layer, acts.h_steer)
+    mean_delta = acts.delta[original].mean(0)
     fit_x, fit_y, fit_w = x_tr, y_tr, None
     val_x, val_y, val_w = x_va, y_va, None
     with_negatives = cfg.negative_weight > 0 and bool(acts.mask(split="train", target=False).any())
     if with_negatives:
         fit_x, fit_y, fit_w = _with_negatives(acts, h_steer_in, x_tr, y_tr, "train", cfg.negative_weight)
         val_x, val_y, val_w = _with_negatives(acts, h_steer_in, x_va, y_va, "val", cfg.negative_weight)
+    head_rows = _head_rows(acts, cfg, mean_delta) if cfg.head_acts else {}
+    if head_rows:
+        fit_x, fit_y, fit_w = _join((fit_x, fit_y, fit_w), head_rows["train"])
+        val_x, val_y, val_w = _join((val_x, val_y, val_w), head_rows["val"])
     scale = float(np.median(np.linalg.norm(x_tr, axis=1)))
     if not (math.isfinite(scale) and scale > 0):
         raise ActivationsError(f"{acts_path}: the steer-layer hidden states of the training targets are mostly zero")
@@ -101,7 +120,6 @@ def train(acts_path: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
                          input_scale=input_scale)
     result = train_mose(module, fit_x, fit_y, val_x, val_y, lr=cfg.lr, epochs=cfg.epochs, batch=cfg.batch,
                         patience=cfg.patience, seed=cfg.seed, w_train=fit_w, w_val=val_w)
-    mean_delta = acts.delta[original].mean(0)
     quality = _quality(module, x_va, y_va, mean_delta, h_steer_in[acts.mask(split="val", target=False)]) \
         if len(x_va) else {}
 
@@ -125,7 +143,11 @@ def train(acts_path: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
                  "gate_acts": [{"file": str(p), "sha256": file_sha256(p)} for p in cfg.gate_acts]},
         "experts": {"K": int(experts.prototypes.shape[0]), "calinski_harabasz": experts.ch_table,
                     "cluster_sizes": experts.sizes, "basis_rank": int(experts.basis.shape[1])},
-        "mose": {"n_train": int(len(x_tr)), "n_val": int(len(x_va)),
+        "mose": {"n_train": int(len(x_tr)), "n_val": int(len(x_va)), "head_feature": cfg.head_feature,
+                 "n_train_shaped": int((train_m & _shaped(acts)).sum()),
+                 "head_acts": {split: {"mean_shift": int((rows[1] != 0).any(1).sum()),
+                                       "zero": int((rows[1] == 0).all(1).sum())}
+                               for split, rows in head_rows.items()},
                  "n_train_negatives": int(len(fit_x) - len(x_tr)), "n_val_negatives": int(len(val_x) - len(x_va)),
                  "negative_weight": cfg.negative_weight if with_negatives else 0.0,
                  "best_epoch": result.best_epoch,
@@ -145,6 +167,7 @@ def train(acts_path: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
         "model_name": acts.meta.get("model_name", ""),
         "gate": {"kind": gate.kind, "layer": gate.layer, "tau": gate.tau, "bias": gate.bias, "feature": gate.feature},
         "steer_layer": acts.steer_layer,
+        "head_feature": cfg.head_feature,
         "alpha": cfg.alpha,
         "experts": int(experts.prototypes.shape[0]),
         "basis_rank": int(experts.basis.shape[1]),
@@ -152,7 +175,7 @@ def train(acts_path: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
         "task": acts.meta.get("task"),
         "provenance": {"activations_sha256": report["activations"]["sha256"],
                        "data_files": acts.meta.get("data_files", {}), "seed": cfg.seed,
-                       "train_config": {k: ([str(p) for p in v] if k == "gate_acts" else v)
+                       "train_config": {k: ([str(p) for p in v] if k in ("gate_acts", "head_acts") else v)
                                         for k, v in vars(cfg).items()}},
         # strict JSON: a metric a split cannot give (AUROC or FPR with no negatives) is null, not NaN
         "metrics": nan_to_none({"gate_val": gate.metrics, "mose_val": quality}),
@@ -219,22 +242,87 @@ def _check_not_zeroed(acts: Activations, path: Path) -> None:
                                    "targets; these are not activations of a model")
 
 
-def _variant_deltas(acts: Activations) -> tuple[np.ndarray, np.ndarray]:
-    """Deltas for every target row: a style rewrite (id ``orig~style``) shares its original's shift.
+def head_inputs(acts: Activations, feature: str, layer: int | None = None) -> np.ndarray:
+    """(M, d) what the head reads for every row: the last-token state or a pooled feature at ``layer`` (default:
+    the file's steer layer)."""
+    check_choice(feature, HEAD_FEATURES, "head feature")
+    layer = acts.steer_layer if layer is None else layer
+    if feature == "last":
+        got = acts.h_steer if layer == acts.steer_layer else acts.layers.get(layer)
+    else:
+        got = acts.features.get(feature, {}).get(layer)
+    if got is None:
+        raise DataError(f"the activations hold no {feature} feature at the steer layer {layer}; extract with the "
+                        f"steer layer among --gate-layers (it has {sorted(acts.features.get(feature, acts.layers))})")
+    return got
 
-    The rewrite asks for the same thing, so the same refusal-minus-compliance contrast applies; this
-    teaches MoSE to answer a harmful question as it answers the harmful imperative it came from.
+
+def _head_rows(acts: Activations, cfg: TrainConfig, target: np.ndarray) -> dict[str, tuple[np.ndarray, ...]]:
+    """Per split, the rows of ``cfg.head_acts`` that train the head: (x, y, weight), see ``TrainConfig.head_acts``."""
+    own = set(acts.meta["rows"].get("source") or ())
+    parts: dict[str, list[tuple[np.ndarray, ...]]] = {"train": [], "val": []}
+    for path in cfg.head_acts:
+        a = load_activations(path)
+        if a.fingerprint != acts.fingerprint:
+            raise DataError(f"{path}: activations of another model than {acts.meta.get('model_name', '?')}")
+        x = head_inputs(a, cfg.head_feature, acts.steer_layer)
+        keep = np.array([s not in own and not _excluded(s, cfg.head_exclude) for s in a.meta["rows"]["source"]],
+                        dtype=bool)
+        for split in parts:
+            m = keep & a.mask(split=split)
+            harmful = a.label[m] == 1
+            y = np.where(harmful[:, None], target[None, :], 0.0).astype(np.float32)
+            w = np.where(harmful, 1.0, cfg.negative_weight)
+            parts[split].append((x[m], y, w))
+    out = {split: tuple(np.concatenate([p[i] for p in ps]) for i in range(3)) for split, ps in parts.items()}
+    if not len(out["train"][0]):
+        raise DataError("--head-acts: no rows of a source the main activations do not hold")
+    return out
+
+
+def _excluded(source: str, names: list[str]) -> bool:
+    return any(source == n or (n.endswith(":") and source.startswith(n)) for n in names)
+
+
+def _join(a: tuple[np.ndarray, np.ndarray, np.ndarray | None], b: tuple[np.ndarray, ...]
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x, y, w = a
+    w = np.ones(len(x)) if w is None else w
+    return np.concatenate([x, b[0]]), np.concatenate([y, b[1]]), np.concatenate([w, b[2]])
+
+
+def _shaped(acts: Activations) -> np.ndarray:
+    shapes = acts.meta["rows"].get("shape") or ["single"] * acts.label.shape[0]
+    return np.array([s != "single" for s in shapes], dtype=bool)
+
+
+def _variant_deltas(acts: Activations) -> tuple[np.ndarray, np.ndarray]:
+    """Deltas for every target row: a style rewrite (id ``orig~style``) or a conversation shape of the prompt (id
+    ``orig@shape``, extract ``--shaped-fraction``) shares its original's shift.
+
+    The rewrite asks for the same thing, so the same refusal-minus-compliance contrast applies; this teaches MoSE
+    to answer a harmful question as it answers the harmful imperative it came from, and a request after a few
+    exchanges or under a system prompt as it answers the request alone.
     """
     delta = acts.delta.copy()
     has = acts.has_delta == 1
     ids = acts.meta["rows"]["id"]
+    shapes = acts.meta["rows"].get("shape") or ["single"] * len(ids)
     index = {rid: i for i, rid in enumerate(ids) if has[i]}
-    for i, rid in enumerate(ids):
-        if not has[i] and acts.label[i] == 1 and "~" in rid:
-            j = index.get(rid.rsplit("~", 1)[0])
-            if j is not None:
-                delta[i] = acts.delta[j]
-                has[i] = True
+    for i, (rid, shape) in enumerate(zip(ids, shapes, strict=True)):
+        if has[i] or acts.label[i] != 1:
+            continue
+        suffix = f"@{shape}"
+        if shape != "single" and rid.endswith(suffix):
+            base = rid[: -len(suffix)]
+        elif "~" in rid:
+            base = rid.rsplit("~", 1)[0]
+        else:
+            continue
+        j = index.get(base)
+        if j is not None:
+            delta[i] = acts.delta[j]
+            has[i] = True
     return delta, has
 
 
