@@ -225,20 +225,31 @@ HELDOUT_SHAPES = ("single", "history", "system")
 pool: exchanges and system prompts that no training step reads)."""
 
 
-def load_heldout(limit: int, split: str = "test",
-                 shapes: tuple[str, ...] = HELDOUT_SHAPES) -> tuple[dict[str, dict[str, list[Prompt]]], dict[str, int]]:
+HELDOUT_PARTS = ("airt", "general", "hard-negative")
+"""Names ``--heldout-only`` takes besides the pairs' phrasing families: the AIRT seeds, general prompts, hard
+negatives."""
+
+
+def load_heldout(limit: int, split: str = "test", shapes: tuple[str, ...] = HELDOUT_SHAPES,
+                 only: frozenset[str] | None = None) -> tuple[dict[str, dict[str, list[Prompt]]], dict[str, int]]:
     """Prompts of ours from sources the MoSE head never trained on, per shape: harmful = the harmful halves of the
     topic pairs (11 phrasing families) and the PyRIT AIRT seeds; benign = the pairs' benign twins, general prompts
     and hand-written hard negatives (all ``*_test``). ``single`` takes every prompt; the other shapes ``limit``
     per group, spread evenly over the files (the pair file is ordered by family). ``split`` ``val`` gives the same
-    sources' validation prompts (other topics), on which the shipped default may be chosen."""
+    sources' validation prompts (other topics), on which the shipped default may be chosen. ``only``: keep these
+    pair families and parts (``HELDOUT_PARTS``), e.g. the sources a head was trained without (``--head-exclude``)."""
     from finesteer_edge.train.shapes import context_for
 
-    pairs = read_jsonl(DATA / f"pairs_{split}.jsonl")
+    def part(name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return rows if only is None or name in only else []
+
+    pairs = [r for r in read_jsonl(DATA / f"pairs_{split}.jsonl") if only is None or r["family"] in only]
     groups = {
-        "harmful": [r for r in pairs if r["label"] == "harmful"] + read_jsonl(DATA / f"harmful_more_{split}.jsonl"),
-        "benign": [r for r in pairs if r["label"] == "benign"] + read_jsonl(DATA / f"benign_general_{split}.jsonl")
-        + read_jsonl(DATA / f"benign_hard_{split}.jsonl"),
+        "harmful": [r for r in pairs if r["label"] == "harmful"]
+        + part("airt", read_jsonl(DATA / f"harmful_more_{split}.jsonl")),
+        "benign": [r for r in pairs if r["label"] == "benign"]
+        + part("general", read_jsonl(DATA / f"benign_general_{split}.jsonl"))
+        + part("hard-negative", read_jsonl(DATA / f"benign_hard_{split}.jsonl")),
     }
     out: dict[str, dict[str, list[Prompt]]] = {}
     for shape in shapes:
@@ -299,8 +310,12 @@ def sweep_configs(stage: str, best: Config | None = None) -> list[Config]:
     if stage == "curve":  # FineSteer's head vector against CAST's mean vector, finer strengths around 1
         return [Config(m, st, best.schedule, best.spread, best.sampler)
                 for m in ("finesteer", "cast") for st in CURVE_STRENGTHS]
+    if stage == "head":  # the curve's head half: another head of the same mean vector (whose cast rows are known)
+        return [Config("finesteer", st, best.schedule, best.spread, best.sampler) for st in CURVE_STRENGTHS]
     if stage == "projected":  # the mean direction at the head's length
         return [Config("projected", st, best.schedule, best.spread, best.sampler) for st in PROJECTED_STRENGTHS]
+    if stage == "cast":  # the bundled pack's default: the gated mean vector at 1.1
+        return [Config("cast", 1.1, best.schedule, best.spread, best.sampler)]
     if stage == "baselines":  # CAST-style with the same schedule / spread / sampler, at eval's strength for it
         return [Config("cast", 1.33, best.schedule, best.spread, best.sampler)]
     raise ValueError(stage)
@@ -436,6 +451,8 @@ def main() -> None:
                     "validation prompts of the held-out sources (first turns): the check of the shipped default "
                     "against sources the head never trained on, on validation data.")
     ap.add_argument("--heldout-limit", type=int, default=40, help="Prompts per group in the history/system shapes.")
+    ap.add_argument("--heldout-only", default="", help="Held-out parts: only these pair families (e.g. roleplay) and "
+                    f"parts ({', '.join(HELDOUT_PARTS)}), comma-separated: the sources a head was trained without.")
     ap.add_argument("--skip-base", action="store_true", help="No base row (its 64-token harmful answers are the "
                     "slowest part; gate-closed answers are still the base answers).")
     ap.add_argument("--caa-strength", type=float, default=0.67, help="CAA's strength (eval's val choice).")
@@ -443,6 +460,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "clean_refusal.json")
     ap.add_argument("--doc", type=Path, default=REPO / "docs" / "CLEAN_REFUSAL.md")
     args = ap.parse_args()
+    only = frozenset(x.strip() for x in args.heldout_only.split(",") if x.strip()) or None
     t0 = time.perf_counter()
     runner = Runner(smollm2(), cache_file(args.out, (args.pack / "manifest.json").read_bytes()), args.pack)
     val = load("val")
@@ -489,7 +507,7 @@ def main() -> None:
             print("test:", text_table(HEAD, [row(p)]).splitlines()[-1], flush=True)
             _write(res, args, runner, t0)
     if args.heldout_val and chosen:
-        sets, sizes = load_heldout(args.heldout_limit, "val", ("single",))
+        sets, sizes = load_heldout(args.heldout_limit, "val", ("single",), only)
         res["heldout_val"] = {"sizes": sizes, "points": []}
         for p0 in [b for b in (*(best[m] for m in FINESTEER), cast_best) if b]:
             p = runner.metrics(cfg_of(p0), sets["single"])
@@ -501,7 +519,7 @@ def main() -> None:
         res["head_lengths"] = head_lengths(runner, args.heldout_limit)
         _write(res, args, runner, t0)
     if args.heldout and chosen:
-        sets, sizes = load_heldout(args.heldout_limit)
+        sets, sizes = load_heldout(args.heldout_limit, only=only)
         c = cfg_of(chosen)
         hcfgs = [c, Config("finesteer" if c.method != "finesteer" else "projected", c.strength, c.schedule, c.spread,
                            c.sampler),

@@ -121,3 +121,27 @@ def test_default_rule_weighs_held_out_sources_and_caps_their_over_refusal() -> N
     got = bench.choose_default(val, held)
     assert got["label"] == "b" and abs(got["score"] - 0.7) < 1e-9
     assert bench.choose_default(val, [held[2]]) is None
+
+
+def test_another_pack_starts_from_the_bundled_choice_and_held_out_parts_filter() -> None:
+    """``--stages start,head,projected,cast`` measures another pack around the bundled pack's schedule and sampler;
+    ``--heldout-only`` keeps the named phrasing families and parts (the sources a head was trained without)."""
+    from .conftest import load_script
+
+    bench = load_script("bench/clean_refusal.py")
+    (start,) = bench.sweep_configs("start")
+    assert (start.method, start.strength, start.schedule, start.sampler) == ("finesteer", 1.0, "16:linear",
+                                                                             "rep1.1+dry0.8")
+    assert {c.method for c in bench.sweep_configs("head", start)} == {"finesteer"}
+    assert [(c.method, c.strength) for c in bench.sweep_configs("cast", start)] == [("cast", 1.1)]
+    only = frozenset({"roleplay", "airt", "hard-negative"})
+    some, sizes = bench.load_heldout(40, "val", ("single",), only)
+    every, all_sizes = bench.load_heldout(40, "val", ("single",))
+    assert 0 < sizes["harmful"] < all_sizes["harmful"] and 0 < sizes["benign"] < all_sizes["benign"]
+    pairs = bench.read_jsonl(bench.DATA / "pairs_val.jsonl")
+    kept = set(some["single"]["harmful"]) | set(some["single"]["benign"])
+    for r in pairs:
+        assert (r["prompt"] in kept) == (r["family"] == "roleplay")
+    airt = [r["prompt"] for r in bench.read_jsonl(bench.DATA / "harmful_more_val.jsonl")]
+    general = [r["prompt"] for r in bench.read_jsonl(bench.DATA / "benign_general_val.jsonl")]
+    assert set(airt) <= kept and not set(general) & kept

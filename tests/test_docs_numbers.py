@@ -178,3 +178,14 @@ def test_gate_ceiling_md_is_generated_whole() -> None:
     ]
     assert table_rows == want
     assert f"Best: {best['candidate']};" in doc and len(rows) > 10
+
+
+@pytest.mark.parametrize("name", ["head_reach", "head_reach_unseen"])
+def test_head_reach_md_is_rendered_from_its_results_file(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/HEAD_REACH*.md are bench/head_reach.py's rendering of their results files, byte for byte."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import head_reach  # bench/head_reach.py
+
+    res = json.loads((ROOT / "bench" / "results" / f"{name}.json").read_text())
+    assert res["out"] == f"{name}.json"
+    assert head_reach.render(res) == (ROOT / "docs" / f"{name.upper()}.md").read_text()
