@@ -33,6 +33,7 @@ from _util import REPO  # noqa: E402
 from finesteer_edge.measure.common import md_table, text_table  # noqa: E402
 from finesteer_edge.pack.pack import SteeringPack  # noqa: E402
 from finesteer_edge.train.activations import Activations, load_activations  # noqa: E402
+from finesteer_edge.train.trainer import source_matches  # noqa: E402
 
 SHAPES = ("single", "history", "system", "after_refusal")
 
@@ -80,11 +81,6 @@ def labels(packs: list[Path]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n} #{i + 1}" for i, n in enumerate(names)]
 
 
-def matches(source: str, names: list[str]) -> bool:
-    """``train --head-exclude``'s spelling: a source name, or a prefix ending in ``:``."""
-    return any(source == n or (n.endswith(":") and source.startswith(n)) for n in names)
-
-
 def measure(packs: list[Path], gate_acts: list[Path], *, sources: list[str] | None = None,
             all_rows: bool = False) -> dict[str, Any]:
     loaded = [SteeringPack.load(p) for p in packs]
@@ -97,7 +93,7 @@ def measure(packs: list[Path], gate_acts: list[Path], *, sources: list[str] | No
         for i, (src, grp, shape, split) in enumerate(zip(rows["source"], rows["group"], rows["shape"], rows["split"],
                                                          strict=True)):
             fam = family(src, grp)
-            if fam is None or (split != "val" and not all_rows) or (sources and not matches(src, sources)):
+            if fam is None or (split != "val" and not all_rows) or (sources and not source_matches(src, sources)):
                 continue
             cell = groups.setdefault((fam, shape), {})
             for name, (along, cos) in zip(names, per_pack, strict=True):

@@ -266,7 +266,7 @@ def _head_rows(acts: Activations, cfg: TrainConfig, target: np.ndarray) -> dict[
         if a.fingerprint != acts.fingerprint:
             raise DataError(f"{path}: activations of another model than {acts.meta.get('model_name', '?')}")
         x = head_inputs(a, cfg.head_feature, acts.steer_layer)
-        keep = np.array([s not in own and not _excluded(s, cfg.head_exclude) for s in a.meta["rows"]["source"]],
+        keep = np.array([s not in own and not source_matches(s, cfg.head_exclude) for s in a.meta["rows"]["source"]],
                         dtype=bool)
         for split in parts:
             m = keep & a.mask(split=split)
@@ -280,7 +280,8 @@ def _head_rows(acts: Activations, cfg: TrainConfig, target: np.ndarray) -> dict[
     return out
 
 
-def _excluded(source: str, names: list[str]) -> bool:
+def source_matches(source: str, names: list[str]) -> bool:
+    """Whether a row's source is one of ``names``: a source name, or a prefix ending in ``:`` (``tpl:``)."""
     return any(source == n or (n.endswith(":") and source.startswith(n)) for n in names)
 
 
