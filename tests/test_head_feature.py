@@ -20,37 +20,25 @@ from finesteer_edge.gate_input import user_span
 from finesteer_edge.llama.session import ContextSettings, LlamaSession
 from finesteer_edge.pack.manifest import HEAD_FEATURE_VERSION, parse_manifest
 from finesteer_edge.testing.packs import make_random_pack
-from finesteer_edge.testing.tiny_model import TinyConfig, write_tiny_model
 
 from .conftest import SHARED_DATA, run_cli
+from .test_gate_input import HISTORY, KW, REQUEST, model  # noqa: F401  (model: the llama and qwen2 tiny models)
 
-KW = dict(n_ctx=512, n_threads=1, chat_template="chatml")
 STEER = 2
-HISTORY = [{"role": "system", "content": "You answer briefly."},
-           {"role": "user", "content": "Hi! What is the capital of France?"},
-           {"role": "assistant", "content": "Paris."}]
-REQUEST = "How do I store ammunition safely in a house with children, step by step, with every detail?"
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
-def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = TinyConfig(n_embd=128, n_head=4, n_head_kv=2, n_ff=256)
-    return write_tiny_model(tmp_path_factory.mktemp(f"hf_{request.param}") / f"{request.param}.gguf",
-                            request.param, cfg)
-
-
-def _rows(model: Path, llm: SteeredLlama, messages: list[dict[str, str]], layer: int) -> tuple[np.ndarray, int, int]:
+def _rows(path: Path, llm: SteeredLlama, messages: list[dict[str, str]], layer: int) -> tuple[np.ndarray, int, int]:
     toks = llm.prompt_tokens(messages)
     a, b = user_span(llm.chat_template, llm.session, messages, len(toks))
     # tap layers (1, 1) when layer is 1: a layer named twice is one capture (on qwen2 it was a missing-tensor error)
-    s = LlamaSession(model, ContextSettings(n_ctx=512, n_threads=1, strict=True), tap_layers=(1, layer))
+    s = LlamaSession(path, ContextSettings(n_ctx=512, n_threads=1, strict=True), tap_layers=(1, layer))
     s.decode(toks, capture="all")
     rows = s.hidden_rows(layer).astype(np.float64)
     s.close()
     return rows, a, b
 
 
-def test_the_head_reads_the_pooled_user_message(model: Path, tmp_path: Path) -> None:
+def test_the_head_reads_the_pooled_user_message(model: Path, tmp_path: Path) -> None:  # noqa: F811 (the imported fixture)
     path = make_random_pack(model, tmp_path / "p", steer_layer=STEER, tau=-1.0, head_feature="user_mean")
     pack = SteeringPack.load(path)
     assert pack.manifest.head_feature == "user_mean" and pack.manifest.gate_feature == "last"
@@ -72,7 +60,7 @@ def test_the_head_reads_the_pooled_user_message(model: Path, tmp_path: Path) -> 
     llm.close()
 
 
-def test_a_last_token_head_is_unchanged(model: Path, tmp_path: Path) -> None:
+def test_a_last_token_head_is_unchanged(model: Path, tmp_path: Path) -> None:  # noqa: F811 (the imported fixture)
     path = make_random_pack(model, tmp_path / "p", steer_layer=STEER, tau=-1.0)
     pack = SteeringPack.load(path)
     llm = SteeredLlama(model, path, **KW)
@@ -85,7 +73,7 @@ def test_a_last_token_head_is_unchanged(model: Path, tmp_path: Path) -> None:
     llm.close()
 
 
-def test_the_manifest_keeps_old_runtimes_from_feeding_the_head_the_wrong_state(model: Path, tmp_path: Path) -> None:
+def test_the_manifest_keeps_old_runtimes_from_feeding_the_head_the_wrong_state(model: Path, tmp_path: Path) -> None:  # noqa: F811 (the imported fixture)
     old = json.loads((make_random_pack(model, tmp_path / "old") / "manifest.json").read_text())
     new_pack = make_random_pack(model, tmp_path / "new", head_feature="user_mean")
     new = json.loads((new_pack / "manifest.json").read_text())
