@@ -41,6 +41,8 @@ def inspect_cmd(
         f"n_embd {m.model.n_embd}, vocab {m.model.n_vocab}",
         f"tokenizer   sha256 {m.model.tokenizer_sha256[:16]}...",
         f"layers      gate {m.gate_layer}, steer {m.steer_layer}  (layer N = output of block N)",
+        f"inputs      gate reads {m.gate_feature} at {m.gate_layer}, head reads {m.head_feature} at {m.head_layer}  "
+        "(last = the last prompt token; user_mean / user_end = the last user message)",
         f"alpha       {m.alpha:g}",
         f"strength    {m.strength:g}  (the pack's own; --strength multiplies it)",
         f"tau         {m.tau:g}  (steer iff gate score >= tau)",

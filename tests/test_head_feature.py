@@ -43,6 +43,9 @@ def test_the_head_reads_the_pooled_user_message(model: Path, tmp_path: Path) -> 
     pack = SteeringPack.load(path)
     assert pack.manifest.head_feature == "user_mean" and pack.manifest.gate_feature == "last"
     assert pack.describe()["head_feature"] == "user_mean"
+    shown = run_cli("inspect", str(path))
+    assert shown.returncode == 0
+    assert "head reads user_mean at 2" in shown.stdout and "gate reads last at 1" in shown.stdout
     llm = SteeredLlama(model, path, n_batch=8, strict=True, **KW)  # the message spans several ubatches
     msgs = [*HISTORY, {"role": "user", "content": REQUEST}]
     got = llm.decide_prompt(msgs)[0]
