@@ -33,7 +33,7 @@ from _util import REPO  # noqa: E402
 from finesteer_edge.measure.common import md_table, text_table  # noqa: E402
 from finesteer_edge.pack.pack import SteeringPack  # noqa: E402
 from finesteer_edge.train.activations import Activations, load_activations  # noqa: E402
-from finesteer_edge.train.trainer import source_matches  # noqa: E402
+from finesteer_edge.train.trainer import head_inputs, source_matches  # noqa: E402
 
 SHAPES = ("single", "history", "system", "after_refusal")
 
@@ -55,18 +55,13 @@ def family(source: str, group: str) -> str | None:
     return None
 
 
-def feature(acts: Activations, kind: str, layer: int) -> np.ndarray:
-    if kind == "last":
-        return acts.layers[layer]
-    return acts.features[kind][layer]
-
-
 def reach(pack: SteeringPack, acts: Activations) -> tuple[np.ndarray, np.ndarray]:
     """Per row: the head's length along the mean / the mean's length, and its cosine to the mean."""
     m = pack.manifest
     mean = pack.control.directions[m.steer_layer].astype(np.float64)
-    xg = feature(acts, m.gate_feature, m.gate_layer)
-    xh = feature(acts, m.head_feature, m.head_layer)
+    # the head's and the gate's features share one vocabulary (vocab.HEAD_FEATURES is GATE_FEATURES)
+    xg = head_inputs(acts, m.gate_feature, m.gate_layer)
+    xh = head_inputs(acts, m.head_feature, m.head_layer)
     along, cos = np.empty(len(xg)), np.empty(len(xg))
     for i in range(len(xg)):
         v = pack.evaluate(xg[i], xh[i]).vector.astype(np.float64)

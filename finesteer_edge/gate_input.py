@@ -62,15 +62,18 @@ def needs_span(manifests: Sequence[Manifest]) -> bool:
     return any(m.gate_feature in SPAN_GATE_FEATURES or m.head_feature in SPAN_GATE_FEATURES for m in manifests)
 
 
+def _state(session: LlamaSession, layer: int, feature: str) -> np.ndarray:
+    """``feature`` at ``layer`` from the session's last capturing prefill."""
+    if feature in SPAN_GATE_FEATURES:
+        return session.hidden_span(layer, feature)
+    return session.hidden(layer)
+
+
 def gate_state(session: LlamaSession, manifest: Manifest) -> np.ndarray:
     """The state the pack's gate reads, from the session's last capturing prefill."""
-    if manifest.gate_feature in SPAN_GATE_FEATURES:
-        return session.hidden_span(manifest.gate_layer, manifest.gate_feature)
-    return session.hidden(manifest.gate_layer)
+    return _state(session, manifest.gate_layer, manifest.gate_feature)
 
 
 def head_state(session: LlamaSession, manifest: Manifest) -> np.ndarray:
     """The state the pack's MoSE head reads (``manifest.head_feature`` at its layer), from the same prefill."""
-    if manifest.head_feature in SPAN_GATE_FEATURES:
-        return session.hidden_span(manifest.head_layer, manifest.head_feature)
-    return session.hidden(manifest.head_layer)
+    return _state(session, manifest.head_layer, manifest.head_feature)

@@ -156,6 +156,12 @@ def _choice(v: str, allowed: tuple[str, ...], name: str) -> str:
     return v
 
 
+def _check_span_layer(name: str, feature: str, layer: int, n_layer: int) -> None:
+    """llama.cpp keeps only the output rows in the last block: no user-message span to pool there."""
+    if feature != "last" and layer >= n_layer - 1:
+        raise PackFormatError(f"manifest: {name} {feature!r} cannot read the last layer ({layer})")
+
+
 def parse_manifest(raw: bytes) -> Manifest:
     # Strict JSON: NaN/Infinity literals and out-of-range numbers are refused here rather than turning up
     # as inf in a field or as invalid JSON in `inspect --json`. ValueError covers JSONDecodeError and
@@ -222,16 +228,14 @@ def parse_manifest(raw: bytes) -> Manifest:
         if "feature" in gate else "last"
     if gate_feature != "last" and version < SPAN_FEATURE_VERSION:
         raise PackFormatError(f"manifest: gate.feature {gate_feature!r} needs format_version {SPAN_FEATURE_VERSION}")
-    if gate_feature != "last" and gate_layer >= fp.n_layer - 1:
-        # llama.cpp keeps only the output rows in the last block: no user-message span to pool there
-        raise PackFormatError(f"manifest: gate.feature {gate_feature!r} cannot read the last layer ({gate_layer})")
+    _check_span_layer("gate.feature", gate_feature, gate_layer, fp.n_layer)
     head_feature = "last"
     if "head" in d:
         head_feature = _choice(_get(_get(d, "head", dict), "feature", str, "head."), HEAD_FEATURES, "head.feature")
     if head_feature != "last" and version < HEAD_FEATURE_VERSION:
         raise PackFormatError(f"manifest: head.feature {head_feature!r} needs format_version {HEAD_FEATURE_VERSION}")
-    if head_feature != "last" and (steer_layer if feature_layer is None else feature_layer) >= fp.n_layer - 1:
-        raise PackFormatError(f"manifest: head.feature {head_feature!r} cannot read the last layer")
+    _check_span_layer("head.feature", head_feature, steer_layer if feature_layer is None else feature_layer,
+                      fp.n_layer)
     vector_source = _choice(_get(d, "vector_source", str), MANIFEST_VECTOR_SOURCES, "vector_source")
     strength = 1.0
     if "strength" in d:

@@ -292,9 +292,13 @@ def _join(a: tuple[np.ndarray, np.ndarray, np.ndarray | None], b: tuple[np.ndarr
     return np.concatenate([x, b[0]]), np.concatenate([y, b[1]]), np.concatenate([w, b[2]])
 
 
+def _shapes(acts: Activations) -> list[str]:
+    """Every row's conversation shape (files from before shaped rows have none: all ``single``)."""
+    return acts.meta["rows"].get("shape") or ["single"] * acts.label.shape[0]
+
+
 def _shaped(acts: Activations) -> np.ndarray:
-    shapes = acts.meta["rows"].get("shape") or ["single"] * acts.label.shape[0]
-    return np.array([s != "single" for s in shapes], dtype=bool)
+    return np.array([s != "single" for s in _shapes(acts)], dtype=bool)
 
 
 def _variant_deltas(acts: Activations) -> tuple[np.ndarray, np.ndarray]:
@@ -308,7 +312,7 @@ def _variant_deltas(acts: Activations) -> tuple[np.ndarray, np.ndarray]:
     delta = acts.delta.copy()
     has = acts.has_delta == 1
     ids = acts.meta["rows"]["id"]
-    shapes = acts.meta["rows"].get("shape") or ["single"] * len(ids)
+    shapes = _shapes(acts)
     index = {rid: i for i, rid in enumerate(ids) if has[i]}
     for i, (rid, shape) in enumerate(zip(ids, shapes, strict=True)):
         if has[i] or acts.label[i] != 1:
