@@ -81,13 +81,16 @@ def extract_cmd(
     skip_single: str = typer.Option("", "--skip-single", help="--gate-only: sources (comma-separated) whose "
                                     "first-turn rows another activations file holds."),
     sources: str = typer.Option("", "--sources", help="--gate-only: only these sources (comma-separated)."),
+    realistic_data: bool = typer.Option(
+        False, "--realistic-data", help="safety: also learn each realistic-use request's own target shift (topic "
+        "pairs in every phrasing family, AIRT seeds; benign twins, hard negatives, everyday prompts as negatives)."),
 ) -> None:
     """Record hidden states and target shifts of the GGUF model on training data (never reads *test* files)."""
     _need_extra("safetensors", "train")
     from finesteer_edge.train.extract import ExtractConfig, extract
 
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    path = extract(resolve_model(model), ExtractConfig(
+    cfg = ExtractConfig(
         task=task, data=data, out=out, gate_layer=gate_layer, steer_layer=steer_layer,
         gate_layers=_layers(gate_layers), negatives=list(negatives or []), pairs_per_question=pairs_per_question,
         limit=limit, own_tokens=own_tokens, n_ctx=n_ctx, threads=threads, chat_template=chat_template,
@@ -96,8 +99,9 @@ def extract_cmd(
         shapes=tuple(x.strip() for x in shapes.split(",") if x.strip()), shaped_fraction=shaped_fraction,
         families_per_topic=families_per_topic,
         skip_single=tuple(x.strip() for x in skip_single.split(",") if x.strip()),
-        sources=tuple(x.strip() for x in sources.split(",") if x.strip()),
-    ))
+        sources=tuple(x.strip() for x in sources.split(",") if x.strip()), realistic=realistic_data,
+    )  # before the model: a contradictory command fails at once
+    path = extract(resolve_model(model), cfg)
     from finesteer_edge.train.activations import load_activations
 
     acts = load_activations(path)
@@ -130,8 +134,9 @@ def train_cmd(
     head_acts: list[Path] = typer.Option(None, "--head-acts", help="Gate-only activations (extract --gate-only) whose "
                                          "rows also train the head: harmful ones towards the mean shift, the rest "
                                          "towards zero (sources the main file holds are skipped)."),
-    head_exclude: str = typer.Option("", "--head-exclude", help="--head-acts sources (comma-separated; 'tpl:' "
-                                     "= every source starting so) left out: a leave-sources-out check."),
+    head_exclude: str = typer.Option("", "--head-exclude", help="Sources (comma-separated; 'tpl:' = every "
+                                     "source starting so) the head does not learn from, in --head-acts and in the "
+                                     "main file: a leave-sources-out check."),
     head_feature: str = typer.Option("last", "--head-feature", help=f"What the MoSE head reads at the steer layer: "
                                      f"{choices(HEAD_FEATURES)} (the pooled ones need the steer layer among the "
                                      "extraction's --gate-layers)."),

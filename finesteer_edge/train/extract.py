@@ -101,6 +101,13 @@ class ExtractConfig:
     """Gate-only: sources whose first-turn rows are not extracted (another file holds them)."""
     sources: tuple[str, ...] = ()
     """Gate-only: keep only items of these sources (empty = all); e.g. to add rows to an earlier file."""
+    realistic: bool = False
+    """Safety, not gate-only: also the folder's realistic-use files as MoSE rows, each harmful request with its own
+    target shift and the benign ones as negatives (tasks._realistic_targets; ``--realistic-data``)."""
+
+    def __post_init__(self) -> None:
+        if self.gate_only and self.realistic:
+            raise DataError("--realistic-data adds MoSE targets; --gate-only already reads the realistic-use files")
 
     @property
     def shaped(self) -> float:
@@ -134,8 +141,8 @@ def extract(model_path: Path, cfg: ExtractConfig) -> Path:
         augment = False
     else:
         items, files = load_items(cfg.task, cfg.data, negatives=cfg.negatives,
-                                  pairs_per_question=cfg.pairs_per_question)
-        items = _limit(items, cfg.limit)
+                                  pairs_per_question=cfg.pairs_per_question, realistic=cfg.realistic)
+        items = _limit(items, cfg.limit, by_source=cfg.realistic)  # a quick realistic run keeps every source
     originals = list(items)
     if augment:
         items += style_variants(items)

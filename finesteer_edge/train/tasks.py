@@ -9,6 +9,7 @@ contains ``test`` are never read here, so tuning can never see test data.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,17 +67,25 @@ def _hash_split(key: str, val_fraction: float) -> str:
 
 
 def load_items(task: str, data: Path, *, negatives: list[Path] | None = None, pairs_per_question: int = 1,
-               val_fraction: float = 0.2, augment: bool = False) -> tuple[list[Item], list[Path]]:
+               val_fraction: float = 0.2, augment: bool = False, realistic: bool = False,
+               ) -> tuple[list[Item], list[Path]]:
     """Items for ``task`` from ``data`` (a folder, or a file for ``pairs``) and the files read.
 
     ``augment`` adds style rewrites (augment.py) of every target and negative prompt as gate-only
-    items, the same rewrites for both classes.
+    items, the same rewrites for both classes. ``realistic`` (safety only) also makes targets and
+    negatives of the folder's realistic-use files (:func:`_realistic_targets`).
     """
     data = Path(data)
     if not data.exists():
         raise DataError(f"{data}: no such file or folder")
     if task == "safety":
         items, files = _safety(data)
+        if realistic:
+            more, more_files = _realistic_targets(data)
+            items += more
+            files += more_files
+    elif realistic:
+        raise DataError("--realistic-data is for the safety task (its folder's realistic-use files)")
     elif task == "truthfulqa":
         items, files = _truthfulqa(data, pairs_per_question)
     elif task == "pairs":
@@ -177,15 +186,53 @@ def load_gate_items(folder: Path, *, families_per_topic: int | None = None) -> t
                     raise DataError(f"{folder}: missing {path.name}")
                 continue
             files.append(path)
-            for i, row in enumerate(read_jsonl(path, required=("prompt",)), 1):
-                where = f"{path}:{i}"
-                prompt = text_field(row, "prompt", where)
-                g = group or ("harmful" if row.get("label") == "harmful" else "twin")
+            for rid, prompt, g, row, src in _gate_rows(path, stem, group, split):
                 if stem == "pairs" and families_per_topic is not None and not _keep_family(row, families_per_topic):
                     continue
-                src = str(row.get("source", stem))
-                items.append(Item(str(row.get("id", f"{stem}-{split}-{i}")), prompt, g == "harmful", split, g,
-                                  source=short_source(src), gate_only=True))
+                items.append(Item(rid, prompt, g == "harmful", split, g, source=src, gate_only=True))
+    return items, files
+
+
+REALISTIC_FILES = tuple((stem, group) for stem, group in GATE_FILES if stem not in ("harmful", "benign", "borderline"))
+"""The realistic-use files of a safety folder (scripts/build_safety_data.py): topic pairs, AIRT seeds, hard
+negatives, everyday prompts."""
+
+
+def _gate_rows(path: Path, stem: str, group: str | None, split: str) -> Iterator[tuple[str, str, str, dict, str]]:
+    """(id, prompt, group, row, short source) of every row of one gate file; ``pairs`` rows carry their label."""
+    for i, row in enumerate(read_jsonl(path, required=("prompt",)), 1):
+        prompt = text_field(row, "prompt", f"{path}:{i}")
+        g = group or ("harmful" if row.get("label") == "harmful" else "twin")
+        yield (str(row.get("id", f"{stem}-{split}-{i}")), prompt, g, row,
+               short_source(str(row.get("source", stem))))
+
+
+def _realistic_targets(folder: Path) -> tuple[list[Item], list[Path]]:
+    """MoSE rows from the realistic-use files (``extract --realistic-data``): each harmful request (the topic pairs'
+    harmful halves in every phrasing family, the AIRT seeds) is a target with its *own* shift, the refusals against
+    the model's own answer; the benign twins, hard negatives and everyday prompts are negatives.
+
+    Why: a request's shift depends on how it is phrased. On SmolLM2 the role-play family's mean shift has cosine
+    0.84 with AdvBench's (the other families 0.95-0.99), and steering role-play requests with AdvBench's mean makes
+    the model apologise in the role's voice ("You're not able to assist with that") instead of refusing; a head
+    trained on AdvBench alone cannot learn that (docs/TRAINING.md)."""
+    items: list[Item] = []
+    files: list[Path] = []
+    for stem, group in REALISTIC_FILES:
+        for split in SPLITS:
+            path = folder / f"{stem}_{split}.jsonl"
+            if not path.exists():
+                continue
+            files.append(path)
+            for rid, prompt, g, _row, src in _gate_rows(path, stem, group, split):
+                if g == "harmful":
+                    items.append(Item(rid, prompt, True, split, g, list(REFUSALS), SELF, source=src))
+                else:
+                    items.append(Item(rid, prompt, False, split, g, source=src))
+    if not files:
+        raise DataError(f"{folder}: --realistic-data found none of "
+                        + ", ".join(f"{stem}_{{train,val}}.jsonl" for stem, _ in REALISTIC_FILES)
+                        + " (scripts/build_safety_data.py writes them)")
     return items, files
 
 

@@ -67,8 +67,9 @@ class TrainConfig:
     realistic-use prompts (topic-matched benign twins, hard negatives, other phrasings) in conversation shapes, and a
     head that never saw them shrinks its vector on harmful ones and keeps it on their benign twins."""
     head_exclude: list[str] = field(default_factory=list)
-    """Sources of ``head_acts`` left out of the head's training (a name, or a prefix ending in ``:`` such as
-    ``tpl:``): a leave-sources-out check of what the head learned (bench/head_reach.py)."""
+    """Sources left out of the head's training, in ``head_acts`` and in the main file (a name, or a prefix ending in
+    ``:`` such as ``tpl:``; the main file's rows of them train neither the head nor its mean vector and experts): a
+    leave-sources-out check of what the head learned (bench/head_reach.py, bench/clean_refusal.py --heldout-only)."""
     negative_weight: float = 1.0
     """Also train MoSE on negatives (prompts not to steer) with a zero target, at this weight; 0 = targets
     only, as published. Our addition: it makes the head itself propose (almost) nothing for prompts that
@@ -92,20 +93,21 @@ def train(acts_path: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
         gate, gate_table = _fit_gates(acts, cfg)
 
     delta, has_delta = _variant_deltas(acts)
-    train_m = acts.mask(split="train", target=True) & has_delta
-    val_m = acts.mask(split="val", target=True) & has_delta
+    keep = _head_kept(acts, cfg.head_exclude)
+    train_m = acts.mask(split="train", target=True) & has_delta & keep
+    val_m = acts.mask(split="val", target=True) & has_delta & keep
     h_steer_in = head_inputs(acts, cfg.head_feature)
     x_tr, y_tr = h_steer_in[train_m], delta[train_m]
     x_va, y_va = h_steer_in[val_m], delta[val_m]
-    original = acts.mask(split="train", target=True) & (acts.has_delta == 1)
+    original = acts.mask(split="train", target=True) & (acts.has_delta == 1) & keep
     experts = build_experts(acts.delta[original], k_basis=cfg.k_basis, k_range=K_RANGE, seed=cfg.seed)
     mean_delta = acts.delta[original].mean(0)
     fit_x, fit_y, fit_w = x_tr, y_tr, None
     val_x, val_y, val_w = x_va, y_va, None
     with_negatives = cfg.negative_weight > 0 and bool(acts.mask(split="train", target=False).any())
     if with_negatives:
-        fit_x, fit_y, fit_w = _with_negatives(acts, h_steer_in, x_tr, y_tr, "train", cfg.negative_weight)
-        val_x, val_y, val_w = _with_negatives(acts, h_steer_in, x_va, y_va, "val", cfg.negative_weight)
+        fit_x, fit_y, fit_w = _with_negatives(acts, h_steer_in, x_tr, y_tr, "train", cfg.negative_weight, keep)
+        val_x, val_y, val_w = _with_negatives(acts, h_steer_in, x_va, y_va, "val", cfg.negative_weight, keep)
     head_rows = _head_rows(acts, cfg, mean_delta) if cfg.head_acts else {}
     if head_rows:
         fit_x, fit_y, fit_w = _join((fit_x, fit_y, fit_w), head_rows["train"])
@@ -120,7 +122,7 @@ def train(acts_path: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
                          input_scale=input_scale)
     result = train_mose(module, fit_x, fit_y, val_x, val_y, lr=cfg.lr, epochs=cfg.epochs, batch=cfg.batch,
                         patience=cfg.patience, seed=cfg.seed, w_train=fit_w, w_val=val_w)
-    quality = _quality(module, x_va, y_va, mean_delta, h_steer_in[acts.mask(split="val", target=False)]) \
+    quality = _quality(module, x_va, y_va, mean_delta, h_steer_in[acts.mask(split="val", target=False) & keep]) \
         if len(x_va) else {}
 
     sd = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
@@ -280,6 +282,16 @@ def _head_rows(acts: Activations, cfg: TrainConfig, target: np.ndarray) -> dict[
     return out
 
 
+def _head_kept(acts: Activations, exclude: list[str]) -> np.ndarray:
+    """The main file's rows the head (and the mean vector, and the experts) may learn from: all but those of the
+    ``head_exclude`` sources, which ``extract --realistic-data`` puts in the main file too."""
+    sources = acts.meta["rows"].get("source") or [""] * acts.label.shape[0]
+    keep = np.array([not source_matches(str(s), exclude) for s in sources], dtype=bool)
+    if exclude and not (keep & acts.mask(split="train", target=True) & (acts.has_delta == 1)).any():
+        raise DataError("--head-exclude leaves no training target with a shift in the activations")
+    return keep
+
+
 def source_matches(source: str, names: list[str]) -> bool:
     """Whether a row's source is one of ``names``: a source name, or a prefix ending in ``:`` (``tpl:``)."""
     return any(source == n or (n.endswith(":") and source.startswith(n)) for n in names)
@@ -332,8 +344,8 @@ def _variant_deltas(acts: Activations) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _with_negatives(acts: Activations, h: np.ndarray, x: np.ndarray, y: np.ndarray, split: str,
-                    weight: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    neg = h[acts.mask(split=split, target=False)]
+                    weight: float, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    neg = h[acts.mask(split=split, target=False) & keep]
     xs = np.concatenate([x, neg])
     ys = np.concatenate([y, np.zeros_like(neg)])
     ws = np.concatenate([np.ones(len(x)), np.full(len(neg), weight)])
