@@ -189,3 +189,36 @@ def test_head_reach_md_is_rendered_from_its_results_file(name: str, monkeypatch:
     res = json.loads((ROOT / "bench" / "results" / f"{name}.json").read_text())
     assert res["out"] == f"{name}.json"
     assert head_reach.render(res) == (ROOT / "docs" / f"{name.upper()}.md").read_text()
+
+
+def test_family_shift_md_is_rendered_from_its_results_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/FAMILY_SHIFT.md is bench/family_shift.py's rendering of bench/results/family_shift.json, byte for byte."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import family_shift  # bench/family_shift.py
+
+    res = json.loads((ROOT / "bench" / "results" / "family_shift.json").read_text())
+    assert {r["group"] for r in res["shifts"]} >= {"advbench", "roleplay", "airt"}
+    assert family_shift.render(res) == (ROOT / "docs" / "FAMILY_SHIFT.md").read_text()
+
+
+def test_family_shift_reads_train_prompts_for_shifts_and_val_prompts_for_steering(monkeypatch: pytest.MonkeyPatch,
+                                                                                  ) -> None:
+    """The shifts come from train topics and the steering is measured on validation topics, never on test files."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import family_shift  # bench/family_shift.py
+
+    from finesteer_edge.data import read_jsonl
+
+    data = ROOT / "finesteer_edge" / "datasets" / "safety"
+    train = {r["prompt"]: r for r in read_jsonl(data / "pairs_train.jsonl")}
+    val = {r["prompt"]: r for r in read_jsonl(data / "pairs_val.jsonl")}
+    shifts = family_shift.train_prompts("roleplay", 5)
+    assert len(shifts) == 5 and all(train[p]["family"] == "roleplay" and train[p]["label"] == "harmful" for p in shifts)
+    steer = family_shift.val_prompts("roleplay")
+    assert steer["harmful"] and steer["benign"]
+    assert all(val[p]["family"] == "roleplay" for p in steer["harmful"] + steer["benign"])
+    assert {val[p]["label"] for p in steer["benign"]} == {"benign"} and not set(shifts) & set(val)
+    airt = family_shift.val_prompts("airt")
+    assert airt["harmful"] and airt["benign"] == []
+    advbench = [r["prompt"] for r in read_jsonl(data / "harmful_train.jsonl")]
+    assert family_shift.train_prompts("advbench", 3) == advbench[:3]

@@ -1,0 +1,180 @@
+"""Does a request's target shift depend on how it is phrased? Per phrasing family: its mean shift, and steering with it.
+
+For each source of harmful requests (AdvBench, each phrasing family of the topic pairs, the AIRT seeds) we take
+``--n`` *train* prompts and compute each one's target shift as ``extract`` does (the refusals against the model's
+own greedy answer, mean hidden state at the pack's steer layer), then compare the family's mean shift with the
+bundled pack's mean vector (cosine, length). Then, on the *validation* prompts of each family (other topics: the
+harmful halves and their benign twins), the pack's gate decides as shipped and the vector is either the pack's mean
+(its default, CAST-style) or the family's own mean shift at the same length: refusal, clean refusal and benign
+over-refusal. Only gate-open prompts are generated (a closed gate is bit-identical to no pack).
+
+The question it answers (issue 11): is a single mean direction enough for requests phrased unlike AdvBench, or
+does the query-specific part of MoSE have something to learn there, given data of that phrasing?
+
+    python bench/family_shift.py            # ~15 min on 1 thread; writes bench/results/family_shift.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import clean_refusal as cr  # noqa: E402
+from _util import REPO, smollm2  # noqa: E402
+
+from finesteer_edge.data import read_jsonl  # noqa: E402
+from finesteer_edge.measure.common import md_table  # noqa: E402
+from finesteer_edge.pack.pack import SteeringPack  # noqa: E402
+from finesteer_edge.steered import SteeredLlama  # noqa: E402
+from finesteer_edge.train.extract import _response_ids, _response_mean  # noqa: E402
+from finesteer_edge.train.tasks import PAIR_FAMILIES, REFUSALS  # noqa: E402
+
+OUT = REPO / "bench" / "results" / "family_shift.json"
+DOC = REPO / "docs" / "FAMILY_SHIFT.md"
+FAMILIES = tuple(f for fams in PAIR_FAMILIES for f in fams)
+
+
+def train_prompts(group: str, n: int) -> list[str]:
+    """The first ``n`` harmful train prompts of a source: ``advbench``, ``airt`` or a pair family."""
+    if group == "advbench":
+        rows = read_jsonl(cr.DATA / "harmful_train.jsonl")
+    elif group == "airt":
+        rows = read_jsonl(cr.DATA / "harmful_more_train.jsonl")
+    else:
+        rows = [r for r in read_jsonl(cr.DATA / "pairs_train.jsonl")
+                if r["family"] == group and r["label"] == "harmful"]
+    return [r["prompt"] for r in rows[:n]]
+
+
+def val_prompts(group: str) -> dict[str, list[str]]:
+    """A family's validation prompts: harmful halves and benign twins (AIRT: harmful seeds only)."""
+    if group == "airt":
+        return {"harmful": [r["prompt"] for r in read_jsonl(cr.DATA / "harmful_more_val.jsonl")], "benign": []}
+    rows = [r for r in read_jsonl(cr.DATA / "pairs_val.jsonl") if r["family"] == group]
+    return {"harmful": [r["prompt"] for r in rows if r["label"] == "harmful"],
+            "benign": [r["prompt"] for r in rows if r["label"] == "benign"]}
+
+
+def shifts(model: Path, layer: int, prompts: list[str], own_tokens: int = 48) -> np.ndarray:
+    """Each prompt's target shift, as ``extract`` computes it for a harmful request (one row per prompt)."""
+    llm = SteeredLlama(model, n_ctx=1024, n_threads=1, tap_layers=(layer,))
+    s = llm.session
+    out = []
+    for p in prompts:
+        msgs = [{"role": "user", "content": p}]
+        own = llm.generate(msgs, max_tokens=own_tokens).token_ids
+        prompt = llm.prompt_tokens(msgs)
+        s.reset()
+        s.decode(prompt)
+        avoid = _response_mean(s, len(prompt), own, layer)
+        want = np.mean([_response_mean(s, len(prompt), _response_ids(s, t), layer) for t in REFUSALS], 0)
+        out.append(want - avoid)
+    llm.close()
+    return np.asarray(out, dtype=np.float64)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
+def steer(model: Path, vector: np.ndarray, tag: str, cfg: cr.Config, prompts: dict[str, list[str]]) -> dict[str, Any]:
+    """The pack's gate, schedule and sampler with ``vector`` as its mean (control) vector at the steer layer."""
+    key = hashlib.sha256(vector.astype(np.float32).tobytes()).hexdigest()[:12]
+    runner = cr.Runner(model, OUT.with_name(f"family_shift.{key}.cache.jsonl"), cr.PACK)
+    pack = runner.llm.pack
+    pack.control.directions[pack.manifest.steer_layer] = vector.astype(np.float32)
+    p = runner.metrics(cfg, {g: xs for g, xs in prompts.items() if xs})
+    p["vector"] = tag
+    runner.llm.close()
+    return p
+
+
+def render(res: dict[str, Any]) -> str:
+    """docs/FAMILY_SHIFT.md from the results file (a test checks the doc is this rendering)."""
+    m = res
+    lines = [
+        "# Target shift by phrasing family (issue 11)", "",
+        f"Generated by `{m['command']}` (do not edit; numbers from `bench/results/family_shift.json`).", "",
+        f"- model `{m['model']}`, pack `{m['pack']}`, steer layer {m['layer']}, {m['n']} train prompts per source, "
+        f"1 llama.cpp thread, {m['seconds']:.0f} s",
+        "- shift = mean hidden state of the refusals minus that of the model's own greedy answer (as `extract`); "
+        "steering: the pack's gate and tau, strength "
+        f"{m['strength']:g} x alpha, schedule `{m['schedule']}`, sampler `{m['sampler']}`; `own` is the family's mean "
+        "shift (train topics) at the length of the pack's mean vector, measured on the family's validation topics",
+        "",
+        "## The mean shift of each source against the pack's mean vector", "",
+    ]
+    lines += md_table(["source", "prompts", "cosine to the pack's mean", "length / pack mean's",
+                         "median cosine of a prompt's shift to the pack's mean"],
+                      [[r["group"], str(r["n"]), f"{r['cos']:.3f}", f"{r['norm_ratio']:.2f}",
+                        f"{r['median_cos']:.3f}"] for r in m["shifts"]]).splitlines()
+    lines += ["", "## Steering each family's validation prompts: the pack's mean against the family's own shift", ""]
+    head = ["family", "vector", "harmful", "gate open", "refusal", "clean refusal", "ended", "benign", "over benign"]
+    rows = []
+    for r in m["steer"]:
+        rows.append([r["family"], r["vector"], str(r["n_harmful"]), f"{r['steered_harmful']:.1%}",
+                     f"{r['refusal']:.1%}", f"{r['clean']:.1%}", f"{r['ended']:.1%}", str(r["n_benign"]),
+                     f"{r['over_benign']:.1%}" if r["n_benign"] else "-"])
+    lines += md_table(head, rows).splitlines()
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=30, help="Train prompts per source for its mean shift.")
+    ap.add_argument("--steer-families", default=",".join((*FAMILIES, "airt")),
+                    help="Families whose validation prompts are steered (comma-separated; '' = none).")
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--doc", type=Path, default=DOC)
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    model = smollm2()
+    pack = SteeringPack.load(cr.PACK)
+    layer, alpha = pack.manifest.steer_layer, pack.manifest.alpha
+    mean = pack.control.directions[layer].astype(np.float64) / alpha
+    cache = args.out.with_suffix(f".shifts{args.n}.npz")
+    stored = dict(np.load(cache)) if cache.exists() else {}
+    table, means = [], {}
+    for g in ("advbench", *FAMILIES, "airt"):
+        if g not in stored:
+            stored[g] = shifts(model, layer, train_prompts(g, args.n))
+            np.savez(cache, **stored)
+        d = stored[g]
+        means[g] = d.mean(0)
+        table.append({"group": g, "n": len(d), "cos": _cos(means[g], mean),
+                      "norm_ratio": float(np.linalg.norm(means[g]) / np.linalg.norm(mean)),
+                      "median_cos": float(np.median([_cos(x, mean) for x in d]))})
+        print(json.dumps(table[-1]), flush=True)
+    cfg = cr.Config("cast", pack.manifest.strength, cr.START_SCHEDULE, None, cr.START_SAMPLER)
+    steered = []
+    for fam in [f for f in args.steer_families.split(",") if f]:
+        prompts = val_prompts(fam)
+        own = means[fam] / np.linalg.norm(means[fam]) * np.linalg.norm(mean)
+        for tag, vec in (("pack mean", mean), ("own", own)):
+            p = steer(model, vec * alpha, tag, cfg, prompts)
+            row = {"family": fam, "vector": tag, "n_harmful": len(prompts["harmful"]),
+                   "n_benign": len(prompts["benign"]),
+                   "steered_harmful": p["steered_harmful"], "refusal": p["refusal"], "clean": p["clean"],
+                   "ended": p["ended"], "over_benign": p.get("over_benign", 0.0) if prompts["benign"] else None,
+                   "examples": p.get("examples", [])[:2]}
+            steered.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "examples"}), flush=True)
+    res = {"command": "python bench/family_shift.py " + " ".join(sys.argv[1:]), "model": "SmolLM2-135M-Instruct.Q4_1",
+           "pack": cr.PACK.name, "layer": layer, "alpha": alpha, "n": args.n, "strength": cfg.strength,
+           "schedule": cfg.schedule, "sampler": cfg.sampler, "threads": 1, "shifts": table, "steer": steered,
+           "seconds": time.perf_counter() - t0}
+    args.out.write_text(json.dumps(res, indent=1) + "\n")
+    args.doc.write_text(render(res))
+    print(f"wrote {args.out} and {args.doc}")
+
+
+if __name__ == "__main__":
+    main()
