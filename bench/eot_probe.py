@@ -33,21 +33,28 @@ PACK = REPO / "finesteer_edge" / "packs" / "smollm2-135m-instruct-safety"
 DATA = REPO / "finesteer_edge" / "datasets" / "safety"
 
 
+def prompt_shifts(llm: SteeredLlama, layer: int, prompt: str, tails: dict[str, list[int]],
+                  own_tokens: int = 48) -> dict[str, np.ndarray]:
+    """One harmful prompt's target shift as ``extract`` computes it (the refusals, each followed by ``tail``, against
+    the model's own greedy answer; mean hidden state at ``layer``), for every tail in ``tails``."""
+    s = llm.session
+    msgs = [{"role": "user", "content": prompt}]
+    own = llm.generate(msgs, max_tokens=own_tokens).token_ids
+    tokens = llm.prompt_tokens(msgs)
+    s.reset()
+    s.decode(tokens)
+    avoid = _response_mean(s, len(tokens), own, layer)
+    return {kind: np.mean([_response_mean(s, len(tokens), _response_ids(s, t) + tail, layer) for t in REFUSALS], 0)
+            - avoid for kind, tail in tails.items()}
+
+
 def mean_deltas(model: Path, layer: int, prompts: list[str], own_tokens: int = 48) -> dict[str, np.ndarray]:
     llm = SteeredLlama(model, n_ctx=1024, n_threads=1, tap_layers=(layer,))
-    s = llm.session
-    eot = end_of_turn_token(llm)
-    acc: dict[str, list[np.ndarray]] = {"text": [], "eot": []}
+    tails = {"text": [], "eot": [end_of_turn_token(llm)]}
+    acc: dict[str, list[np.ndarray]] = {k: [] for k in tails}
     for p in prompts:
-        msgs = [{"role": "user", "content": p}]
-        own = llm.generate(msgs, max_tokens=own_tokens).token_ids
-        prompt = llm.prompt_tokens(msgs)
-        s.reset()
-        s.decode(prompt)
-        avoid = _response_mean(s, len(prompt), own, layer)
-        for kind, tail in (("text", []), ("eot", [eot])):
-            want = np.mean([_response_mean(s, len(prompt), _response_ids(s, t) + tail, layer) for t in REFUSALS], 0)
-            acc[kind].append(want - avoid)
+        for kind, d in prompt_shifts(llm, layer, p, tails, own_tokens).items():
+            acc[kind].append(d)
     llm.close()
     return {k: np.mean(v, 0) for k, v in acc.items()}
 

@@ -29,13 +29,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import clean_refusal as cr  # noqa: E402
 from _util import REPO, smollm2  # noqa: E402
+from eot_probe import prompt_shifts  # noqa: E402
 
 from finesteer_edge.data import read_jsonl  # noqa: E402
 from finesteer_edge.measure.common import md_table  # noqa: E402
 from finesteer_edge.pack.pack import SteeringPack  # noqa: E402
 from finesteer_edge.steered import SteeredLlama  # noqa: E402
-from finesteer_edge.train.extract import _response_ids, _response_mean  # noqa: E402
-from finesteer_edge.train.tasks import PAIR_FAMILIES, REFUSALS  # noqa: E402
+from finesteer_edge.train.tasks import PAIR_FAMILIES  # noqa: E402
 
 OUT = REPO / "bench" / "results" / "family_shift.json"
 DOC = REPO / "docs" / "FAMILY_SHIFT.md"
@@ -66,17 +66,7 @@ def val_prompts(group: str) -> dict[str, list[str]]:
 def shifts(model: Path, layer: int, prompts: list[str], own_tokens: int = 48) -> np.ndarray:
     """Each prompt's target shift, as ``extract`` computes it for a harmful request (one row per prompt)."""
     llm = SteeredLlama(model, n_ctx=1024, n_threads=1, tap_layers=(layer,))
-    s = llm.session
-    out = []
-    for p in prompts:
-        msgs = [{"role": "user", "content": p}]
-        own = llm.generate(msgs, max_tokens=own_tokens).token_ids
-        prompt = llm.prompt_tokens(msgs)
-        s.reset()
-        s.decode(prompt)
-        avoid = _response_mean(s, len(prompt), own, layer)
-        want = np.mean([_response_mean(s, len(prompt), _response_ids(s, t), layer) for t in REFUSALS], 0)
-        out.append(want - avoid)
+    out = [prompt_shifts(llm, layer, p, {"text": []}, own_tokens)["text"] for p in prompts]
     llm.close()
     return np.asarray(out, dtype=np.float64)
 
