@@ -213,9 +213,9 @@ def _realistic_targets(folder: Path) -> tuple[list[Item], list[Path]]:
     the model's own answer; the benign twins, hard negatives and everyday prompts are negatives.
 
     Why: a request's shift depends on how it is phrased. On SmolLM2 the role-play family's mean shift has cosine
-    0.84 with AdvBench's (the other families 0.95-0.99), and steering role-play requests with AdvBench's mean makes
-    the model apologise in the role's voice ("You're not able to assist with that") instead of refusing; a head
-    trained on AdvBench alone cannot learn that (docs/TRAINING.md)."""
+    0.840 with the bundled mean vector (most other families 0.93-0.99; docs/FAMILY_SHIFT.md), and steering role-play
+    requests with the mean makes the model apologise in the role's voice ("You're not able to assist with that")
+    instead of refusing; a head trained on AdvBench alone cannot learn that (docs/TRAINING.md)."""
     items: list[Item] = []
     files: list[Path] = []
     for stem, group in REALISTIC_FILES:
