@@ -178,18 +178,10 @@ def load_gate_items(folder: Path, *, families_per_topic: int | None = None) -> t
         raise DataError(f"{folder}: the gate data must be a safety folder")
     items: list[Item] = []
     files: list[Path] = []
-    for stem, group in GATE_FILES:
-        for split in SPLITS:
-            path = folder / f"{stem}_{split}.jsonl"
-            if not path.exists():
-                if stem in ("harmful", "benign"):
-                    raise DataError(f"{folder}: missing {path.name}")
-                continue
-            files.append(path)
-            for rid, prompt, g, row, src in _gate_rows(path, stem, group, split):
-                if stem == "pairs" and families_per_topic is not None and not _keep_family(row, families_per_topic):
-                    continue
-                items.append(Item(rid, prompt, g == "harmful", split, g, source=src, gate_only=True))
+    for stem, split, rid, prompt, g, row, src in _gate_rows(folder, GATE_FILES, files, required=("harmful", "benign")):
+        if stem == "pairs" and families_per_topic is not None and not _keep_family(row, families_per_topic):
+            continue
+        items.append(Item(rid, prompt, g == "harmful", split, g, source=src, gate_only=True))
     return items, files
 
 
@@ -198,13 +190,24 @@ REALISTIC_FILES = tuple((stem, group) for stem, group in GATE_FILES if stem not 
 negatives, everyday prompts."""
 
 
-def _gate_rows(path: Path, stem: str, group: str | None, split: str) -> Iterator[tuple[str, str, str, dict, str]]:
-    """(id, prompt, group, row, short source) of every row of one gate file; ``pairs`` rows carry their label."""
-    for i, row in enumerate(read_jsonl(path, required=("prompt",)), 1):
-        prompt = text_field(row, "prompt", f"{path}:{i}")
-        g = group or ("harmful" if row.get("label") == "harmful" else "twin")
-        yield (str(row.get("id", f"{stem}-{split}-{i}")), prompt, g, row,
-               short_source(str(row.get("source", stem))))
+def _gate_rows(folder: Path, spec: tuple[tuple[str, str | None], ...], files: list[Path], *,
+               required: tuple[str, ...] = ()) -> Iterator[tuple[str, str, str, str, str, dict, str]]:
+    """(stem, split, id, prompt, group, row, short source) of every row of the train/val files ``spec`` names
+    (``(stem, group)``; ``pairs`` rows carry their own label), appending each file read to ``files``. A missing
+    file is skipped, unless its stem is ``required``."""
+    for stem, group in spec:
+        for split in SPLITS:
+            path = folder / f"{stem}_{split}.jsonl"
+            if not path.exists():
+                if stem in required:
+                    raise DataError(f"{folder}: missing {path.name}")
+                continue
+            files.append(path)
+            for i, row in enumerate(read_jsonl(path, required=("prompt",)), 1):
+                prompt = text_field(row, "prompt", f"{path}:{i}")
+                g = group or ("harmful" if row.get("label") == "harmful" else "twin")
+                yield (stem, split, str(row.get("id", f"{stem}-{split}-{i}")), prompt, g, row,
+                       short_source(str(row.get("source", stem))))
 
 
 def _realistic_targets(folder: Path) -> tuple[list[Item], list[Path]]:
@@ -218,17 +221,11 @@ def _realistic_targets(folder: Path) -> tuple[list[Item], list[Path]]:
     instead of refusing; a head trained on AdvBench alone cannot learn that (docs/TRAINING.md)."""
     items: list[Item] = []
     files: list[Path] = []
-    for stem, group in REALISTIC_FILES:
-        for split in SPLITS:
-            path = folder / f"{stem}_{split}.jsonl"
-            if not path.exists():
-                continue
-            files.append(path)
-            for rid, prompt, g, _row, src in _gate_rows(path, stem, group, split):
-                if g == "harmful":
-                    items.append(Item(rid, prompt, True, split, g, list(REFUSALS), SELF, source=src))
-                else:
-                    items.append(Item(rid, prompt, False, split, g, source=src))
+    for _stem, split, rid, prompt, g, _row, src in _gate_rows(folder, REALISTIC_FILES, files):
+        if g == "harmful":
+            items.append(Item(rid, prompt, True, split, g, list(REFUSALS), SELF, source=src))
+        else:
+            items.append(Item(rid, prompt, False, split, g, source=src))
     if not files:
         raise DataError(f"{folder}: --realistic-data found none of "
                         + ", ".join(f"{stem}_{{train,val}}.jsonl" for stem, _ in REALISTIC_FILES)

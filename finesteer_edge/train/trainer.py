@@ -104,7 +104,7 @@ def train(acts_path: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
     mean_delta = acts.delta[original].mean(0)
     fit_x, fit_y, fit_w = x_tr, y_tr, None
     val_x, val_y, val_w = x_va, y_va, None
-    with_negatives = cfg.negative_weight > 0 and bool(acts.mask(split="train", target=False).any())
+    with_negatives = cfg.negative_weight > 0 and bool((acts.mask(split="train", target=False) & keep).any())
     if with_negatives:
         fit_x, fit_y, fit_w = _with_negatives(acts, h_steer_in, x_tr, y_tr, "train", cfg.negative_weight, keep)
         val_x, val_y, val_w = _with_negatives(acts, h_steer_in, x_va, y_va, "val", cfg.negative_weight, keep)
@@ -268,8 +268,8 @@ def _head_rows(acts: Activations, cfg: TrainConfig, target: np.ndarray) -> dict[
         if a.fingerprint != acts.fingerprint:
             raise DataError(f"{path}: activations of another model than {acts.meta.get('model_name', '?')}")
         x = head_inputs(a, cfg.head_feature, acts.steer_layer)
-        keep = np.array([s not in own and not source_matches(s, cfg.head_exclude) for s in a.meta["rows"]["source"]],
-                        dtype=bool)
+        keep = _sources_kept(a, cfg.head_exclude) & np.array([s not in own for s in a.meta["rows"]["source"]],
+                                                             dtype=bool)
         for split in parts:
             m = keep & a.mask(split=split)
             harmful = a.label[m] == 1
@@ -285,11 +285,16 @@ def _head_rows(acts: Activations, cfg: TrainConfig, target: np.ndarray) -> dict[
 def _head_kept(acts: Activations, exclude: list[str]) -> np.ndarray:
     """The main file's rows the head (and the mean vector, and the experts) may learn from: all but those of the
     ``head_exclude`` sources, which ``extract --realistic-data`` puts in the main file too."""
-    sources = acts.meta["rows"].get("source") or [""] * acts.label.shape[0]
-    keep = np.array([not source_matches(str(s), exclude) for s in sources], dtype=bool)
+    keep = _sources_kept(acts, exclude)
     if exclude and not (keep & acts.mask(split="train", target=True) & (acts.has_delta == 1)).any():
         raise DataError("--head-exclude leaves no training target with a shift in the activations")
     return keep
+
+
+def _sources_kept(acts: Activations, exclude: list[str]) -> np.ndarray:
+    """Rows whose source is none of ``exclude`` (:func:`source_matches`)."""
+    sources = acts.meta["rows"].get("source") or [""] * acts.label.shape[0]
+    return np.array([not source_matches(str(s), exclude) for s in sources], dtype=bool)
 
 
 def source_matches(source: str, names: list[str]) -> bool:
