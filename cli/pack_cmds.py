@@ -115,7 +115,8 @@ def verify_cmd(
 def set_defaults_cmd(
     pack: str = typer.Argument(..., help="Pack directory or bundled pack name."),
     out: Path = typer.Option(..., "--out", help="Pack directory to write (the same as PACK with --overwrite)."),
-    vector: str = typer.Option(None, "--vector", help="Default vector source: head, mean or projected."),
+    vector: str = typer.Option(None, "--vector",
+                               help="Default vector source: head, mean, projected or head_direction."),
     strength: float = typer.Option(None, "--strength", help="The pack's own strength (> 0; turns multiply it)."),
     schedule: str = typer.Option(None, "--schedule", help="Default schedule: all, K, K:linear or K:exp."),
     note: str = typer.Option("", "--note", help="How the values were chosen (kept in the manifest's provenance)."),

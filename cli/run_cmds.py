@@ -29,7 +29,8 @@ STRENGTH_OPT = typer.Option(1.0, "--strength", help="Multiply the pack's steerin
 VECTOR_OPT = typer.Option(
     None, "--vector",
     help="head (the pack's per-prompt vector), mean (its static mean vector, still gated: CAST-style) or "
-         "projected (the mean's direction at the head's per-prompt length). Default: the pack's own.",
+         "projected (the mean's direction at the head's per-prompt length) or head_direction (the head's "
+         "per-prompt direction at the mean's length). Default: the pack's own.",
 )
 THRESHOLD_OPT = typer.Option(
     None, "--gate-threshold", min=0.0,

@@ -58,6 +58,8 @@ def decide_pack(s: LlamaSession, pack: SteeringPack, pack_strength: float, st: S
             vectors = {m.steer_layer: out.vector * strength}
         elif source == "projected":
             vectors = {m.steer_layer: project_on_mean(pack, out.vector) * strength}
+        elif source == "head_direction":
+            vectors = {m.steer_layer: head_direction_at_mean_length(pack, out.vector) * strength}
         else:
             vectors = {layer: v * strength for layer, v in pack.control.directions.items()}
         spread = spread or m.spread
@@ -79,18 +81,42 @@ def project_on_mean(pack: SteeringPack, vector: np.ndarray) -> np.ndarray:
     prompts, about 35 on the borderline ones whose gate opens; docs/CLEAN_REFUSAL.md). Keeping the length and
     dropping the direction keeps the one and loses the other. The head never reverses the mean's direction.
     """
+    mean = _steer_mean(pack, "projected")
+    along = max(float(vector.astype(np.float64) @ mean) / float(mean @ mean), 0.0)
+    return (mean * along).astype(np.float32)
+
+
+def head_direction_at_mean_length(pack: SteeringPack, vector: np.ndarray) -> np.ndarray:
+    """The ``head_direction`` vector source: ``vector``'s (the head's) direction at the length of the pack's mean
+    vector at the steer layer; the mean itself when the head's vector is zero (it has no direction to keep).
+
+    Why: a head trained on each realistic request's own refusal shift (``extract --realistic-data``) turns toward
+    the shift a phrasing needs (role-play: cosine 0.97 to that family's own shift, against 0.84 for the mean), but
+    at about 0.68 of the mean's length on the phrasings it was not sure of, too short to refuse
+    (DESIGN-NOTES item 19). Kept at the mean's length, its direction refuses where the mean's does not.
+    """
+    mean = _steer_mean(pack, "head_direction")
+    v = vector.astype(np.float64)
+    norm = float(np.linalg.norm(v))
+    if not np.isfinite(norm):
+        raise PackError("the head's vector is not finite; refusing to generate")
+    return (mean if norm == 0.0 else v * (float(np.linalg.norm(mean)) / norm)).astype(np.float32)
+
+
+def _steer_mean(pack: SteeringPack, source: str) -> np.ndarray:
+    """control.gguf's row at the steer layer (float64), which the ``projected`` and ``head_direction`` sources
+    need; a clear :class:`PackError` when it is missing, zero or not finite (fail closed)."""
     m = pack.manifest
     mean = pack.control.directions.get(m.steer_layer)
     if mean is None:
-        raise PackError(f"pack {pack_name(pack)}: control.gguf has no direction.{m.steer_layer} to project the head's "
-                        "vector on; use vector source head or mean")
+        raise PackError(f"pack {pack_name(pack)}: control.gguf has no direction.{m.steer_layer} for vector source "
+                        f"{source}; use vector source head or mean")
     mean = mean.astype(np.float64)
     norm2 = float(mean @ mean)
     if not np.isfinite(norm2) or norm2 == 0.0:
         raise PackError(f"pack {pack_name(pack)}: the mean vector at layer {m.steer_layer} is zero or not finite; "
-                        "the head's vector has no direction to be projected on")
-    along = max(float(vector.astype(np.float64) @ mean) / norm2, 0.0)
-    return (mean * along).astype(np.float32)
+                        f"vector source {source} needs it")
+    return mean
 
 
 def open_packs_schedule(packs: Sequence[SteeringPack], decisions: Sequence[Decision]) -> Schedule:

@@ -78,8 +78,9 @@ class SteeredLlama:
         strength: multiplies every pack's vector (1.0 = as trained), on top of each :class:`PackSpec`'s own.
         gate: ``pack`` (threshold tau), ``always`` or ``never`` (for baselines and debugging).
         vector_source: ``head`` (query-specific MoSE vector), ``mean`` (the pack's static mean
-            vector from control.gguf) or ``projected`` (the mean's direction at the length of the head's
-            vector along it); None: each pack's default.
+            vector from control.gguf), ``projected`` (the mean's direction at the length of the head's
+            vector along it) or ``head_direction`` (the head's direction at the mean's length); None: each
+            pack's default.
         threshold: gate threshold for every pack (open iff gate score >= threshold); None: each pack's tau.
             Higher: fewer turns steered, fewer false positives and fewer hits.
         combine: when several open packs add at one layer beyond what any of them does alone: ``cap``

@@ -47,13 +47,14 @@ GateCandidateKind = Literal["scs", "scs_logistic", "probe"]
 (stored as a rank-1 ``scs_logistic`` gate, so packs only ever hold ``GateKind``s)."""
 GATE_CANDIDATE_KINDS: tuple[GateCandidateKind, ...] = get_args(GateCandidateKind)
 
-VectorSource = Literal["head", "mean", "projected"]
+VectorSource = Literal["head", "mean", "projected", "head_direction"]
 """API spelling. ``head``: the MoSE head's query-specific vector; ``mean``: the pack's static mean vector;
 ``projected``: the pack's mean direction at the length of the head's vector along it (the head decides how hard
-to steer each query, the mean which way; issue 11, DESIGN-NOTES item 17)."""
+to steer each query, the mean which way; issue 11, DESIGN-NOTES item 17); ``head_direction``: the head's
+direction at the mean's length (the head decides which way, the mean how hard; DESIGN-NOTES item 19)."""
 VECTOR_SOURCES: tuple[VectorSource, ...] = get_args(VectorSource)
 
-ManifestVectorSource = Literal["head", "control", "projected"]
+ManifestVectorSource = Literal["head", "control", "projected", "head_direction"]
 """Manifest spelling (format_version 1, kept for old packs): the static vector is the file ``control.gguf``."""
 MANIFEST_VECTOR_SOURCES: tuple[ManifestVectorSource, ...] = get_args(ManifestVectorSource)
 

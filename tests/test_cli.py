@@ -218,7 +218,8 @@ def test_generate_vector_choice(tiny_model: Path, pack: Path) -> None:
     assert (res.token_ids if "token_ids" in d else res.text) == texts["mean"]
     assert texts["head"] != texts["mean"]
     r = run_cli("generate", str(tiny_model), "--pack", str(pack), "--prompt", "hi", "--vector", "bogus")
-    assert r.returncode == 2 and "--vector must be head, mean or projected" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--vector must be head, mean, projected or head_direction" in r.stderr
 
 
 def test_generate_penalties_and_schedule_flags(tiny_model: Path, pack: Path) -> None:

@@ -119,5 +119,5 @@ def test_manifest_versions_keep_old_runtimes_from_misreading_the_gate(model: Pat
     n_layer = new["model"]["n_layer"]
     with pytest.raises(PackFormatError, match="last layer"):
         parse_manifest(json.dumps({**new, "layers": {**new["layers"], "gate": n_layer - 1}}).encode())
-    with pytest.raises(PackFormatError, match="version 5"):  # the next version, unknown to this runtime
-        parse_manifest(json.dumps({**new, "format_version": 5}).encode())
+    with pytest.raises(PackFormatError, match="version 6"):  # the next version, unknown to this runtime
+        parse_manifest(json.dumps({**new, "format_version": 6}).encode())

@@ -160,6 +160,10 @@ def test_per_request_mode_vector_and_strength_are_applied_and_reported(client: o
     assert r.choices[0].message.content != base
     proj = chat(client, {"vector": "projected"}).model_extra["steering"]
     assert proj["vector"] == "projected" and proj["packs"][0]["vector"] == "projected" and proj["steered"]
+    hd = chat(client, {"vector": "head_direction"})
+    st = hd.model_extra["steering"]
+    assert st["vector"] == "head_direction" and st["packs"][0]["vector"] == "head_direction" and st["steered"]
+    assert hd.choices[0].message.content != base
     with pytest.raises(openai.BadRequestError):
         chat(client, {"vector": "sideways"})
     # nothing leaks into the next request on the same slots

@@ -30,7 +30,10 @@ version-2 runtime would ignore the strength and steer weaker than measured, so i
 HEAD_FEATURE_VERSION = 4
 """Written for packs whose MoSE head reads a user-message span (``head.feature``): an older runtime would feed the
 head the last token's state, a different input than it was trained on, so it must refuse the pack instead."""
-READ_VERSIONS = (FORMAT_VERSION, SPAN_FEATURE_VERSION, DEFAULTS_VERSION, HEAD_FEATURE_VERSION)
+HEAD_DIRECTION_VERSION = 5
+"""Written for packs that steer with the ``head_direction`` vector source by default (DESIGN-NOTES item 19): an
+older runtime does not know the source, so it must refuse the pack by its version, before reading the field."""
+READ_VERSIONS = (FORMAT_VERSION, SPAN_FEATURE_VERSION, DEFAULTS_VERSION, HEAD_FEATURE_VERSION, HEAD_DIRECTION_VERSION)
 MAX_PACK_STRENGTH = 100.0
 MANIFEST = "manifest.json"
 HEAD = "head.onnx"
@@ -63,7 +66,8 @@ class Manifest:
     basis_rank: int
     vector_source: str
     """``head``: the head's query-specific vector at ``steer_layer``; ``control``: control.gguf's rows;
-    ``projected``: control.gguf's row at ``steer_layer`` at the length of the head's vector along it."""
+    ``projected``: control.gguf's row at ``steer_layer`` at the length of the head's vector along it;
+    ``head_direction``: the head's vector at the length of control.gguf's row at ``steer_layer``."""
     mode: str
     files: dict[str, FileEntry]
     feature_layer: int | None = None
@@ -89,6 +93,8 @@ class Manifest:
     @property
     def written_version(self) -> int:
         """The oldest format version whose readers apply everything this manifest asks for."""
+        if self.vector_source == "head_direction":
+            return HEAD_DIRECTION_VERSION
         if self.head_feature != "last":
             return HEAD_FEATURE_VERSION
         if self.strength != 1.0 or self.vector_source == "projected":
@@ -245,6 +251,8 @@ def parse_manifest(raw: bytes) -> Manifest:
     if (strength != 1.0 or vector_source == "projected") and version < DEFAULTS_VERSION:
         raise PackFormatError(f"manifest: a pack strength or vector_source 'projected' needs format_version "
                               f"{DEFAULTS_VERSION}")
+    if vector_source == "head_direction" and version < HEAD_DIRECTION_VERSION:
+        raise PackFormatError(f"manifest: vector_source 'head_direction' needs format_version {HEAD_DIRECTION_VERSION}")
     schedule = spread = None
     try:
         if d.get("schedule") is not None:

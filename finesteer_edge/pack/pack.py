@@ -170,6 +170,6 @@ def _parse_control(root: Path, data: bytes, m: Manifest) -> ControlVector:
         cv = read_control_vector(data, n_embd=m.model.n_embd, n_layer=m.model.n_layer, name=CONTROL)
     except PackFormatError as exc:
         raise PackFormatError(f"pack {root}: {exc}") from exc
-    if m.vector_source != "control" and m.steer_layer not in cv.directions:  # head, projected
+    if m.vector_source != "control" and m.steer_layer not in cv.directions:  # head, projected, head_direction
         raise PackFormatError(f"pack {root}: control.gguf has no direction.{m.steer_layer} for the steer layer")
     return cv
