@@ -222,3 +222,35 @@ def test_family_shift_reads_train_prompts_for_shifts_and_val_prompts_for_steerin
     assert airt["harmful"] and airt["benign"] == []
     advbench = [r["prompt"] for r in read_jsonl(data / "harmful_train.jsonl")]
     assert family_shift.train_prompts("advbench", 3) == advbench[:3]
+
+
+def test_head_lofo_md_is_rendered_from_its_results_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/HEAD_LOFO.md is bench/head_lofo.py's rendering of bench/results/head_lofo.json, byte for byte, and its
+    pooled rows are the folds' rows weighted by their prompt counts."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import head_lofo  # bench/head_lofo.py
+
+    res = json.loads((ROOT / "bench" / "results" / "head_lofo.json").read_text())
+    assert head_lofo.render(res) == (ROOT / "docs" / "HEAD_LOFO.md").read_text()
+    assert head_lofo.pooled(res["folds"]) == res["pooled"]
+    assert [p["method"] for p in res["pooled"]] == list(head_lofo.SOURCES)
+    for f in res["folds"]:
+        assert [p["method"] for p in f["points"]] == list(head_lofo.SOURCES)
+        assert f["exclude"] == head_lofo.head_exclude(tuple(f["fold"]))
+
+
+def test_head_lofo_folds_leave_every_harmful_source_out_once_on_validation_prompts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every phrasing family and the AIRT seeds are left out of exactly one fold's head, by the source names
+    extract --realistic-data writes; the folds are measured on validation prompts (load_heldout(split='val'))."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import head_lofo  # bench/head_lofo.py
+
+    from finesteer_edge.train.tasks import PAIR_FAMILIES
+
+    families = [f for fams in PAIR_FAMILIES for f in fams] + ["airt"]
+    left_out = [f for fold in head_lofo.FOLDS for f in fold]
+    assert sorted(left_out) == sorted(families)
+    assert head_lofo.head_exclude(("roleplay", "airt")) == "tpl:roleplay,airt"
+    src = (ROOT / "bench" / "head_lofo.py").read_text()
+    assert 'load_heldout(0, "val"' in src and '"test"' not in src
