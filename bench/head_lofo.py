@@ -45,6 +45,11 @@ FOLDS: tuple[tuple[str, ...], ...] = (
 SOURCES = ("cast", "finesteer", "projected", "head_direction")
 """The vector sources compared, in clean_refusal.py's method names: the gated mean vector (CAST-style; the bundled
 pack's default), the head's own vector, the mean's direction at the head's length, the head's at the mean's."""
+BUNDLED = "bundled cast"
+"""The last row of every table: the bundled pack's own gated mean vector (AdvBench's shifts only) on the same
+prompts, behind the same gate (the regated folds choose the bundled gate), so a fold's mean vector, which also
+learned the other folds' phrasings, is compared with the one we ship."""
+ROWS = (*SOURCES, BUNDLED)
 
 
 def head_exclude(fold: tuple[str, ...]) -> str:
@@ -79,22 +84,27 @@ def make_pack(acts: Path, gate_acts: list[Path], fold: tuple[str, ...], work: Pa
 
 
 def measure(pack: Path, fold: tuple[str, ...], cfgs: list[cr.Config]) -> dict[str, Any]:
-    """Each source on the fold's validation prompts, pooled and per family."""
-    runner = cr.Runner(smollm2(), cr.cache_file(OUT, (pack / MANIFEST).read_bytes()), pack)
+    """Each source of the fold's pack, then the bundled pack's mean vector, on the fold's validation prompts,
+    pooled and per family."""
     sets, sizes = cr.load_heldout(0, "val", ("single",), frozenset(fold))
     out: dict[str, Any] = {"fold": list(fold), "exclude": head_exclude(fold), "sizes": sizes, "points": [],
                            "families": {}}
-    for cfg in cfgs:
-        p = runner.metrics(cfg, sets["single"])
-        out["points"].append({k: v for k, v in p.items() if k != "examples"} | {"examples": p["examples"][:2]})
-        print(fold[0], "...", cr.row(p), flush=True)
-        for fam in fold:
-            fs, _ = cr.load_heldout(0, "val", ("single",), frozenset({fam}))
-            q = runner.metrics(cfg, {"harmful": fs["single"]["harmful"]})
-            out["families"].setdefault(fam, []).append(
-                {"method": cfg.method, "n": q["n_harmful"], "open": q["steered_harmful"], "refusal": q["refusal"],
-                 "clean": q["clean"]})
-    runner.llm.close()
+    bundled_cache = cr.cache_file(REPO / "bench" / "results" / "clean_refusal.json", (cr.PACK / MANIFEST).read_bytes())
+    for runs in ((pack, cr.cache_file(OUT, (pack / MANIFEST).read_bytes()), cfgs, SOURCES),
+                 (cr.PACK, bundled_cache, [cfgs[SOURCES.index("cast")]], (BUNDLED,))):
+        runner = cr.Runner(smollm2(), runs[1], runs[0])
+        for cfg, method in zip(runs[2], runs[3], strict=True):
+            p = runner.metrics(cfg, sets["single"]) | {"method": method}
+            out["points"].append({k: v for k, v in p.items() if k != "examples"} | {"examples": p["examples"][:2]})
+            print(fold[0], "...", method, cr.row(p), flush=True)
+            for fam in fold:
+                fs, _ = cr.load_heldout(0, "val", ("single",), frozenset({fam}))
+                q = runner.metrics(cfg, {"harmful": fs["single"]["harmful"]})
+                out["families"].setdefault(fam, []).append(
+                    {"method": method, "n": q["n_harmful"], "open": q["steered_harmful"], "refusal": q["refusal"],
+                     "clean": q["clean"]})
+        out["generated"] = out.get("generated", 0) + runner.generated
+        runner.llm.close()
     return out
 
 
@@ -102,7 +112,7 @@ def pooled(folds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each source over every fold: rates weighted by the fold's prompt counts (every source is measured on each
     family exactly when that family was left out)."""
     rows = []
-    for i, method in enumerate(SOURCES):
+    for i, method in enumerate(ROWS):
         ps = [f["points"][i] for f in folds]
         nh, nb = sum(p["n_harmful"] for p in ps), sum(p["n_benign"] for p in ps)
         rows.append({"method": method, "n_harmful": nh, "n_benign": nb,
@@ -127,16 +137,19 @@ def render(res: dict[str, Any]) -> str:
              f"- model `{res['model']}`, activations `{res['acts']}` (sha256 {res['acts_sha256'][:12]}), head "
              f"feature `user_mean`, alpha {res['alpha']:g}, gate files: {', '.join(res['gate_acts']) or 'none'}",
              f"- steering: strength {res['strength']:g} x alpha, schedule `{res['schedule']}`, sampler "
-             f"`{res['sampler']}`, {res['threads']} llama.cpp thread, {res['seconds']:.0f} s",
+             f"`{res['sampler']}`, {res['threads']} llama.cpp thread, {res['seconds']:.0f} s "
+             f"({sum(f['generated'] for f in res['folds'])} answers generated in this run, the others read from "
+             "the answer caches of earlier runs of the same packs)",
              "- per fold, the head, its mean vector and its experts are trained without the fold's sources; the "
              "fold's validation prompts (harmful halves, AIRT seeds, the benign twins) are steered by that pack; "
-             "per family: refused / harmful validation prompts (clean refusals)",
+             "per family: refused / harmful validation prompts (clean refusals); `bundled cast` is the bundled pack's "
+             "own gated mean vector (AdvBench's shifts only) on the same prompts behind the same gate",
              "", "## Pooled over the folds (each prompt measured by the pack that never saw its family)", ""]
     lines += md_table(head, [cells(p, p["method"]) for p in res["pooled"]]).splitlines()
     for f in res["folds"]:
         lines += ["", f"## Fold: {', '.join(f['fold'])} left out (`--head-exclude {f['exclude']}`)", ""]
         lines += md_table(head, [cells(p, p["method"]) for p in f["points"]]).splitlines()
-        lines += ["", md_table(["family", *SOURCES],
+        lines += ["", md_table(["family", *ROWS],
                                [[fam, *(f"{r['refusal'] * r['n']:.0f}/{r['n']} ({r['clean'] * r['n']:.0f} clean)"
                                         for r in rows)] for fam, rows in f["families"].items()]).rstrip()]
     return "\n".join(lines) + "\n"

@@ -233,9 +233,10 @@ def test_head_lofo_md_is_rendered_from_its_results_file(monkeypatch: pytest.Monk
     res = json.loads((ROOT / "bench" / "results" / "head_lofo.json").read_text())
     assert head_lofo.render(res) == (ROOT / "docs" / "HEAD_LOFO.md").read_text()
     assert head_lofo.pooled(res["folds"]) == res["pooled"]
-    assert [p["method"] for p in res["pooled"]] == list(head_lofo.SOURCES)
+    assert [p["method"] for p in res["pooled"]] == list(head_lofo.ROWS)
     for f in res["folds"]:
-        assert [p["method"] for p in f["points"]] == list(head_lofo.SOURCES)
+        assert [p["method"] for p in f["points"]] == list(head_lofo.ROWS)
+        assert all([r["method"] for r in rows] == list(head_lofo.ROWS) for rows in f["families"].values())
         assert f["exclude"] == head_lofo.head_exclude(tuple(f["fold"]))
 
 
