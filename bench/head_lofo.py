@@ -32,6 +32,7 @@ from _util import REPO, smollm2  # noqa: E402
 
 from finesteer_edge.measure.common import md_table  # noqa: E402
 from finesteer_edge.pack.manifest import MANIFEST  # noqa: E402
+from finesteer_edge.pack.pack import SteeringPack  # noqa: E402
 
 OUT = REPO / "bench" / "results" / "head_lofo.json"
 DOC = REPO / "docs" / "HEAD_LOFO.md"
@@ -87,23 +88,24 @@ def measure(pack: Path, fold: tuple[str, ...], cfgs: list[cr.Config]) -> dict[st
     """Each source of the fold's pack, then the bundled pack's mean vector, on the fold's validation prompts,
     pooled and per family."""
     sets, sizes = cr.load_heldout(0, "val", ("single",), frozenset(fold))
+    per_family = {fam: cr.load_heldout(0, "val", ("single",), frozenset({fam}))[0]["single"]["harmful"]
+                  for fam in fold}
     out: dict[str, Any] = {"fold": list(fold), "exclude": head_exclude(fold), "sizes": sizes, "points": [],
-                           "families": {}}
+                           "families": {fam: [] for fam in fold}, "generated": 0}
     bundled_cache = cr.cache_file(REPO / "bench" / "results" / "clean_refusal.json", (cr.PACK / MANIFEST).read_bytes())
-    for runs in ((pack, cr.cache_file(OUT, (pack / MANIFEST).read_bytes()), cfgs, SOURCES),
-                 (cr.PACK, bundled_cache, [cfgs[SOURCES.index("cast")]], (BUNDLED,))):
-        runner = cr.Runner(smollm2(), runs[1], runs[0])
-        for cfg, method in zip(runs[2], runs[3], strict=True):
+    runs = ((pack, cr.cache_file(OUT, (pack / MANIFEST).read_bytes()), list(zip(cfgs, SOURCES, strict=True))),
+            (cr.PACK, bundled_cache, [(cfgs[SOURCES.index("cast")], BUNDLED)]))
+    for steer_pack, cache, named in runs:
+        runner = cr.Runner(smollm2(), cache, steer_pack)
+        for cfg, method in named:
             p = runner.metrics(cfg, sets["single"]) | {"method": method}
             out["points"].append({k: v for k, v in p.items() if k != "examples"} | {"examples": p["examples"][:2]})
             print(fold[0], "...", method, cr.row(p), flush=True)
-            for fam in fold:
-                fs, _ = cr.load_heldout(0, "val", ("single",), frozenset({fam}))
-                q = runner.metrics(cfg, {"harmful": fs["single"]["harmful"]})
-                out["families"].setdefault(fam, []).append(
-                    {"method": method, "n": q["n_harmful"], "open": q["steered_harmful"], "refusal": q["refusal"],
-                     "clean": q["clean"]})
-        out["generated"] = out.get("generated", 0) + runner.generated
+            for fam, prompts in per_family.items():
+                q = runner.metrics(cfg, {"harmful": prompts})
+                out["families"][fam].append({"method": method, "n": q["n_harmful"], "open": q["steered_harmful"],
+                                             "refusal": q["refusal"], "clean": q["clean"]})
+        out["generated"] += runner.generated
         runner.llm.close()
     return out
 
@@ -165,8 +167,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--doc", type=Path, default=DOC)
     args = ap.parse_args()
-    from finesteer_edge.pack.pack import SteeringPack
-
     t0 = time.perf_counter()
     bundled = SteeringPack.load(cr.PACK).manifest
     strength = bundled.strength

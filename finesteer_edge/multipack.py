@@ -123,9 +123,8 @@ def check_compatible(packs: Sequence[SteeringPack]) -> None:
 
 
 def steer_layers(pack: SteeringPack, vector_source: str | None = None) -> list[int]:
-    """The layers a pack's control vector writes: its steer layer (``head``, ``projected``,
-    ``head_direction``) or control.gguf's rows
-    (``mean``)."""
+    """The layers a pack's control vector writes: its steer layer (``head``, ``projected``, ``head_direction``)
+    or control.gguf's rows (``mean``)."""
     from .vocab import vector_source_from_manifest
 
     source = vector_source or vector_source_from_manifest(pack.manifest.vector_source)  # type: ignore[arg-type]
