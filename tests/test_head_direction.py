@@ -136,3 +136,27 @@ def test_a_manifest_saying_head_direction_below_version_5_is_refused(pack: Path,
     (bad / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(PackFormatError, match="needs format_version 5"):
         SteeringPack.load(bad)
+
+
+@pytest.mark.parametrize("arch", ["qwen2"])
+def test_head_direction_on_another_architecture_in_a_conversation(arch: str, tmp_path: Path) -> None:
+    """The source is the same arithmetic on a tiny model of another architecture, with a system prompt and an
+    earlier exchange before the request: the head's direction, the mean's length, and a steered turn."""
+    from finesteer_edge.testing.tiny_model import TinyConfig, write_tiny_model
+
+    model = write_tiny_model(tmp_path / f"{arch}.gguf", arch, TinyConfig(n_embd=128, n_head=4, n_head_kv=2, n_ff=256))
+    p = make_random_pack(model, tmp_path / "p", tau=-1.0, vector_norm=60.0)
+    chat = [{"role": "system", "content": "You answer briefly."},
+            {"role": "user", "content": "Hi! What is the capital of France?"},
+            {"role": "assistant", "content": "Paris."},
+            {"role": "user", "content": PROMPTS[2]}]
+    llm = SteeredLlama(model, p, n_ctx=512, n_threads=1, chat_template="chatml")
+    layer = llm.packs[0].manifest.steer_layer
+    mean = llm.packs[0].control.directions[layer]
+    head = llm.decide_prompt(chat, steering=SteeringSettings(vector_source="head"))[0].vectors[layer]
+    hd = llm.decide_prompt(chat, steering=SteeringSettings(vector_source="head_direction"))[0].vectors[layer]
+    assert _cos(hd, head) == pytest.approx(1.0, abs=1e-5)
+    assert np.linalg.norm(hd) == pytest.approx(np.linalg.norm(mean), rel=1e-5)
+    out = llm.generate(chat, max_tokens=8, steering=SteeringSettings(vector_source="head_direction"))
+    assert out.steered and out.tokens > 0
+    llm.close()
