@@ -233,13 +233,16 @@ negatives."""
 
 
 def load_heldout(limit: int, split: str = "test", shapes: tuple[str, ...] = HELDOUT_SHAPES,
-                 only: frozenset[str] | None = None) -> tuple[dict[str, dict[str, list[Prompt]]], dict[str, int]]:
+                 only: frozenset[str] | None = None, pool: str = "eval",
+                 ) -> tuple[dict[str, dict[str, list[Prompt]]], dict[str, int]]:
     """Prompts of ours from sources the MoSE head never trained on, per shape: harmful = the harmful halves of the
     topic pairs (11 phrasing families) and the PyRIT AIRT seeds; benign = the pairs' benign twins, general prompts
     and hand-written hard negatives (all ``*_test``). ``single`` takes every prompt; the other shapes ``limit``
     per group, spread evenly over the files (the pair file is ordered by family). ``split`` ``val`` gives the same
     sources' validation prompts (other topics), on which the shipped default may be chosen. ``only``: keep these
-    pair families and parts (``HELDOUT_PARTS``), e.g. the sources a head was trained without (``--head-exclude``)."""
+    pair families and parts (``HELDOUT_PARTS``), e.g. the sources a head was trained without (``--head-exclude``).
+    ``pool``: shapes.py's pool of exchanges and system prompts (``eval``, which no training step reads, for the test
+    prompts; ``train`` keeps it unread, e.g. for validation conversations)."""
     from finesteer_edge.train.shapes import context_for
 
     def part(name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -262,7 +265,7 @@ def load_heldout(limit: int, split: str = "test", shapes: tuple[str, ...] = HELD
             if shape == "single":
                 out[shape][g] = [r["prompt"] for r in rows]
             else:
-                out[shape][g] = [[*context_for(shape, r["id"], pool="eval").context,
+                out[shape][g] = [[*context_for(shape, r["id"], pool=pool).context,
                                   {"role": "user", "content": r["prompt"]}] for r in rows]
     return out, {g: len(rows) for g, rows in groups.items()}
 

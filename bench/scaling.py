@@ -4,7 +4,9 @@ Part 1, prompt length: TTFT of plain / gate closed / gate open (fast, exact) on 
 ~64, 256, 512 and 1024 tokens (few new tokens: this is about the prefill). Exact mode should add one
 prefill of the turn's tokens; gate closed should add a constant (tap read-out + head).
 
-Part 2, a chat's second turn (KV cache of the first kept): exact mode re-prefills only the new turn's tokens.
+Part 2, a chat's second turn (KV cache of the first kept): a gate-closed turn prefills only its new tokens; an
+exact-mode steered turn prefills the whole conversation again with the vector (DESIGN-NOTES item 20), so it is set
+against a fresh prefill of the whole conversation (``plain_fresh``).
 
 Part 3, model shape: on random llama models (Q8_0) with d in {256, 1024} and n_layer in {8, 32}, at the
 session level: prefill with and without the hidden-state tap, decode per token with and without an active
@@ -13,10 +15,12 @@ on the next decode). These are the per-turn and per-token costs steering adds, a
 bench/head.py) and exact mode's re-prefill (part 1).
 
     python bench/scaling.py
+    python bench/scaling.py --parts multi_turn     # one part again; the others are kept from the results file
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import time
@@ -30,6 +34,7 @@ from _util import base_parser, save, smollm2
 from finesteer_edge.measure.common import environment, interleaved, loadavg, median, text_table
 from finesteer_edge.measure.prompts import LONG_PROMPT
 
+PARTS = ("prompt_length", "multi_turn", "shape")
 LENGTHS = (64, 256, 512, 1024)
 SHAPES = ((256, 8), (256, 32), (1024, 8), (1024, 32))
 
@@ -83,10 +88,15 @@ FIXED_REPLY = ("Thirty years from now, Karsund has become a small centre for mar
 
 
 def part_multi_turn(model: Path, threads: int, rounds: int) -> dict[str, Any]:
-    """Second turn of a chat (KV cache kept): exact mode must re-prefill only that turn's new tokens.
+    """Second turn of a chat (KV cache kept): what a gate-closed and a steered turn cost on a cached history.
 
     Turn 1 is the long prompt; turn 2 appends a fixed assistant reply and a short follow-up, so every
-    variant prefills the same new tokens on top of the same cached history.
+    variant has the same cached history. Plain, gate-closed and fast turns prefill only the new tokens;
+    exact mode prefills the whole conversation with the vector, which ``plain_fresh`` (the same conversation
+    in one fresh plain turn) prices. ``gate_open_exact`` was steered on turn 1 too, so on an architecture whose
+    gate taps the generation context (llama: ``layer_inp``) turn 2 first prefills the conversation unsteered for
+    its gate, since no turn reads KV cache a vector computed; ``gate_open_exact_after_closed`` follows a
+    gate-closed turn 1, the common case of a harmful request in a benign chat.
     """
     from finesteer_edge.measure.quick import close_variant, open_variant, plan_packs
 
@@ -102,7 +112,17 @@ def part_multi_turn(model: Path, threads: int, rounds: int) -> dict[str, Any]:
                 llm.chat([u1], stream=False, max_tokens=4)
                 return llm.chat(convo, stream=False, max_tokens=4)
 
-            samples = interleaved({n: (lambda o=o: second_turn(o)) for n, o in objs.items()}, rounds, warmup=1)
+            def after_closed_turn(llm: Any) -> Any:
+                llm.reset()
+                llm.set_steering(gate="never")
+                llm.chat([u1], stream=False, max_tokens=4)
+                llm.set_steering(gate=plan.gate_open)
+                return llm.chat(convo, stream=False, max_tokens=4)
+
+            runners = {n: (lambda o=o: second_turn(o)) for n, o in objs.items()}
+            runners["gate_open_exact_after_closed"] = lambda: after_closed_turn(objs["gate_open_exact"])
+            runners["plain_fresh"] = lambda: objs["plain"].generate(convo, max_tokens=4)
+            samples = interleaved(runners, rounds, warmup=1)
         finally:
             for o in objs.values():
                 close_variant(o)
@@ -115,10 +135,13 @@ def part_multi_turn(model: Path, threads: int, rounds: int) -> dict[str, Any]:
         out[f"ttft_ms_{n}"] = median([r.ttft_seconds * 1e3 for r in rs])
     out["exact_extra_ms"] = out["ttft_ms_gate_open_exact"] - out["ttft_ms_gate_closed"]
     out["exact_extra_over_prefill"] = out["exact_extra_ms"] / out["ttft_ms_plain"]
+    out["exact_over_fresh"] = out["ttft_ms_gate_open_exact"] / out["ttft_ms_plain_fresh"]
+    out["exact_after_closed_over_fresh"] = out["ttft_ms_gate_open_exact_after_closed"] / out["ttft_ms_plain_fresh"]
+    out["env"] = {"loadavg_end": loadavg(), "date": time.strftime("%Y-%m-%d")}
     print(f"second turn: {out['new_tokens']} new tokens on {out['history_tokens']} cached; plain "
           f"{out['ttft_ms_plain']:.1f} ms, closed {out['ttft_ms_gate_closed']:.1f}, exact "
-          f"{out['ttft_ms_gate_open_exact']:.1f} (extra {out['exact_extra_over_prefill']:.2f} x the turn's prefill)",
-          file=sys.stderr)
+          f"{out['ttft_ms_gate_open_exact']:.1f} ({out['exact_over_fresh']:.2f} x a fresh prefill of the "
+          f"conversation, {out['ttft_ms_plain_fresh']:.1f} ms)", file=sys.stderr)
     return out
 
 
@@ -226,20 +249,37 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
+    p.add_argument("--parts", default=",".join(PARTS),
+                   help=f"Parts to run ({', '.join(PARTS)}); the others are kept from the last results file.")
     args = p.parse_args()
+    parts = [x.strip() for x in args.parts.split(",") if x.strip()]
+    if not parts or set(parts) - set(PARTS):
+        p.error(f"--parts takes a comma-separated subset of {', '.join(PARTS)}")
     shapes = SHAPES
     if args.quick:
         args.rounds, args.lengths, shapes = 1, [64, 256], ((256, 8), (256, 32))
     model = smollm2()
-    out: dict[str, Any] = {"env": environment(model=str(model), threads=args.threads, rounds=args.rounds)}
-    out["prompt_length"] = part_prompt_length(model, args.threads, args.rounds, tuple(args.lengths))
-    out["multi_turn"] = part_multi_turn(model, args.threads, args.rounds)
-    out["shape"] = part_shape(args.threads, args.rounds, shapes)
+    env = environment(model=str(model), threads=args.threads, rounds=args.rounds)
+    last = args.results_dir / "scaling.json"
+    out: dict[str, Any]
+    if set(parts) != set(PARTS):
+        if not last.exists():
+            p.error(f"--parts {args.parts}: {last} holds no earlier run to keep the other parts from")
+        out = json.loads(last.read_text())
+        out.setdefault("reruns", {}).update({part: env for part in parts})
+    else:
+        out = {"env": env}
+    if "prompt_length" in parts:
+        out["prompt_length"] = part_prompt_length(model, args.threads, args.rounds, tuple(args.lengths))
+    if "multi_turn" in parts:
+        out["multi_turn"] = part_multi_turn(model, args.threads, args.rounds)
+    if "shape" in parts:
+        out["shape"] = part_shape(args.threads, args.rounds, shapes)
     rows = [[g["prompt_tokens"], f"{g['summary']['ttft_ms_plain']:.1f}", f"{g['summary']['closed_extra_ms']:+.2f}",
              f"{g['summary']['exact_extra_ms']:.1f}", f"{g['summary']['exact_extra_over_prefill']:.2f}"]
             for g in out["prompt_length"]]
     print(text_table(["prompt tokens", "plain TTFT ms", "closed extra ms", "exact extra ms", "x prefill"], rows))
-    out["env"]["loadavg_end"] = loadavg()
+    env["loadavg_end"] = loadavg()  # the same record in out["env"] or out["reruns"]
     save("scaling", out, args)
 
 

@@ -33,7 +33,7 @@ class Schedule:
     """Scale of the steering vector over one steered turn. The default is "on for the whole turn"."""
 
     prompt: bool = True
-    """Steer the prompt: in ``exact`` mode the turn's tokens are re-prefilled with the vector on. False
+    """Steer the prompt: in ``exact`` mode the conversation is re-prefilled with the vector on. False
     leaves the prompt cache unsteered (the ``fast`` behaviour) and steers from the first decode on."""
     tokens: int | None = None
     """Generated tokens the vector stays on for (then ``floor``); None: the whole turn."""

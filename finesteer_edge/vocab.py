@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Literal, TypeVar, get_args
 
 Mode = Literal["exact", "fast"]
-"""``exact``: a steered turn re-prefills its own tokens with the vector on; ``fast``: steer generated tokens."""
+"""``exact``: a steered turn re-prefills the conversation with the vector on; ``fast``: steer generated tokens."""
 MODES: tuple[Mode, ...] = get_args(Mode)
 
 GatePolicy = Literal["pack", "always", "never"]

@@ -41,7 +41,8 @@ def test_harmful_turn_after_benign_exchanges_is_steered(llm: SteeredLlama, share
         assert not r1.steered, r1.gate_score
         msgs += [{"role": "assistant", "content": r1.text}, {"role": "user", "content": p}]
         r2 = llm.chat(msgs, stream=False, max_tokens=4)
-        assert r2.cached_tokens > 0  # the second turn reused the first turn's cache
+        # the gate read the turn on the first turn's cache; a steered turn then prefills it all with the vector
+        assert r2.cached_tokens == 0 if r2.steered else r2.cached_tokens > 0
         steered.append(r2.steered)
     assert sum(steered) >= 5, steered
 

@@ -95,11 +95,16 @@ def test_chat_reuses_kv_cache_and_streams(tiny_model: Path, packs: dict) -> None
     result = items[-1]
     assert isinstance(result, GenerationResult)
     assert "".join(x for x in items[:-1] if isinstance(x, str)) == result.text
-    msgs += [{"role": "assistant", "content": result.text}, {"role": "user", "content": packs["high"]}]
+    msgs += [{"role": "assistant", "content": result.text}, {"role": "user", "content": packs["low"]}]
     second = llm.chat(msgs, stream=False, max_tokens=12)
     assert isinstance(second, GenerationResult)
     assert second.cached_tokens > result.prompt_tokens // 2
-    assert second.steered and not result.steered
+    assert not second.steered and not result.steered
+    msgs += [{"role": "assistant", "content": second.text}, {"role": "user", "content": packs["high"]}]
+    third = llm.chat(msgs, stream=False, max_tokens=12)
+    assert isinstance(third, GenerationResult)
+    # a steered exact turn prefills the whole conversation again, with the vector (tests/test_chat_steering.py)
+    assert third.steered and third.cached_tokens == 0
     llm.reset()
     assert llm.chat(msgs, stream=False, max_tokens=1).cached_tokens == 0  # type: ignore[union-attr]
 

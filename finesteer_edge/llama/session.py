@@ -135,6 +135,8 @@ class LlamaSession(VocabularyMixin):
         self._control_key: bytes | None = None
         self._control_args: ControlArgs | None = None
         self._tap_key: bytes | None = None
+        self._steered_from: int | None = None
+        """The first position of the generation context's KV cache computed under a control vector (None: none)."""
         self._logits_ready = False
 
     def _cparams(self, cb_tap: CbEvalTap | None) -> llama_cpp.llama_context_params:
@@ -161,6 +163,15 @@ class LlamaSession(VocabularyMixin):
     def n_past(self) -> int:
         return len(self.tokens)
 
+    @property
+    def unsteered_prefix(self) -> int:
+        """How many leading positions of the KV cache were computed with no control vector set.
+
+        Why: a later turn that reuses the cache beyond this point would read an earlier turn's steering
+        (a gate-closed turn would no longer be what the unsteered model computes for the conversation).
+        """
+        return len(self.tokens) if self._steered_from is None else min(self._steered_from, len(self.tokens))
+
     def reset(self) -> None:
         """Forget the conversation in both contexts: what follows is computed as from a fresh session.
 
@@ -184,6 +195,7 @@ class LlamaSession(VocabularyMixin):
         self.tokens = []
         self._n_done = 0
         self._logits_ready = False
+        self._steered_from = None
 
     def truncate(self, n: int) -> None:
         """Drop KV entries from position ``n`` on (generation context; the tap context matches prefixes itself).
@@ -204,6 +216,8 @@ class LlamaSession(VocabularyMixin):
             self._n_done = n
         del self.tokens[n:]
         self._logits_ready = False
+        if self._steered_from is not None and self._steered_from >= n:
+            self._steered_from = None
 
     def check_fits(self, n_new: int, *, reserve: int = 1) -> None:
         """Raise if ``n_new`` more tokens (plus ``reserve`` for generation) overflow the context."""
@@ -254,6 +268,9 @@ class LlamaSession(VocabularyMixin):
             return None
         if tap is not None:
             tap.start(all_rows=capture_all, span=relative_span(span, self._n_done))
+        steered_before = self._steered_from
+        if self._control_key is not None and self._steered_from is None:
+            self._steered_from = self._n_done
         try:
             rows = self._run(self._ctx, todo, self._n_done, all_logits=all_logits, tap=tap)
         except BaseException:
@@ -261,6 +278,7 @@ class LlamaSession(VocabularyMixin):
             llama_cpp.llama_memory_seq_rm(self._mem, 0, self._n_done, -1)
             del self.tokens[self._n_done:]
             self._logits_ready = False
+            self._steered_from = steered_before
             raise
         finally:
             if tap is not None:
