@@ -90,8 +90,12 @@ def measure(llm: SteeredLlama, convs: dict[str, list[list[dict[str, str]]]]) -> 
             "cached_tokens_steered": float(np.mean([r.cached_tokens for r in h + b if r.steered] or [0])),
             "ttft_ms_steered": float(np.median([r.ttft_seconds * 1e3 for r in h + b if r.steered] or [0])),
         }
-    same = [a.text == c.text for g in convs for a, c in zip(rows["generate"][g], rows["chat"][g], strict=True)]
-    out["same_text"] = float(np.mean(same))
+    pairs = [(a, c) for g in convs for a, c in zip(rows["generate"][g], rows["chat"][g], strict=True)]
+    out["same_text"] = float(np.mean([a.text == c.text for a, c in pairs]))
+    for name, want in (("steered", True), ("closed", False)):
+        both = [a.text == c.text for a, c in pairs if a.steered == c.steered == want]
+        out[f"n_{name}_both"] = len(both)
+        out[f"same_text_{name}"] = float(np.mean(both)) if both else None
     return out
 
 
@@ -104,6 +108,10 @@ def label_row(label: str, shape: str, path: str, m: dict[str, Any]) -> list[str]
             f"{m['cached_tokens_steered']:.1f}", f"{m['ttft_ms_steered']:.0f}"]
 
 
+def pct_or_dash(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
 def render(res: dict[str, Any]) -> str:
     head = ["run", "shape", "answered by", "refusal", "ended <=64", "clean refusal", "degenerate", "over benign",
             "steered h / b", "cached tokens (steered turns)", "TTFT ms (steered, median)"]
@@ -113,8 +121,11 @@ def render(res: dict[str, Any]) -> str:
             if shape in run["shapes"]:
                 for path in PATHS:
                     rows.append(label_row(label, shape, path, run["shapes"][shape][path]))
-                same.append(f"- `{label}`, {shape}: the two ways gave the same text for "
-                            f"{100 * run['shapes'][shape]['same_text']:.1f}% of the conversations.")
+                h = run["shapes"][shape]
+                same.append(f"- `{label}`, {shape}: the two ways gave the same text for {100 * h['same_text']:.1f}% "
+                            f"of the conversations: {pct_or_dash(h['same_text_steered'])} of the {h['n_steered_both']} "
+                            f"steered both ways, {pct_or_dash(h['same_text_closed'])} of the {h['n_closed_both']} "
+                            "gate-closed both ways.")
     runs = "\n".join(f"- `{label}`: {run['code']}; {run['cpu']}, {run['threads']} llama.cpp thread, load average "
                      f"{run['loadavg']}, {run['seconds']:.0f} s" for label, run in res["runs"].items())
     return "\n".join([
@@ -128,7 +139,11 @@ def render(res: dict[str, Any]) -> str:
         f"(`{res['pack_defaults']}`), the CLI's sampler (repeat penalty 1.1 over 64 tokens, DRY 0.8), "
         f"{MAX_TOKENS} new tokens. `generate`: one fresh turn; `chat`: the turns before the request already in "
         "the KV cache, computed unsteered, then `chat()`. Refusal by the improved matcher; ended = end-of-turn "
-        "within 64 tokens; clean = refusal, not degenerate, ended.",
+        "within 64 tokens; clean = refusal, not degenerate, ended. A steered turn prefills the whole conversation "
+        "afresh with its vector either way (DESIGN-NOTES item 20), so its text must match; a gate-closed chat turn "
+        "reads the history from the cache, computed in other batches than one fresh prefill, which moves llama.cpp's "
+        "F16 KV cache by a few ulp and can change a greedy answer (plain llama.cpp does the same), so its text may "
+        "differ.",
         "",
         runs,
         "",

@@ -255,3 +255,41 @@ def test_head_lofo_folds_leave_every_harmful_source_out_once_on_validation_promp
     assert head_lofo.head_exclude(("roleplay", "airt")) == "tpl:roleplay,airt"
     src = (ROOT / "bench" / "head_lofo.py").read_text()
     assert 'load_heldout(0, "val"' in src and '"test"' not in src
+
+
+def test_chat_turns_md_is_rendered_from_its_results_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/CHAT_TURNS.md is bench/chat_turns.py's rendering of bench/results/chat_turns.json, byte for byte; the
+    run on today's code answers every steered conversation in a chat as in one fresh turn (DESIGN-NOTES item 20)."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import chat_turns  # bench/chat_turns.py
+
+    res = json.loads((ROOT / "bench" / "results" / "chat_turns.json").read_text())
+    assert chat_turns.render(res) == (ROOT / "docs" / "CHAT_TURNS.md").read_text()
+    now = res["runs"]["now"]["shapes"]
+    assert set(now) == set(chat_turns.SHAPES)
+    for shape in now.values():
+        assert shape["same_text_steered"] == 1.0 and shape["n_steered_both"] > 0
+        assert shape["chat"]["steered_harmful"] == shape["generate"]["steered_harmful"]
+
+
+def test_chat_turns_reads_validation_prompts_in_the_train_pool_of_conversations(monkeypatch: pytest.MonkeyPatch,
+                                                                               ) -> None:
+    """No test file and none of the eval pool's exchanges or system prompts: those are for the held-out test runs."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import clean_refusal  # bench/clean_refusal.py
+
+    from finesteer_edge.data import read_jsonl
+    from finesteer_edge.train.shapes import system_prompts
+
+    src = (ROOT / "bench" / "chat_turns.py").read_text()
+    assert 'load_heldout(args.limit, "val", SHAPES, pool="train")' in src and '"test"' not in src
+    sets, _ = clean_refusal.load_heldout(6, "val", ("system", "history"), pool="train")
+    data = ROOT / "finesteer_edge" / "datasets" / "safety"
+    val = {r["prompt"] for f in ("pairs_val", "harmful_more_val", "benign_general_val", "benign_hard_val")
+           for r in read_jsonl(data / f"{f}.jsonl")}
+    for shape in ("system", "history"):
+        for convs in sets[shape].values():
+            assert len(convs) == 6 and all(c[-1]["content"] in val for c in convs)
+    assert {c[0]["content"] for convs in sets["system"].values() for c in convs} <= set(system_prompts("train"))
+    evals = clean_refusal.load_heldout(6, "val", ("system",))[0]["system"]["harmful"]
+    assert {c[0]["content"] for c in evals} <= set(system_prompts("eval"))  # the default pool is unchanged
