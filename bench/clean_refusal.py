@@ -76,6 +76,10 @@ CURVE_STRENGTHS = (0.8, 0.9, 1.0, 1.1, 1.2)
 PROJECTED_STRENGTHS = CURVE_STRENGTHS + (1.3, 1.4)
 """The projected vector is the head's length along the mean (a little shorter than the mean on harmful prompts,
 about half on the borderline ones whose gate opens), so its curve runs further up."""
+LONGER_SCHEDULES = ("24:linear", "32:linear")
+"""The ``longer`` stage: 16 tokens was chosen for the head at strength 1 under greedy decoding, where a vector kept on
+longer loops more; under the chosen sampler the loops are gone, so the gated mean vector and ``projected`` are
+measured with the vector on for 24 and 32 generated tokens too (DESIGN-NOTES item 13)."""
 START_SCHEDULE, START_SAMPLER = "16:linear", "rep1.1+dry0.8"
 """What the bundled pack's sweep chose (docs/CLEAN_REFUSAL.md); ``--stages start,curve,projected`` measures another
 pack (``--pack``) around it without repeating the schedule and sampler stages."""
@@ -321,6 +325,9 @@ def sweep_configs(stage: str, best: Config | None = None) -> list[Config]:
         return [Config("projected", st, best.schedule, best.spread, best.sampler) for st in PROJECTED_STRENGTHS]
     if stage == "head_direction":  # the head's direction at the mean's length
         return [Config("head_direction", st, best.schedule, best.spread, best.sampler) for st in CURVE_STRENGTHS]
+    if stage == "longer":  # the vector on for more generated tokens now that the sampler stops the loops
+        return [Config(m, 1.1, sch, best.spread, best.sampler) for m in ("cast", "projected")
+                for sch in LONGER_SCHEDULES]
     if stage == "cast":  # the bundled pack's default: the gated mean vector at 1.1
         return [Config("cast", 1.1, best.schedule, best.spread, best.sampler)]
     if stage == "baselines":  # CAST-style with the same schedule / spread / sampler, at eval's strength for it

@@ -145,3 +145,17 @@ def test_another_pack_starts_from_the_bundled_choice_and_held_out_parts_filter()
     airt = [r["prompt"] for r in bench.read_jsonl(bench.DATA / "harmful_more_val.jsonl")]
     general = [r["prompt"] for r in bench.read_jsonl(bench.DATA / "benign_general_val.jsonl")]
     assert set(airt) <= kept and not set(general) & kept
+
+
+def test_the_longer_stage_keeps_the_sampler_and_measures_the_mean_and_projected_vectors_longer() -> None:
+    """``--stages start,longer``: the gated mean vector and ``projected`` at 1.1 with the vector on for 24 and 32
+    generated tokens, under the best point's sampler (without the sampler a longer vector loops more)."""
+    from .conftest import load_script
+
+    bench = load_script("bench/clean_refusal.py")
+    (start,) = bench.sweep_configs("start")
+    got = bench.sweep_configs("longer", start)
+    assert {(c.method, c.schedule) for c in got} == {(m, s) for m in ("cast", "projected")
+                                                      for s in ("24:linear", "32:linear")}
+    assert {(c.strength, c.sampler, c.spread) for c in got} == {(1.1, "rep1.1+dry0.8", None)}
+    assert all(bench.Schedule.parse(c.schedule).tokens in (24, 32) for c in got)
