@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from finesteer_edge import SteeredLlama
@@ -69,15 +70,22 @@ def test_a_steered_chat_turn_equals_the_same_conversation_in_one_fresh_turn(tiny
     assert old != want.token_ids
 
 
-def test_a_gate_closed_turn_after_a_steered_one_is_what_no_pack_gives(tiny_model: Path, pack: Path) -> None:
-    llm = SteeredLlama(tiny_model, pack, **KW)
+def _steered_then_closed(llm: SteeredLlama) -> tuple[GenerationResult, list[dict[str, str]], GenerationResult]:
+    """Turn 1 forced steered, turn 2 forced closed: the two results and turn 2's conversation."""
     llm.set_steering(gate="always")
     first = _turn(llm, HISTORY)
     assert first.steered
     msgs = [*HISTORY, {"role": "assistant", "content": first.text}, {"role": "user", "content": LATER}]
     llm.set_steering(gate="never")
     got = _turn(llm, msgs)
-    assert not got.steered and got.cached_tokens == 0  # nothing the vector computed was reused
+    assert not got.steered
+    return first, msgs, got
+
+
+def test_a_gate_closed_turn_after_a_steered_one_is_what_no_pack_gives(tiny_model: Path, pack: Path) -> None:
+    llm = SteeredLlama(tiny_model, pack, **KW)
+    _, msgs, got = _steered_then_closed(llm)
+    assert got.cached_tokens == 0  # nothing the vector computed was reused
     want = SteeredLlama(tiny_model, **KW).generate(msgs, max_tokens=10)
     assert got.token_ids == want.token_ids
     # the turn after that one reuses the cache again: it holds no steered position any more
@@ -88,13 +96,7 @@ def test_a_gate_closed_turn_after_a_steered_one_is_what_no_pack_gives(tiny_model
 
 
 def test_fast_mode_keeps_the_unsteered_prompt_cache(tiny_model: Path, pack: Path) -> None:
-    llm = SteeredLlama(tiny_model, pack, mode="fast", **KW)
-    llm.set_steering(gate="always")
-    first = _turn(llm, HISTORY)
-    assert first.steered
-    msgs = [*HISTORY, {"role": "assistant", "content": first.text}, {"role": "user", "content": LATER}]
-    llm.set_steering(gate="never")
-    got = _turn(llm, msgs)
+    first, msgs, got = _steered_then_closed(SteeredLlama(tiny_model, pack, mode="fast", **KW))
     # fast mode computed turn 1's prompt unsteered: that prefix is reused, its steered answer is not
     assert 0 < got.cached_tokens <= first.prompt_tokens
     assert got.token_ids == SteeredLlama(tiny_model, **KW).generate(msgs, max_tokens=10).token_ids
@@ -105,8 +107,6 @@ def test_the_session_knows_which_positions_a_vector_computed(tiny_model: Path) -
     toks = s.tokenize("one two three four five six", add_special=False, parse_special=False)
     s.decode(toks[:3])
     assert s.unsteered_prefix == 3
-    import numpy as np
-
     s.set_control(*s.control_buffer({2: np.full(s.n_embd, 0.5, dtype=np.float32)}))
     s.decode(toks[3:])
     assert s.unsteered_prefix == 3  # computed under the vector from position 3 on
