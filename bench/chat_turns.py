@@ -35,7 +35,7 @@ from _util import REPO, smollm2  # noqa: E402
 from clean_refusal import PACK, load_heldout  # noqa: E402
 
 import finesteer_edge  # noqa: E402
-from finesteer_edge.evaluation.refusal import is_degenerate, is_ended, is_refusal  # noqa: E402
+from finesteer_edge.evaluation.refusal import is_clean_refusal, is_degenerate, is_ended, is_refusal  # noqa: E402
 from finesteer_edge.llama.batches import common_prefix  # noqa: E402
 from finesteer_edge.measure.common import cpu_model, loadavg, md_table, versions  # noqa: E402
 from finesteer_edge.result import GenerationResult  # noqa: E402
@@ -77,14 +77,13 @@ def measure(llm: SteeredLlama, convs: dict[str, list[list[dict[str, str]]]]) -> 
     out: dict[str, Any] = {}
     for path in PATHS:
         h, b = rows[path]["harmful"], rows[path]["benign"]
-        ref = [is_refusal(r.text) for r in h]
-        end = [is_ended(r.finish_reason, r.tokens) for r in h]
-        deg = [is_degenerate(r.text) for r in h]
         out[path] = {
             "n_harmful": len(h), "n_benign": len(b),
             "steered_harmful": float(np.mean([r.steered for r in h])),
-            "refusal": float(np.mean(ref)), "ended": float(np.mean(end)), "degenerate": float(np.mean(deg)),
-            "clean": float(np.mean([a and c and not d for a, c, d in zip(ref, end, deg, strict=True)])),
+            "refusal": float(np.mean([is_refusal(r.text) for r in h])),
+            "ended": float(np.mean([is_ended(r.finish_reason, r.tokens) for r in h])),
+            "degenerate": float(np.mean([is_degenerate(r.text) for r in h])),
+            "clean": float(np.mean([is_clean_refusal(r.text, r.finish_reason, r.tokens) for r in h])),
             "over_benign": float(np.mean([is_refusal(r.text) for r in b])),
             "steered_benign": float(np.mean([r.steered for r in b])),
             "cached_tokens_steered": float(np.mean([r.cached_tokens for r in h + b if r.steered] or [0])),
@@ -100,9 +99,7 @@ def measure(llm: SteeredLlama, convs: dict[str, list[list[dict[str, str]]]]) -> 
 
 
 def label_row(label: str, shape: str, path: str, m: dict[str, Any]) -> list[str]:
-    def pct(x: float) -> str:
-        return f"{100 * x:.1f}%"
-
+    pct = pct_or_dash
     return [label, shape, path, pct(m["refusal"]), pct(m["ended"]), pct(m["clean"]), pct(m["degenerate"]),
             pct(m["over_benign"]), f"{pct(m['steered_harmful'])} / {pct(m['steered_benign'])}",
             f"{m['cached_tokens_steered']:.1f}", f"{m['ttft_ms_steered']:.0f}"]

@@ -137,7 +137,6 @@ def part_multi_turn(model: Path, threads: int, rounds: int) -> dict[str, Any]:
     out["exact_extra_over_prefill"] = out["exact_extra_ms"] / out["ttft_ms_plain"]
     out["exact_over_fresh"] = out["ttft_ms_gate_open_exact"] / out["ttft_ms_plain_fresh"]
     out["exact_after_closed_over_fresh"] = out["ttft_ms_gate_open_exact_after_closed"] / out["ttft_ms_plain_fresh"]
-    out["env"] = {"loadavg_end": loadavg(), "date": time.strftime("%Y-%m-%d")}
     print(f"second turn: {out['new_tokens']} new tokens on {out['history_tokens']} cached; plain "
           f"{out['ttft_ms_plain']:.1f} ms, closed {out['ttft_ms_gate_closed']:.1f}, exact "
           f"{out['ttft_ms_gate_open_exact']:.1f} ({out['exact_over_fresh']:.2f} x a fresh prefill of the "
