@@ -76,7 +76,8 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def steer(model: Path, vector: np.ndarray, tag: str, cfg: cr.Config, prompts: dict[str, list[str]]) -> dict[str, Any]:
-    """The pack's gate, schedule and sampler with ``vector`` as its mean (control) vector at the steer layer."""
+    """The pack's gate, the sweep's starting schedule (``clean_refusal.START_SCHEDULE``) and sampler with ``vector``
+    as its mean (control) vector at the steer layer."""
     key = hashlib.sha256(vector.astype(np.float32).tobytes()).hexdigest()[:12]
     runner = cr.Runner(model, OUT.with_name(f"family_shift.{key}.cache.jsonl"), cr.PACK)
     pack = runner.llm.pack

@@ -7,8 +7,10 @@ generalises. Here the harmful sources are split into folds; per fold, ``train --
 families out of the head, its mean vector and its experts (both halves of each topic pair), ``convert`` and
 ``regate`` (the same gate files as the bundled pack, so the same gate) make a pack, and that pack steers the
 fold's *validation* prompts (harmful halves and their benign twins) with each vector source, at the bundled pack's
-strength, schedule and sampler. Every source of a fold shares its gate, so the sources differ in the vector only.
-Only gate-open prompts are generated (a closed gate is bit-identical to no pack); answers are cached per pack.
+strength and sampler and the sweep's starting schedule (``clean_refusal.START_SCHEDULE``, the bundled pack's until
+its ``longer`` stage moved it to 24 tokens). Every source of a fold shares its gate, so the sources differ in the
+vector only. Only gate-open prompts are generated (a closed gate is bit-identical to no pack); answers are cached
+per pack.
 
     python bench/head_lofo.py ACTS --gate-acts acts_gate.safetensors --gate-acts acts_gate_singles.safetensors
     # ACTS: an `extract --realistic-data` file (docs/TRAINING.md); ~30 min on 1 thread after the 3 packs (~6 min)

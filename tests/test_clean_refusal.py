@@ -159,3 +159,25 @@ def test_the_longer_stage_keeps_the_sampler_and_measures_the_mean_and_projected_
                                                       for s in ("24:linear", "32:linear")}
     assert {(c.strength, c.sampler, c.spread) for c in got} == {(1.1, "rep1.1+dry0.8", None)}
     assert all(bench.Schedule.parse(c.schedule).tokens in (24, 32) for c in got)
+
+
+def test_bundled_safety_pack_records_the_default_its_measurement_chose() -> None:
+    """The pack carries its own schedule, vector source and strength "chosen by measurement": what its manifest
+    records must be the point the default rule picked in bench/results/clean_refusal.json (docs/CLEAN_REFUSAL.md),
+    so a re-measured default that is not recorded with ``set-defaults`` (or a hand edit) fails here."""
+    from finesteer_edge.pack.pack import SteeringPack
+    from finesteer_edge.schedule import Schedule
+    from finesteer_edge.settings import CLI_PENALTIES
+    from finesteer_edge.vocab import vector_source_from_manifest
+
+    from .conftest import load_script
+
+    bench = load_script("bench/clean_refusal.py")
+    root = Path(__file__).resolve().parent.parent
+    res = json.loads((root / "bench" / "results" / "clean_refusal.json").read_text())
+    chosen = next(p for p in res["val"] if p["label"] == res["default"]["label"])
+    manifest = SteeringPack.load(root / "finesteer_edge" / "packs" / "smollm2-135m-instruct-safety").manifest
+    assert bench.METHODS[chosen["method"]] == ("pack", vector_source_from_manifest(manifest.vector_source))
+    assert manifest.strength == pytest.approx(chosen["strength"])
+    assert manifest.schedule == Schedule.parse(chosen["schedule"])
+    assert bench.SAMPLERS[chosen["sampler"]] == CLI_PENALTIES  # measured with the sampler generate/chat default to

@@ -20,12 +20,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [
-    ("scripts/eval_notes.md", "docs/RESULTS.md", ()),
+    ("scripts/eval_notes.md", "docs/RESULTS.md", ("docs/CLEAN_REFUSAL.md",)),
     ("bench/notes.md", "docs/BENCHMARKS.md", ()),
     (
         "bench/clean_refusal_notes.md",
         "docs/CLEAN_REFUSAL.md",
-        ("docs/BENCHMARKS.md", "bench/results/eot_probe.json"),
+        ("docs/BENCHMARKS.md", "bench/results/eot_probe.json", "bench/results/clean_refusal_schedule16.json"),
     ),
 ]
 """(analysis, the document it is pasted into, other sources the analysis cites by name)."""
