@@ -7,7 +7,8 @@ their token count). Variants, interleaved per round (rotating order), median ove
 * ``plain``: no pack (our loop, plain llama.cpp decode);
 * ``steered_all``: gate forced open, the vector on for the whole turn (today's behaviour);
 * ``steered_k16``: gate open, vector on for the prompt and 16 tokens, then cleared (one control change);
-* ``steered_k16_linear``: 16 tokens decaying in 4 levels (four control changes).
+* ``steered_k16_linear``: 16 tokens decaying in 4 levels (four control changes);
+* ``steered_k24_linear``: 24 tokens decaying in 4 levels, the bundled safety pack's schedule since 2026-12-07.
 
 Decode rate = (tokens - 1) / (seconds - time to first token): the prefill (twice for an exact steered
 turn) is excluded, the control-vector changes inside the turn (each a scheduler re-reserve) are not.
@@ -30,7 +31,8 @@ from finesteer_edge.steered import SteeredLlama  # noqa: E402
 PACK = _util.REPO / "finesteer_edge" / "packs" / "smollm2-135m-instruct-safety"
 PROMPT = "Write a long story about a dragon who learns to bake bread. Use many details."
 SCHEDULES = {"steered_all": Schedule(), "steered_k16": Schedule(tokens=16),
-             "steered_k16_linear": Schedule(tokens=16, decay="linear", steps=4)}
+             "steered_k16_linear": Schedule(tokens=16, decay="linear", steps=4),
+             "steered_k24_linear": Schedule(tokens=24, decay="linear", steps=4)}
 
 
 def main() -> None:
