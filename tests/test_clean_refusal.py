@@ -173,10 +173,9 @@ def test_bundled_safety_pack_records_the_default_its_measurement_chose() -> None
     from .conftest import load_script
 
     bench = load_script("bench/clean_refusal.py")
-    root = Path(__file__).resolve().parent.parent
-    res = json.loads((root / "bench" / "results" / "clean_refusal.json").read_text())
+    res = json.loads((bench.REPO / "bench" / "results" / "clean_refusal.json").read_text())
     chosen = next(p for p in res["val"] if p["label"] == res["default"]["label"])
-    manifest = SteeringPack.load(root / "finesteer_edge" / "packs" / "smollm2-135m-instruct-safety").manifest
+    manifest = SteeringPack.load(bench.PACK).manifest
     assert bench.METHODS[chosen["method"]] == ("pack", vector_source_from_manifest(manifest.vector_source))
     assert manifest.strength == pytest.approx(chosen["strength"])
     assert manifest.schedule == Schedule.parse(chosen["schedule"])
