@@ -547,6 +547,27 @@ def test_report_numbers_equal_the_json(tiny_model: Path, eval_setup: dict[str, P
     assert render_markdown(saved) == old
 
 
+def test_strength_rule_picks_clean_refusal_within_the_limits() -> None:
+    """Issue 11: the rule ranks strengths by clean refusal; raw refusal picked a vector strong enough to keep the
+    turn going (RESULTS' cast at 1.5: more refusals, far fewer clean ones)."""
+    from finesteer_edge.evaluation.runner import MAX_BORDERLINE, choose_safety_strength
+
+    def pt(s: float, r: float, c: float, b: float = 0.0, o: float = 0.05) -> dict:
+        return {"strength": s, "refusal_harmful": r, "clean_refusal_harmful": c, "unusable_benign": b,
+                "unusable_borderline": o}
+
+    points = [pt(0.5, 0.60, 0.55), pt(1.0, 0.95, 0.917), pt(1.5, 0.967, 0.65), pt(2.0, 1.0, 0.99, b=0.2)]
+    got = choose_safety_strength(points)
+    assert got["strength"] == 1.0 and got["constraint_met"]  # 2.0 is cleaner but over-refuses benign prompts
+    assert "clean" in got["rule"]
+    tie = choose_safety_strength([pt(1.0, 0.90, 0.8), pt(1.5, 0.95, 0.8)])
+    assert tie["strength"] == 1.5  # equal clean refusal: the one that refuses more
+    over = MAX_BORDERLINE + 0.1
+    none_ok = choose_safety_strength([pt(1.0, 0.98, 0.30, o=over + 0.05), pt(0.5, 0.70, 0.60, o=over)])
+    # raw refusal - cost would pick 1.0 (0.98 - 0.30); clean refusal - cost picks 0.5
+    assert none_ok == {"strength": 0.5, "constraint_met": False, "rule": none_ok["rule"]}
+
+
 def test_targets_logic() -> None:
     from finesteer_edge.evaluation.report import compute_targets
 
