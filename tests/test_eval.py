@@ -562,10 +562,16 @@ def test_strength_rule_picks_clean_refusal_within_the_limits() -> None:
     assert "clean" in got["rule"]
     tie = choose_safety_strength([pt(1.0, 0.90, 0.8), pt(1.5, 0.95, 0.8)])
     assert tie["strength"] == 1.5  # equal clean refusal: the one that refuses more
+    # No strength within the limits (always-on CAA in docs/RESULTS.md): the least infeasible one, not the one that
+    # refuses everything. Clean refusal minus the worst over-refusal scores 0.95 - 0.98 = -0.03 for 1.0 and
+    # 0.17 - 0.52 = -0.35 for 0.5, and had picked 1.0.
+    caa = [pt(0.5, 0.53, 0.17, b=0.52, o=0.16), pt(1.0, 0.98, 0.95, b=0.90, o=0.98),
+           pt(1.5, 1.0, 0.67, b=0.98, o=1.0)]
+    assert choose_safety_strength(caa) == {"strength": 0.5, "constraint_met": False,
+                                           "rule": choose_safety_strength(caa)["rule"]}
     over = MAX_BORDERLINE + 0.1
-    none_ok = choose_safety_strength([pt(1.0, 0.98, 0.30, o=over + 0.05), pt(0.5, 0.70, 0.60, o=over)])
-    # raw refusal - cost would pick 1.0 (0.98 - 0.30); clean refusal - cost picks 0.5
-    assert none_ok == {"strength": 0.5, "constraint_met": False, "rule": none_ok["rule"]}
+    tie = choose_safety_strength([pt(1.0, 0.98, 0.30, o=over), pt(0.5, 0.70, 0.60, o=over)])
+    assert tie["strength"] == 0.5  # as far over the limits: the cleaner one
 
 
 def test_targets_logic() -> None:
