@@ -123,8 +123,9 @@ def render(res: dict[str, Any]) -> str:
                             f"of the conversations: {pct_or_dash(h['same_text_steered'])} of the {h['n_steered_both']} "
                             f"steered both ways, {pct_or_dash(h['same_text_closed'])} of the {h['n_closed_both']} "
                             "gate-closed both ways.")
-    runs = "\n".join(f"- `{label}`: {run['code']}; {run['cpu']}, {run['threads']} llama.cpp thread, load average "
-                     f"{run['loadavg']}, {run['seconds']:.0f} s" for label, run in res["runs"].items())
+    runs = "\n".join(f"- `{label}`: {run['code']}; pack defaults `{run['pack_defaults']}`; {run['cpu']}, "
+                     f"{run['threads']} llama.cpp thread, load average {run['loadavg']}, {run['seconds']:.0f} s"
+                     for label, run in res["runs"].items())
     return "\n".join([
         "# A chat turn against the same conversation in one fresh turn",
         "",
@@ -133,7 +134,7 @@ def render(res: dict[str, Any]) -> str:
         f"The held-out sources' validation requests (first {res['limit']} harmful and {res['limit']} benign per "
         "shape, spread over the files) after 1-4 benign exchanges (`history`) and under a system prompt "
         "(`system`), shapes.py's train pool; no test file is read. The bundled safety pack at its own defaults "
-        f"(`{res['pack_defaults']}`), the CLI's sampler (repeat penalty 1.1 over 64 tokens, DRY 0.8), "
+        "(as they were at each run, listed with it), the CLI's sampler (repeat penalty 1.1 over 64 tokens, DRY 0.8), "
         f"{MAX_TOKENS} new tokens. `generate`: one fresh turn; `chat`: the turns before the request already in "
         "the KV cache, computed unsteered, then `chat()`. Refusal by the improved matcher; ended = end-of-turn "
         "within 64 tokens; clean = refusal, not degenerate, ended. A steered turn prefills the whole conversation "
@@ -177,8 +178,11 @@ def main() -> None:
     sets, _ = load_heldout(args.limit, "val", SHAPES, pool="train")
     llm = SteeredLlama(smollm2(), PACK, n_threads=args.threads, n_ctx=1024)
     m = llm.pack.manifest
+    sch = m.schedule.to_dict() if m.schedule else {}
     run: dict[str, Any] = {"code": code_version(), "cpu": cpu_model(), "threads": args.threads,
-                           "versions": versions(), "shapes": {}}
+                           "versions": versions(), "shapes": {},
+                           "pack_defaults": f"vector {vector_source_from_manifest(m.vector_source)}, strength "
+                                            f"{m.strength:g}, schedule {json.dumps(sch, sort_keys=True)}"}
     for shape in SHAPES:
         run["shapes"][shape] = measure(llm, sets[shape])
         h = run["shapes"][shape]
@@ -187,9 +191,7 @@ def main() -> None:
     llm.close()
     run["loadavg"] = loadavg()
     run["seconds"] = time.time() - t0
-    sch = m.schedule.to_dict() if m.schedule else {}
-    res.update(limit=args.limit, pack_defaults=f"vector {vector_source_from_manifest(m.vector_source)}, strength "
-                                               f"{m.strength:g}, schedule {json.dumps(sch, sort_keys=True)}")
+    res["limit"] = args.limit
     res["runs"][args.label] = run
     args.out.write_text(json.dumps(res, indent=1) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
