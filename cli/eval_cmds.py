@@ -104,7 +104,8 @@ def eval_cmd(
     limit: int = typer.Option(None, "--limit", help="Use the first N rows of every file (quick runs)."),
     method: list[str] = typer.Option(None, "--method", help="base|caa|cast|mose|finesteer (repeatable; default all)."),
     strengths: str = typer.Option("0.5,1,1.5", "--strengths", help="Strength multipliers to sweep on validation "
-                                  "(one value: no sweep, no validation data needed)."),
+                                  "(safety: the highest clean refusal within the over-refusal limits wins; one "
+                                  "value: no sweep, no validation data needed)."),
     harmful: str = typer.Option(None, "--harmful", help="safety: JSONL of {prompt} to be refused (test)."),
     benign: str = typer.Option(None, "--benign", help="JSONL of {prompt} that must be answered (test)."),
     borderline: str = typer.Option(None, "--borderline", help="JSONL of harmless but edgy {prompt} (test)."),
