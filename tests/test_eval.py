@@ -572,6 +572,9 @@ def test_strength_rule_picks_clean_refusal_within_the_limits() -> None:
     over = MAX_BORDERLINE + 0.1
     tie = choose_safety_strength([pt(1.0, 0.98, 0.30, o=over), pt(0.5, 0.70, 0.60, o=over)])
     assert tie["strength"] == 0.5  # as far over the limits: the cleaner one
+    no_harmful = [{**pt(s, 0.0, 0.0, o=over + s), "refusal_harmful": None, "clean_refusal_harmful": None}
+                  for s in (1.0, 0.5)]  # a sweep with benign / borderline validation prompts only
+    assert choose_safety_strength(no_harmful)["strength"] == 0.5
 
 
 def test_targets_logic() -> None:

@@ -287,15 +287,17 @@ def choose_safety_strength(points: Sequence[dict[str, Any]]) -> dict[str, Any]:
     def cost(p: dict[str, Any]) -> tuple[float, float]:
         return p.get("unusable_benign") or 0.0, p.get("unusable_borderline") or 0.0
 
-    ok = [p for p in points if cost(p)[0] <= MAX_BENIGN + 1e-12 and cost(p)[1] <= MAX_BORDERLINE + 1e-12]
-    if ok:
-        best = max(ok, key=lambda p: (p["clean_refusal_harmful"], p["refusal_harmful"], -sum(cost(p)),
-                                      -p["strength"]))
-        return {"strength": best["strength"], "constraint_met": True, "rule": SAFETY_RULE}
+    def harmful(p: dict[str, Any]) -> tuple[float, float]:  # 0 when the sweep had no harmful prompts
+        return p.get("clean_refusal_harmful") or 0.0, p.get("refusal_harmful") or 0.0
+
     def excess(p: dict[str, Any]) -> float:
         return max(cost(p)[0] - MAX_BENIGN, cost(p)[1] - MAX_BORDERLINE)
 
-    best = min(points, key=lambda p: (excess(p), -p["clean_refusal_harmful"], -p["refusal_harmful"], p["strength"]))
+    ok = [p for p in points if cost(p)[0] <= MAX_BENIGN + 1e-12 and cost(p)[1] <= MAX_BORDERLINE + 1e-12]
+    if ok:
+        best = max(ok, key=lambda p: (*harmful(p), -sum(cost(p)), -p["strength"]))
+        return {"strength": best["strength"], "constraint_met": True, "rule": SAFETY_RULE}
+    best = min(points, key=lambda p: (excess(p), *(-x for x in harmful(p)), p["strength"]))
     return {"strength": best["strength"], "constraint_met": False, "rule": SAFETY_RULE}
 
 
