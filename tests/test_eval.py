@@ -567,8 +567,8 @@ def test_strength_rule_picks_clean_refusal_within_the_limits() -> None:
     # 0.17 - 0.52 = -0.35 for 0.5, and had picked 1.0.
     caa = [pt(0.5, 0.53, 0.17, b=0.52, o=0.16), pt(1.0, 0.98, 0.95, b=0.90, o=0.98),
            pt(1.5, 1.0, 0.67, b=0.98, o=1.0)]
-    assert choose_safety_strength(caa) == {"strength": 0.5, "constraint_met": False,
-                                           "rule": choose_safety_strength(caa)["rule"]}
+    got = choose_safety_strength(caa)
+    assert got == {"strength": 0.5, "constraint_met": False, "rule": got["rule"]}
     over = MAX_BORDERLINE + 0.1
     tie = choose_safety_strength([pt(1.0, 0.98, 0.30, o=over), pt(0.5, 0.70, 0.60, o=over)])
     assert tie["strength"] == 0.5  # as far over the limits: the cleaner one

@@ -293,7 +293,7 @@ def choose_safety_strength(points: Sequence[dict[str, Any]]) -> dict[str, Any]:
     def excess(p: dict[str, Any]) -> float:
         return max(cost(p)[0] - MAX_BENIGN, cost(p)[1] - MAX_BORDERLINE)
 
-    ok = [p for p in points if cost(p)[0] <= MAX_BENIGN + 1e-12 and cost(p)[1] <= MAX_BORDERLINE + 1e-12]
+    ok = [p for p in points if excess(p) <= 1e-12]
     if ok:
         best = max(ok, key=lambda p: (*harmful(p), -sum(cost(p)), -p["strength"]))
         return {"strength": best["strength"], "constraint_met": True, "rule": SAFETY_RULE}
